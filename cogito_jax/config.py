@@ -1,0 +1,378 @@
+"""Run configuration: ml-collections files, ``--config.a.b=v`` overrides, validation, CLI front end.
+
+A config file is a Python file with ``get_config(arg=None) -> ConfigDict`` (``--config file.py:arg``
+passes ``arg``). Experiments start from :func:`base_config`, whose keys are the schema: a key a file
+or an override adds that the base does not know is an error that names the nearest valid key.
+Every entry point runs through :func:`run_main`, which turns any bad user input into one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import ConfigDict
+
+EXIT_USAGE = 2
+
+# Sections whose keys are owned by a component (model family, data source) rather than the base.
+FREE_FORM = ("model", "data", "experiment")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message is one line that names the bad value."""
+
+
+def base_config() -> ConfigDict:
+    """Every key a run may set, with its default and type."""
+    c = ConfigDict()
+    c.name = "run"
+    c.seed = 0
+    c.mesh = ConfigDict(
+        dict(data=-1, fsdp=1, expert=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_expert=1, dcn_tensor=1)
+    )
+    # A preset name from cogito_jax.sharding.RULE_PRESETS ("fsdp", "fsdp_tp", "fsdp_ep").
+    c.sharding = ConfigDict(dict(rules="fsdp"))
+    c.distributed = ConfigDict(
+        dict(num_processes=1, process_id=0, coordinator_address="localhost:12355", auto=False)
+    )
+    c.model = ConfigDict()
+    c.data = ConfigDict()
+    c.experiment = ConfigDict()
+    c.train = ConfigDict(
+        dict(
+            steps=100,
+            batch_size=8,
+            grad_accum=1,
+            log_every=10,
+            eval_every=0,
+            trainable="full",  # full | lora | frozen_encoder | adapter_only
+            remat="none",
+            param_dtype="float32",
+            compute_dtype="float32",
+        )
+    )
+    c.optim = ConfigDict(
+        dict(
+            name="adamw",
+            lr=1e-4,
+            warmup_steps=0,
+            schedule="cosine",  # cosine | linear | constant
+            end_lr_ratio=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            clip_norm=1.0,
+        )
+    )
+    c.checkpoint = ConfigDict(dict(every=100, keep_last=3, keep_every=0, async_save=True))
+    c.metrics = ConfigDict(dict(jsonl=True, tensorboard=True, wandb=False, wandb_project="cogito-jax"))
+    return c
+
+
+def _flat_keys(cfg: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        path = f"{prefix}{k}"
+        keys.append(path)
+        if isinstance(v, (ConfigDict, Mapping)):
+            keys.extend(_flat_keys(v, path + "."))
+    return keys
+
+
+def suggest(key: str, candidates: Iterable[str]) -> str:
+    """', did you mean "x"?' for the closest candidate, or ''."""
+    cands = list(candidates)
+    close = difflib.get_close_matches(key, cands, n=1, cutoff=0.6)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {c.rsplit(".", 1)[-1]: c for c in cands}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
+    return f', did you mean "{close[0]}"?' if close else ""
+
+
+def check_schema(cfg: ConfigDict, schema: ConfigDict | None = None) -> None:
+    """Raises ConfigError for keys the schema does not know, or values of the wrong type."""
+    schema = base_config() if schema is None else schema
+    known = _flat_keys(schema)
+
+    def walk(node, ref, prefix):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            if k not in ref:
+                raise ConfigError(f"unknown config key {path!r}{suggest(path, known)}")
+            r = ref[k]
+            if isinstance(r, ConfigDict):
+                if not isinstance(v, (ConfigDict, Mapping)):
+                    raise ConfigError(f"config key {path!r} must be a section, got {v!r}")
+                if k not in FREE_FORM or prefix:
+                    walk(v, r, path + ".")
+            elif r is not None and v is not None and not _compatible(v, r):
+                raise ConfigError(
+                    f"config key {path!r} must be {type(r).__name__} (like {r!r}), got {v!r}"
+                )
+
+    walk(cfg, schema, "")
+
+
+def _compatible(value: Any, ref: Any) -> bool:
+    if isinstance(ref, bool):
+        return isinstance(value, bool)
+    if isinstance(ref, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(ref, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(ref, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(ref))
+
+
+def validate(cfg: ConfigDict) -> ConfigDict:
+    """Schema plus cross-field checks that need no devices; returns ``cfg`` for chaining."""
+    check_schema(cfg)
+    from cogito_jax import sharding
+
+    sharding.resolve_rules(cfg.sharding.rules)
+    for axis in sharding.MESH_AXES:
+        for key in (axis, f"dcn_{axis}"):
+            v = cfg.mesh.get(key, 1)
+            if v == 0 or v < -1:
+                raise ConfigError(f"mesh.{key}={v} must be a positive size or -1 (the rest)")
+    if sum(cfg.mesh.get(a, 1) == -1 for a in sharding.MESH_AXES) > 1:
+        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(cfg.mesh)}")
+    t = cfg.train
+    for key in ("steps", "batch_size", "grad_accum", "log_every"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key}={t[key]} must be >= 1")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+    if t.trainable not in ("full", "lora", "frozen_encoder", "adapter_only"):
+        raise ConfigError(
+            f"train.trainable={t.trainable!r} must be one of full, lora, frozen_encoder, adapter_only"
+        )
+    for key in ("param_dtype", "compute_dtype"):
+        if t[key] not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"train.{key}={t[key]!r} must be float32, bfloat16 or float16")
+    if cfg.optim.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} must be cosine, linear or constant")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    return cfg
+
+
+def validate_devices(cfg: ConfigDict, num_devices: int, num_slices: int = 1) -> None:
+    """Checks that the mesh fits the devices this job actually has."""
+    from cogito_jax import sharding
+
+    ici, dcn = sharding.mesh_shape(cfg.mesh, num_devices, num_slices)
+    data_parallel = ici["data"] * ici["fsdp"] * ici["expert"] * dcn["data"] * dcn["fsdp"] * dcn["expert"]
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+    if micro % data_parallel:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} / grad_accum={cfg.train.grad_accum} = {micro} "
+            f"is not divisible by the {data_parallel} data-parallel shards (data x fsdp x expert)"
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """Imports ``path.py[:arg]`` and returns ``get_config(arg)``."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"_cogito_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file is user input: report it in one line
+        raise ConfigError(f"config file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
+    try:
+        cfg = module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"{path}: get_config({arg!r}) failed: {type(e).__name__}: {e}") from e
+    return cfg
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Mapping[str, Any] | Iterable[str]) -> ConfigDict:
+    """Applies ``{"a.b": value}`` or ``["a.b=value", ...]`` (values parsed like the CLI)."""
+    if not isinstance(overrides, Mapping):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key.path=value")
+            k, v = item.split("=", 1)
+            pairs[k.removeprefix("--").removeprefix("config.")] = _parse_value(v)
+        overrides = pairs
+    for key, value in overrides.items():
+        node, leaf = locate(cfg, key)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"config key {key!r}: {e}") from e
+    return cfg
+
+
+def locate(cfg: ConfigDict, key: str) -> tuple[ConfigDict, str]:
+    """(parent section, leaf name) of dotted ``key``; ConfigError naming the nearest key if unknown."""
+    node = cfg
+    parts = key.split(".")
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if p not in node or (not last and not isinstance(node[p], ConfigDict)):
+            raise ConfigError(f"unknown config key {key!r}{suggest(key, _flat_keys(cfg))}")
+        if not last:
+            node = node[p]
+    return node, parts[-1]
+
+
+def _parse_value(text: str) -> Any:
+    import ast
+
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> ConfigDict:
+    """Loads, overrides and validates a config file (the programmatic twin of the CLI)."""
+    return validate(apply_overrides(load_config_file(spec), overrides))
+
+
+def to_dict(cfg: ConfigDict) -> dict:
+    return json.loads(cfg.to_json_best_effort())
+
+
+def dump(cfg: ConfigDict, path: str | pathlib.Path) -> None:
+    """Writes the resolved config as JSON (the run's ``config.json``)."""
+    from etils import epath
+
+    p = epath.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(cfg.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- CLI front end
+
+
+def usage_error(message: str) -> None:
+    """Prints one line and exits with code 2 (bad user input, never a traceback)."""
+    prog = pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "cogito_jax"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def define_config_flag(required: bool = True):
+    """Defines ``--config`` (ml-collections config file, ``path.py[:arg]``) once per process."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    if "config" in flags.FLAGS:
+        return flags.FLAGS["config"]
+    return config_flags.DEFINE_config_file(
+        "config", None, "Config file, `path.py[:arg]`; override fields with --config.a.b=value.",
+        lock_config=True,
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    msg = str(err.args[0]) if isinstance(err, (KeyError, AttributeError)) and err.args else str(err)
+    if isinstance(err, AttributeError) and err.args and isinstance(err.args[0], KeyError):
+        msg = str(err.args[0].args[0])
+    return " ".join(msg.replace("\\n", " ").split())
+
+
+def parse_flags(argv: list[str], needs_config: bool = True) -> ml_collections.ConfigDict | None:
+    """Parses absl flags from ``argv``; returns the validated config (or None if not given)."""
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        main_mod = sys.modules.get("__main__")
+        text = FLAGS.main_module_help() if "--helpfull" not in argv else FLAGS.get_help()
+        doc = (main_mod.__doc__ or "").strip() if main_mod else ""
+        print((doc + "\n\n" if doc else "") + f"flags:\n{text}")
+        raise SystemExit(0)
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        usage_error(_one_line(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml-collections raises these for unknown keys and unparsable values inside --config.*.
+        bad = next((a for a in argv if a.startswith("--config.")), "")
+        key = bad.split("=", 1)[0].removeprefix("--config.")
+        usage_error(_config_flag_message(e, key, argv))
+    if "config" not in FLAGS or FLAGS["config"].value is None:
+        if needs_config:
+            usage_error("--config is required, e.g. --config configs/tiny.py")
+        return None
+    try:
+        cfg = FLAGS.config
+        if type(cfg).__name__ == "_ErrorConfig":
+            cfg.__getattr__("x")  # re-raises the deferred load error
+        return validate(cfg)
+    except ConfigError as e:
+        usage_error(str(e))
+    except Exception as e:
+        usage_error(f"could not load config {FLAGS['config'].config_filename!r}: {_one_line(e)}")
+    return None
+
+
+def _config_flag_message(err: BaseException, key: str, argv: list[str]) -> str:
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv:
+        i = argv.index("--config")
+        spec = argv[i + 1] if i + 1 < len(argv) else None
+    # Name the key that really is unknown, with a suggestion over the full key list.
+    if spec:
+        try:
+            cfg = load_config_file(spec)
+            for a in argv:
+                if a.startswith("--config."):
+                    locate(cfg, a.split("=", 1)[0].removeprefix("--config."))
+        except ConfigError as ce:
+            return str(ce)
+    return f"bad override --config.{key}: {_one_line(err)}"
+
+
+def run_main(main: Callable[[ConfigDict | None], int | None], argv: list[str] | None = None,
+             needs_config: bool = True) -> None:
+    """Entry-point wrapper: parse flags, validate, set up logging and multi-process, call ``main``."""
+    from cogito_jax import log
+
+    argv = list(sys.argv if argv is None else argv)
+    cfg = parse_flags(argv, needs_config)
+    log.setup()
+    try:
+        if cfg is not None:
+            from cogito_jax import sharding
+
+            sharding.maybe_initialize_distributed(cfg.distributed)
+            import jax
+
+            slices = {getattr(d, "slice_index", 0) for d in jax.devices()}
+            validate_devices(cfg, jax.device_count(), len(slices))
+        rc = main(cfg)
+    except ConfigError as e:
+        usage_error(str(e))
+    raise SystemExit(rc or 0)

@@ -1,0 +1,1 @@
+"""Records, chat templates and loss masks, the Grain input pipeline."""

@@ -1,0 +1,1 @@
+"""Self-distillation: scoring, selection, rounds."""

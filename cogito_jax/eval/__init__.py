@@ -1,0 +1,1 @@
+"""Benchmark loaders, official-compatible scorers, judges, reports."""

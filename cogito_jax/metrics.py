@@ -1,0 +1,140 @@
+"""Metrics writer: JSONL + TensorBoard event files (tensorboardX) + optional Weights & Biases.
+
+The training loop hands :meth:`MetricsWriter.write` device arrays and moves on; values are pulled to
+the host one step later (``write`` keeps the previous step pending), so logging never makes the host
+wait for the device. Only process 0 writes unless ``all_processes=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from cogito_jax.log import is_main_process, logger
+
+
+def _to_python(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "size", 2) == 1:
+        v = v.item()
+    elif hasattr(v, "tolist"):
+        v = np.asarray(v).tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep them visible as strings
+    return v
+
+
+class MetricsWriter:
+    """Appends ``{"step": s, ...}`` lines to ``workdir/metrics.jsonl`` and scalars to TensorBoard."""
+
+    def __init__(
+        self,
+        workdir: str | epath.Path,
+        *,
+        jsonl: bool = True,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "cogito-jax",
+        run_name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        all_processes: bool = False,
+    ):
+        self.workdir = epath.Path(workdir)
+        self.active = all_processes or is_main_process()
+        self._pending: tuple[int, dict[str, Any]] | None = None
+        self._jsonl = None
+        self._tb = None
+        self._wandb = None
+        if not self.active:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(logdir=str(self.workdir / "tensorboard"))
+            except ImportError:
+                logger.warning("tensorboardX is not installed; TensorBoard logging is off")
+        if wandb:
+            try:
+                import wandb as wandb_lib
+
+                self._wandb = wandb_lib.init(project=wandb_project, name=run_name, config=dict(config or {}))
+            except ImportError:
+                logger.warning("metrics.wandb=True but wandb is not installed; W&B logging is off")
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Queues this step's metrics and flushes the previous step's (now surely computed) values."""
+        self.flush()
+        self._pending = (int(step), dict(metrics))
+
+    def write_now(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Writes immediately (for host-side values such as eval results)."""
+        self.flush()
+        self._emit(int(step), dict(metrics))
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            step, metrics = self._pending
+            self._pending = None
+            self._emit(step, metrics)
+
+    def _emit(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        values = {k: _to_python(v) for k, v in metrics.items()}
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.flush()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | epath.Path) -> list[dict[str, Any]]:
+    """Reads a metrics.jsonl file back (skipping a torn last line from a crash)."""
+    rows = []
+    for line in epath.Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def from_config(workdir: str | epath.Path, cfg: Any, **kw: Any) -> MetricsWriter:
+    """A writer configured by the run's ``metrics`` section."""
+    m = cfg.metrics
+    return MetricsWriter(
+        workdir, jsonl=m.jsonl, tensorboard=m.tensorboard, wandb=m.wandb, wandb_project=m.wandb_project,
+        run_name=cfg.name, config=cfg.to_dict(), **kw,
+    )

@@ -1,0 +1,1 @@
+"""Flax NNX model families: layers, attention, MoE, audio encoders, decoders, audio LMs, LoRA."""

@@ -1,0 +1,1 @@
+"""Jitted generation engine: prefill once, decode N samples in a while_loop."""

@@ -1,0 +1,1 @@
+"""Optimizer, sharded train step, trainer loop, checkpointing."""

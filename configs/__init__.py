@@ -1,0 +1,1 @@
+"""ml-collections config files (`get_config(arg=None)`)."""

@@ -1,0 +1,1 @@
+"""Model configs: real sizes and tiny ones."""

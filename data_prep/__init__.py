@@ -1,0 +1,1 @@
+"""Cogito-pipe: from raw audio to audited reasoning datasets."""

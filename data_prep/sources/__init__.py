@@ -1,0 +1,1 @@
+"""Adapters that turn source datasets into manifests."""
