@@ -277,7 +277,9 @@ def dump(cfg: ConfigDict, path: str | pathlib.Path) -> None:
 
 def usage_error(message: str) -> None:
     """Prints one line and exits with code 2 (bad user input, never a traceback)."""
-    prog = pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "cogito_jax"
+    main_mod = sys.modules.get("__main__")
+    spec = getattr(main_mod, "__spec__", None)
+    prog = spec.name if spec is not None else pathlib.Path(sys.argv[0] if sys.argv else "cogito_jax").name
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
@@ -309,12 +311,26 @@ def parse_flags(argv: list[str], needs_config: bool = True) -> ml_collections.Co
     FLAGS = flags.FLAGS
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
         main_mod = sys.modules.get("__main__")
-        text = FLAGS.main_module_help() if "--helpfull" not in argv else FLAGS.get_help()
         doc = (main_mod.__doc__ or "").strip() if main_mod else ""
-        print((doc + "\n\n" if doc else "") + f"flags:\n{text}")
+        lines = [doc, "", "flags:"] if doc else ["flags:"]
+        own = [f for mod, fl in FLAGS.flags_by_module_dict().items() for f in fl
+               if mod == sys.argv[0] or mod.endswith(("__main__", "__main__.py")) or f.name == "config"]
+        for f in sorted({f.name: f for f in own}.values(), key=lambda f: f.name):
+            default = "" if f.default is None else f" (default: {f.default!r})"
+            lines.append(f"  --{f.name}: {f.help}{default}")
+        if "--helpfull" in argv:
+            lines += ["", FLAGS.get_help()]
+        print("\n".join(lines))
         raise SystemExit(0)
+    spec = _config_spec(argv)
+    if spec:
+        path = spec.partition(":")[0]
+        if not pathlib.Path(path).is_file():
+            usage_error(f"config file {path!r} does not exist")
     try:
         FLAGS(argv)
+    except flags.IllegalFlagValueError as e:
+        usage_error(_bad_value_message(e, argv))
     except flags.Error as e:
         usage_error(_one_line(e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -338,11 +354,32 @@ def parse_flags(argv: list[str], needs_config: bool = True) -> ml_collections.Co
     return None
 
 
-def _config_flag_message(err: BaseException, key: str, argv: list[str]) -> str:
+def _config_spec(argv: list[str]) -> str | None:
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if spec is None and "--config" in argv:
         i = argv.index("--config")
         spec = argv[i + 1] if i + 1 < len(argv) else None
+    return spec
+
+
+def _bad_value_message(err: BaseException, argv: list[str]) -> str:
+    """'config key 'train.steps' must be int, got 'abc'' for an unparsable --config.* value."""
+    import re
+
+    m = re.match(r"flag --config\.([\w.]+)=(.*?): ", str(err))
+    spec = _config_spec(argv)
+    if m and spec:
+        try:
+            node, leaf = locate(load_config_file(spec), m.group(1))
+            ref = node[leaf]
+            return f"config key {m.group(1)!r} must be {type(ref).__name__} (like {ref!r}), got {m.group(2)!r}"
+        except ConfigError as ce:
+            return str(ce)
+    return _one_line(err)
+
+
+def _config_flag_message(err: BaseException, key: str, argv: list[str]) -> str:
+    spec = _config_spec(argv)
     # Name the key that really is unknown, with a suggestion over the full key list.
     if spec:
         try:

@@ -54,7 +54,12 @@ class MetricsWriter:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         if jsonl:
-            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+            path = self.workdir / "metrics.jsonl"
+            text = path.read_text() if path.exists() else ""
+            torn = bool(text) and not text.endswith("\n")
+            self._jsonl = path.open("a")
+            if torn:  # a crash cut the last line short: end it so the next record stays readable
+                self._jsonl.write("\n")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter

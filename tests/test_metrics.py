@@ -1,0 +1,44 @@
+"""The metrics writer: JSONL lines per step, TensorBoard events, previous-step flushing."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from cogito_jax import metrics
+
+
+def test_jsonl_and_tensorboard(tmp_path):
+    with metrics.MetricsWriter(tmp_path, tensorboard=True) as w:
+        for step in range(1, 4):
+            w.write(step, {"loss": jnp.float32(1.0 / step), "lr": 0.1 * step, "grad_norm": np.float32(2.0)})
+            # The current step is held back until the next write: the host never waits on the device.
+            lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+            assert len(lines) == step - 1
+        w.write_now(3, {"eval_loss": 0.25, "bad": float("nan")})
+    rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 3]
+    np.testing.assert_allclose([r["loss"] for r in rows[:3]], [1.0, 0.5, 1 / 3], rtol=1e-6)
+    assert rows[3]["eval_loss"] == 0.25 and rows[3]["bad"] == "nan"
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
+def test_appends_across_restarts_and_skips_torn_line(tmp_path):
+    with metrics.MetricsWriter(tmp_path, tensorboard=False) as w:
+        w.write(1, {"loss": 2.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a crash mid-write
+    with metrics.MetricsWriter(tmp_path, tensorboard=False) as w:
+        w.write(2, {"loss": 1.5})
+    rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5)]  # the torn line alone is dropped
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(text.splitlines()[-1])["loss"] == 1.5
+
+
+def test_inactive_on_non_main_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("COGITO_PROCESS_ID", "1")
+    with metrics.MetricsWriter(tmp_path / "w", tensorboard=False) as w:
+        w.write(1, {"loss": 1.0})
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
