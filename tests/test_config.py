@@ -95,11 +95,13 @@ def _cli(*args, env_devices=8):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--config", "configs/tiny.py", "--config.train.stepz=3"], r"unknown config key 'train.stepz', did you mean \"train.steps\""),
-        (["--config", "configs/tiny.py", "--config.train.steps=abc"], r"config key .train.steps. must be int .*got .abc."),
+        (["--config", "configs/tiny.py", "--config.train.stepz=3"],
+         r"unknown config key 'train.stepz', did you mean \"train.steps\""),
+        (["--config", "configs/tiny.py", "--config.train.steps=abc"], r"key .train.steps. must be int .*got .abc."),
         (["--config", "configs/nope.py"], r"config file .configs/nope.py. does not exist"),
         (["--config", "configs/tiny.py", "--config.mesh.tensor=3"], r"do not divide the 8 devices"),
-        (["--config", "configs/tiny.py", "--config.sharding.rules=zero"], r"sharding.rules='zero' is not a known rule set"),
+        (["--config", "configs/tiny.py", "--config.sharding.rules=zero"],
+         r"sharding.rules='zero' is not a known rule set"),
         (["--config", "configs/tiny.py", "--workdirr=/tmp/x"], r"workdirr"),
         ([], r"--config is required"),
     ],
@@ -116,7 +118,8 @@ def test_cli_errors_are_one_line_exit_2(args, message):
 
 
 def test_cli_prints_and_dumps_config(tmp_path):
-    r = _cli("--config", "configs/tiny.py:qwen3_omni_thinker", "--config.train.steps=5", "--out", str(tmp_path / "c.json"))
+    out = str(tmp_path / "c.json")
+    r = _cli("--config", "configs/tiny.py:qwen3_omni_thinker", "--config.train.steps=5", "--out", out)
     assert r.returncode == 0, r.stderr
     dumped = json.loads((tmp_path / "c.json").read_text())
     assert dumped["train"]["steps"] == 5 and dumped["model"]["family"] == "qwen3_omni_thinker"
