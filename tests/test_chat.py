@@ -66,3 +66,15 @@ def test_split_thinking(text, thinking, answer):
 def test_unknown_family():
     with pytest.raises(ValueError, match="no chat format for model family 'llama'"):
         chat.chat_format("llama")
+
+
+def test_audio_token_counts_match_hf_processors():
+    import torch
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+    from transformers.models.qwen3_omni_moe import processing_qwen3_omni_moe as omni
+
+    lengths = [1, 2, 3, 99, 100, 101, 150, 199, 200, 777, 3000]
+    for n in lengths:
+        _, hf = Qwen2AudioEncoder._get_feat_extract_output_lengths(None, torch.tensor(n))
+        assert chat.num_audio_tokens("qwen2_audio", n) == int(hf), n
+        assert chat.num_audio_tokens("qwen3_omni_thinker", n) == int(omni._get_feat_extract_output_lengths(n)), n

@@ -75,6 +75,30 @@ def chat_format(family: str) -> ChatFormat:
     return CHAT_FORMATS[family]
 
 
+def _conv_out(n: int) -> int:
+    """Length after one kernel-3, stride-2, padding-1 convolution."""
+    return (n - 1) // 2 + 1
+
+
+def num_audio_tokens(family: str, n_frames: int, n_window: int = 50) -> int:
+    """Audio placeholder tokens for a clip of ``n_frames`` mel frames (what the HF processor inserts).
+
+    qwen2_audio: one stride-2 conv then stride-2 average pooling. qwen3_omni_thinker: the AuT encoder
+    cuts the mel into chunks of ``2 * n_window`` frames, each reduced by three stride-2 convolutions.
+    """
+    if n_frames < 0:
+        raise ValueError(f"n_frames={n_frames} must be >= 0")
+    if family == "qwen2_audio":
+        return (_conv_out(n_frames) - 2) // 2 + 1
+    if family == "qwen3_omni_thinker":
+        chunk = 2 * n_window
+        per_chunk = _conv_out(_conv_out(_conv_out(chunk)))
+        rest = n_frames % chunk
+        tail = _conv_out(_conv_out(_conv_out(rest))) if rest else 0
+        return (n_frames // chunk) * per_chunk + tail
+    raise ValueError(f"no audio token count for model family {family!r}; known: {sorted(CHAT_FORMATS)}")
+
+
 def mcq_text(question: str, choices: Sequence[str]) -> str:
     """The challenge's baseline user text: question, instruction, one choice per line."""
     return question + MCQ_INSTRUCTION + "\n".join(choices)
