@@ -1,0 +1,91 @@
+"""Grain pipeline: exact shapes and masks, per-process slicing, exact resume from iterator state."""
+
+import numpy as np
+import pytest
+
+from cogito_jax.data import chat, pipeline, records, tokenizer as toklib
+
+N_MELS = 8
+
+
+def _rec(i):
+    rng = np.random.default_rng(i)
+    frames = int(rng.integers(20, 60))
+    return records.make_record(
+        id=f"ex{i}", mel=rng.normal(size=(frames, N_MELS)), n_frames=frames, question=f"How many beeps ({i})?",
+        choices=["two beeps", "three beeps", "four beeps"], answer=["two beeps", "three beeps", "four beeps"][i % 3],
+        thinking="I count them one by one." if i % 2 else "",
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    recs = [_rec(i) for i in range(24)]
+    records.write_shards(recs, root / "data", num_shards=2)
+    texts = [r["question"] + " " + " ".join(r["choices"]) + " " + r["thinking"] for r in recs]
+    toklib.train_bpe(texts * 5, vocab_size=320, out_dir=root / "tok")
+    return root, recs
+
+
+def _spec(family="qwen2_audio"):
+    return pipeline.ExampleSpec(family=family, max_len=160, max_frames=64, n_mels=N_MELS, pad_id=0)
+
+
+def test_example_layout(corpus):
+    root, recs = corpus
+    tok = toklib.load(root / "tok")
+    ex = pipeline.encode_record(recs[1], tok, _spec(), index=5)
+    n = int(ex["attention_mask"].sum())
+    ids = ex["input_ids"][:n]
+    frames = int(ex["feature_attention_mask"].sum())
+    assert frames == recs[1]["n_frames"]
+    assert (ids == tok.convert_tokens_to_ids("<|AUDIO|>")).sum() == chat.num_audio_tokens("qwen2_audio", frames)
+    np.testing.assert_allclose(ex["input_features"][:, :frames], recs[1]["mel"].T.astype(np.float32))
+    assert not ex["input_features"][:, frames:].any()
+    # Targets are the inputs shifted by one; the loss covers exactly the assistant's reply.
+    np.testing.assert_array_equal(ex["targets"][: n - 1], ids[1:])
+    supervised = ex["targets"][ex["loss_mask"] == 1]
+    assert tok.decode(supervised) == "<think>\nI count them one by one.\n</think>\n\nthree beeps<|im_end|>"
+    too_long = pipeline.ExampleSpec(family="qwen2_audio", max_len=20, max_frames=64, n_mels=N_MELS)
+    assert pipeline.encode_record(recs[1], tok, too_long) is None
+
+
+def _consume(it, n):
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_exact_resume_and_no_repeats(corpus, workers):
+    root, recs = corpus
+    src = records.RecordSource.from_dir(root / "data")
+    kw = dict(tokenizer_dir=str(root / "tok"), spec=_spec(), batch_size=4, seed=3, num_workers=workers)
+    full = _consume(iter(pipeline.make_dataset(src, **kw)), 8)  # 32 examples = 1 epoch + 8
+    it = iter(pipeline.make_dataset(src, **kw))
+    first = _consume(it, 3)
+    state = it.get_state()
+    it2 = iter(pipeline.make_dataset(src, **kw))
+    it2.set_state(state)
+    rest = _consume(it2, 5)
+    for a, b in zip(full, first + rest, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    idx = np.concatenate([b["index"] for b in full])
+    assert list(idx) == list(range(32))  # every stream position once, in order: no gaps, no repeats
+    # The first epoch covers every record once (a permutation), the second is reshuffled.
+    epoch1 = [tuple(b["input_ids"][r]) for b in full[:6] for r in range(4)]
+    assert len(set(epoch1)) == 24
+
+
+def test_process_slices_partition_the_stream(corpus):
+    root, _ = corpus
+    src = records.RecordSource.from_dir(root / "data")
+    kw = dict(tokenizer_dir=str(root / "tok"), spec=_spec(), batch_size=2, seed=1)
+    one = np.concatenate([b["index"] for b in _consume(iter(pipeline.make_dataset(src, **kw, process_index=0,
+                                                                                  process_count=1)), 4)])
+    p0 = np.concatenate([b["index"] for b in _consume(iter(pipeline.make_dataset(src, **kw, process_index=0,
+                                                                                 process_count=2)), 2)])
+    p1 = np.concatenate([b["index"] for b in _consume(iter(pipeline.make_dataset(src, **kw, process_index=1,
+                                                                                 process_count=2)), 2)])
+    assert sorted(np.concatenate([p0, p1])) == sorted(one)
+    assert set(p0).isdisjoint(p1)
