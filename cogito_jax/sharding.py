@@ -227,6 +227,17 @@ def create_sharded(
     return nnx.merge(graphdef, state)
 
 
+def place(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nnx.Module:
+    """Moves an existing module's arrays onto ``mesh`` in the layout its logical annotations ask for."""
+    graphdef, state = nnx.split(model)
+    shardings = state_shardings(state, mesh, rules)
+    state = jax.tree.map(
+        lambda v, s: v.replace(jax.device_put(v.get_value(), s.get_value())) if isinstance(v, nnx.Variable) else v,
+        state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return nnx.merge(graphdef, state)
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """``with_sharding_constraint`` by logical names under the active mesh; a no-op without one."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -89,3 +89,12 @@ def test_process_slices_partition_the_stream(corpus):
                                                                                  process_count=2)), 2)])
     assert sorted(np.concatenate([p0, p1])) == sorted(one)
     assert set(p0).isdisjoint(p1)
+
+
+def test_nothing_fits_raises_instead_of_spinning(corpus):
+    root, _ = corpus
+    src = records.RecordSource.from_dir(root / "data")
+    spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=10, max_frames=64, n_mels=N_MELS)
+    it = iter(pipeline.make_dataset(src, tokenizer_dir=str(root / "tok"), spec=spec, batch_size=2))
+    with pytest.raises(ValueError, match="examples in a row are longer than max_len=10 tokens"):
+        next(it)

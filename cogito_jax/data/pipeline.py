@@ -94,8 +94,21 @@ def _with_position(position: int, rec: Any) -> tuple[int, Any]:
     return position, rec  # position in the (shuffled, repeated) stream
 
 
-def _is_example(ex: Any) -> bool:
-    return ex is not None
+class _DropTooLong(grain.transforms.Filter):
+    """Drops examples that did not fit ``max_len``; raises if nothing seems to fit, instead of spinning."""
+
+    def __init__(self, max_len: int, limit: int):
+        self.max_len, self.limit, self.in_a_row = max_len, limit, 0
+
+    def filter(self, ex: Any) -> bool:
+        if ex is not None:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise ValueError(f"{self.in_a_row} examples in a row are longer than max_len={self.max_len} tokens; "
+                             "raise data.max_len (or shorten prompts)")
+        return False
 
 
 def make_dataset(
@@ -121,7 +134,8 @@ def make_dataset(
     ds = ds.map_with_index(_with_position)
     ds = ds[process_index::process_count]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8))
-    it = it.map(Tokenize(tokenizer_dir, spec)).filter(_is_example)
+    limit = max(64, min(len(source), 1000))
+    it = it.map(Tokenize(tokenizer_dir, spec)).filter(_DropTooLong(spec.max_len, limit))
     if num_workers > 0:
         # Workers tokenise single examples and hand them back round-robin, in stream order, so the
         # batches below are the same whatever the number of workers.
