@@ -11,7 +11,9 @@ import pytest
 from cogito_jax import config as cfglib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted(p for p in (REPO / "configs").rglob("*.py") if p.name != "__init__.py")
+CONFIG_FILES = sorted(p for p in (REPO / "configs").rglob("*.py")
+                      if p.name != "__init__.py" and p.parent.name != "sweeps")
+SWEEP_FILES = sorted(p for p in (REPO / "configs" / "sweeps").glob("*.py") if p.name != "__init__.py")
 # Files whose get_config takes a required argument list the args to load them with.
 ARGS = {"models": ["tiny"]}
 
@@ -27,6 +29,16 @@ def test_every_config_file_loads(spec):
     assert isinstance(cfg, ml_collections.ConfigDict)
     if "name" in cfg and "train" in cfg:  # experiment configs validate against the base schema
         cfglib.validate(cfg)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_expands_to_valid_overrides(path):
+    from cogito_jax.sweeps import load_sweep
+
+    runs = load_sweep(str(path))
+    assert runs
+    for overrides in runs:  # every override names a real key of the tiny config, with a valid value
+        cfglib.load_config(str(REPO / "configs/tiny.py"), overrides)
 
 
 def test_tiny_overrides_and_dump(tmp_path):
