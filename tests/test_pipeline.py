@@ -8,6 +8,10 @@ from cogito_jax.data import chat, pipeline, records, tokenizer as toklib
 N_MELS = 8
 
 
+def _ds_dir(root):
+    return next((root / "data").rglob("dataset_info.json")).parent
+
+
 def _rec(i):
     rng = np.random.default_rng(i)
     frames = int(rng.integers(20, 60))
@@ -22,7 +26,7 @@ def _rec(i):
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     recs = [_rec(i) for i in range(24)]
-    records.write_shards(recs, root / "data", num_shards=2)
+    records.write_dataset(root / "data", {"train": lambda: recs}, feat_dim=N_MELS)
     texts = [r["question"] + " " + " ".join(r["choices"]) + " " + r["thinking"] for r in recs]
     toklib.train_bpe(texts * 5, vocab_size=320, out_dir=root / "tok")
     return root, recs
@@ -58,7 +62,7 @@ def _consume(it, n):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_exact_resume_and_no_repeats(corpus, workers):
     root, recs = corpus
-    src = records.RecordSource.from_dir(root / "data")
+    src = records.RecordSource(_ds_dir(root))
     kw = dict(tokenizer_dir=str(root / "tok"), spec=_spec(), batch_size=4, seed=3, num_workers=workers)
     full = _consume(iter(pipeline.make_dataset(src, **kw)), 8)  # 32 examples = 1 epoch + 8
     it = iter(pipeline.make_dataset(src, **kw))
@@ -79,7 +83,7 @@ def test_exact_resume_and_no_repeats(corpus, workers):
 
 def test_process_slices_partition_the_stream(corpus):
     root, _ = corpus
-    src = records.RecordSource.from_dir(root / "data")
+    src = records.RecordSource(_ds_dir(root))
     kw = dict(tokenizer_dir=str(root / "tok"), spec=_spec(), batch_size=2, seed=1)
     one = np.concatenate([b["index"] for b in _consume(iter(pipeline.make_dataset(src, **kw, process_index=0,
                                                                                   process_count=1)), 4)])
@@ -93,7 +97,7 @@ def test_process_slices_partition_the_stream(corpus):
 
 def test_nothing_fits_raises_instead_of_spinning(corpus):
     root, _ = corpus
-    src = records.RecordSource.from_dir(root / "data")
+    src = records.RecordSource(_ds_dir(root))
     spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=10, max_frames=64, n_mels=N_MELS)
     it = iter(pipeline.make_dataset(src, tokenizer_dir=str(root / "tok"), spec=spec, batch_size=2))
     with pytest.raises(ValueError, match="examples in a row are longer than max_len=10 tokens"):

@@ -1,4 +1,6 @@
-"""Record schema, msgpack round trip, ArrayRecord shards read back through Grain's data source."""
+"""Record schema and the TFDS array_record dataset read back through a Grain-compatible source."""
+
+import pickle
 
 import numpy as np
 import pytest
@@ -13,14 +15,6 @@ def _rec(i, frames=7):
                                category="Perception Layer", provenance={"seed": i})
 
 
-def test_roundtrip_keeps_arrays_exact():
-    rec = _rec(3)
-    back = records.decode(records.encode(rec))
-    assert back["mel"].dtype == np.float16 and back["mel"].shape == (7, 4)
-    np.testing.assert_array_equal(back["mel"], rec["mel"])
-    assert {k: v for k, v in back.items() if k != "mel"} == {k: v for k, v in rec.items() if k != "mel"}
-
-
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -28,6 +22,7 @@ def test_roundtrip_keeps_arrays_exact():
         ({"choices": ["a"], "answer": "a"}, "choices must be 2-6 distinct"),
         ({"n_frames": 9}, "n_frames=9 but features have 7 rows"),
         ({"colour": "red"}, r"unknown fields \['colour'\]"),
+        ({"audio_embeds": np.zeros((7, 2))}, "exactly one of 'mel' and 'audio_embeds'"),
     ],
 )
 def test_schema_errors_name_the_field(change, message):
@@ -40,15 +35,20 @@ def test_schema_errors_name_the_field(change, message):
         records.validate(bad)
 
 
-def test_shards_read_back_in_order(tmp_path):
-    recs = [_rec(i, frames=3 + i % 5) for i in range(11)]
-    paths = records.write_shards(recs, tmp_path, num_shards=3)
-    assert [p.name for p in paths] == [f"data-0000{i}-of-00003.array_record" for i in range(3)]
-    source = records.RecordSource.from_dir(tmp_path)
-    assert len(source) == 11
-    ids = sorted(r["id"] for r in source)
-    assert ids == sorted(f"ex{i}" for i in range(11))
-    got = {r["id"]: r for r in source}
-    np.testing.assert_array_equal(got["ex4"]["mel"], recs[4]["mel"])
-    with pytest.raises(FileNotFoundError, match="no data-\\*-of-\\*.array_record shards"):
-        records.RecordSource.from_dir(tmp_path / "empty")
+def test_dataset_roundtrip_in_order(tmp_path):
+    recs = {"train": [_rec(i, frames=3 + i % 5) for i in range(11)], "heldout": [_rec(100 + i) for i in range(3)]}
+    path = records.write_dataset(tmp_path, {k: (lambda v=v: v) for k, v in recs.items()}, feat_dim=4)
+    src = records.RecordSource(path, "train")
+    assert len(src) == 11 and len(records.RecordSource(path, "heldout")) == 3
+    got = list(src)
+    assert [r["id"] for r in got] == [f"ex{i}" for i in range(11)]  # input order is kept
+    for r, want in zip(got, recs["train"], strict=True):
+        np.testing.assert_array_equal(r["mel"], want["mel"])
+        assert r["mel"].dtype == np.float16
+        assert {k: v for k, v in r.items() if k != "mel"} == {k: v for k, v in want.items() if k != "mel"}
+    again = pickle.loads(pickle.dumps(src))  # Grain workers receive the source pickled
+    assert again[4]["id"] == "ex4"
+    with pytest.raises(KeyError, match="has no split 'test'"):
+        records.RecordSource(path, "test")
+    with pytest.raises(FileNotFoundError, match="no TFDS dataset"):
+        records.RecordSource(tmp_path / "nothing")

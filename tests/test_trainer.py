@@ -15,6 +15,10 @@ from cogito_jax.train.checkpoint import Checkpointer
 from tests.toy_lm import ToyAudioLM
 
 N_MELS = 8
+
+
+def _ds_dir(root):
+    return next((root / "data").rglob("dataset_info.json")).parent
 ANSWERS = ["two beeps", "three beeps", "four beeps"]
 
 
@@ -32,7 +36,7 @@ def _rec(i):
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_corpus")
     recs = [_rec(i) for i in range(48)]
-    records.write_shards(recs, root / "data", num_shards=2)
+    records.write_dataset(root / "data", {"train": lambda: recs}, feat_dim=N_MELS)
     text = chat.chat_format("qwen2_audio").prompt(chat.mcq_text("How many beeps?", ANSWERS)) + " ".join(ANSWERS)
     tok = toklib.train_bpe([text] * 20, vocab_size=300, out_dir=root / "tok")
     return root, len(tok)
@@ -77,7 +81,7 @@ class CrashAfter:
 def _run(cfg, workdir, corpus, mesh=None, crash_after=None):
     root, vocab = corpus
     spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
-    data = pipeline.make_dataset(records.RecordSource.from_dir(root / "data"), tokenizer_dir=str(root / "tok"),
+    data = pipeline.make_dataset(records.RecordSource(_ds_dir(root)), tokenizer_dir=str(root / "tok"),
                                  spec=spec, batch_size=cfg.train.batch_size, seed=cfg.seed)
     if crash_after is not None:
         data = CrashAfter(data, crash_after)
@@ -135,7 +139,7 @@ def test_only_trainable_params_change(tmp_path, corpus, preset, trained):
     before = {optim.path_str(p): np.asarray(v)
               for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
     spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
-    data = pipeline.make_dataset(records.RecordSource.from_dir(root / "data"), tokenizer_dir=str(root / "tok"),
+    data = pipeline.make_dataset(records.RecordSource(_ds_dir(root)), tokenizer_dir=str(root / "tok"),
                                  spec=spec, batch_size=8)
     trainer.run(cfg, str(tmp_path), None, data, model=model)
     # Trained parameters live in the checkpoint; frozen ones are still the model's own, untouched arrays.

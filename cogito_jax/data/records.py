@@ -1,75 +1,47 @@
-"""The record schema shared by data_prep and training, msgpack encoding, ArrayRecord shards.
+"""The record schema shared by data_prep, training and self-distillation, and its on-disk form: a TFDS
+dataset in ArrayRecord files (``file_format="array_record"``), readable with ``tfds.data_source`` /
+Grain and no TensorFlow.
 
-One record = one (audio, conversation) example. NumPy arrays are stored as raw bytes with dtype and
-shape (msgpack ext type 1), so decoding is a ``frombuffer`` with no copy of the payload. Shards are
-ArrayRecord files named ``<prefix>-<i:05d>-of-<n:05d>.array_record`` that Grain reads by index.
+One record = one (audio, conversation) example. Audio is stored as ``mel`` (float16 ``[frames,
+n_mels]``, unpadded log-mel) or ``audio_embeds`` (pre-extracted encoder output ``[tokens, d]``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import pathlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 1
-_ND_EXT = 1
+DATASET_NAME = "cogito_records"
+VERSION = "1.0.0"
 
-# Field -> (required, type description). `mel` or `audio_embeds` carries the audio.
+# Field -> (required, description).
 FIELDS: dict[str, tuple[bool, str]] = {
     "id": (True, "str"),
     "mel": (False, "float16 [frames, n_mels], unpadded log-mel"),
-    "audio_embeds": (False, "float [tokens, d], pre-extracted encoder output"),
-    "n_frames": (True, "int, valid mel frames (or embedding tokens)"),
+    "audio_embeds": (False, "float16 [tokens, d], pre-extracted encoder output"),
+    "n_frames": (True, "int, rows of the audio features"),
     "question": (True, "str"),
-    "choices": (True, "list[str], 2-6 full-text options"),
+    "choices": (True, "list[str], 2-6 distinct full-text options"),
     "answer": (True, "str, one of choices"),
     "thinking": (False, "str, chain of thought (may be empty)"),
+    "weight": (False, "float, loss weight of the example (default 1)"),
     "source": (False, "str"),
     "modality": (False, "str"),
     "category": (False, "str"),
     "sub_category": (False, "str"),
-    "provenance": (False, "dict, where the record came from (stage outputs, model, seed)"),
+    "provenance": (False, "dict, where the record came from (JSON-serialisable)"),
 }
+TEXT_FIELDS = ("id", "question", "answer", "thinking", "source", "modality", "category", "sub_category")
+DEFAULTS = {"thinking": "", "weight": 1.0, "source": "", "modality": "", "category": "", "sub_category": "",
+            "provenance": {}}
 
 
 class RecordError(ValueError):
     """A record that does not follow the schema; the message names the record and field."""
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        header = msgpack.packb([arr.dtype.str, list(arr.shape)])
-        return msgpack.ExtType(_ND_EXT, len(header).to_bytes(4, "little") + header + arr.tobytes())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__} in a record")
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code != _ND_EXT:
-        return msgpack.ExtType(code, data)
-    n = int.from_bytes(data[:4], "little")
-    dtype, shape = msgpack.unpackb(data[4:4 + n])
-    return np.frombuffer(data, dtype=np.dtype(dtype), offset=4 + n).reshape(shape)
-
-
-def encode(record: Mapping[str, Any]) -> bytes:
-    """Serialises a record dict (NumPy arrays kept with dtype and shape)."""
-    return msgpack.packb({"_v": SCHEMA_VERSION, **record}, default=_default, use_bin_type=True)
-
-
-def decode(data: bytes) -> dict[str, Any]:
-    """The inverse of :func:`encode`; arrays are read-only views of ``data``."""
-    rec = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    version = rec.pop("_v", None)
-    if version != SCHEMA_VERSION:
-        raise RecordError(f"record schema version {version!r}, expected {SCHEMA_VERSION}")
-    return rec
 
 
 def validate(record: Mapping[str, Any]) -> None:
@@ -81,8 +53,8 @@ def validate(record: Mapping[str, Any]) -> None:
     unknown = set(record) - set(FIELDS)
     if unknown:
         raise RecordError(f"record {rid!r}: unknown fields {sorted(unknown)}; schema: {sorted(FIELDS)}")
-    if "mel" not in record and "audio_embeds" not in record:
-        raise RecordError(f"record {rid!r}: needs 'mel' or 'audio_embeds'")
+    if ("mel" in record) == ("audio_embeds" in record):
+        raise RecordError(f"record {rid!r}: needs exactly one of 'mel' and 'audio_embeds'")
     audio = record.get("mel", record.get("audio_embeds"))
     if not isinstance(audio, np.ndarray) or audio.ndim != 2:
         raise RecordError(f"record {rid!r}: audio features must be a 2-D array, got {getattr(audio, 'shape', audio)}")
@@ -96,69 +68,103 @@ def validate(record: Mapping[str, Any]) -> None:
 
 
 def make_record(**fields: Any) -> dict[str, Any]:
-    """A validated record; ``mel`` is stored as float16."""
-    rec = {k: v for k, v in fields.items() if v is not None}
-    if "mel" in rec:
-        rec["mel"] = np.asarray(rec["mel"], np.float16)
-    rec.setdefault("thinking", "")
+    """A validated record with defaults filled in; audio features stored as float16."""
+    rec = {**DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
+    for key in ("mel", "audio_embeds"):
+        if key in rec:
+            rec[key] = np.asarray(rec[key], np.float16)
+    rec["choices"] = list(rec.get("choices", []))
     validate(rec)
     return rec
 
 
-# ----------------------------------------------------------------------------- ArrayRecord shards
+# ----------------------------------------------------------------------------- TFDS dataset
 
 
-def shard_paths(directory: str | pathlib.Path, prefix: str = "data") -> list[pathlib.Path]:
-    """The shards of a dataset folder, in order."""
-    return sorted(pathlib.Path(directory).glob(f"{prefix}-*-of-*.array_record"))
+def features(audio_field: str, feat_dim: int):
+    """The TFDS FeaturesDict of a dataset whose audio is ``audio_field`` with ``feat_dim`` columns."""
+    import tensorflow_datasets as tfds
+
+    tf = tfds.features
+    spec = {name: tf.Text() for name in TEXT_FIELDS}
+    spec[audio_field] = tf.Tensor(shape=(None, feat_dim), dtype=np.float16)
+    spec["n_frames"] = tf.Scalar(dtype=np.int32)
+    spec["weight"] = tf.Scalar(dtype=np.float32)
+    spec["choices"] = tf.Sequence(tf.Text())
+    spec["provenance"] = tf.Text()  # JSON
+    return tf.FeaturesDict(spec)
 
 
-def write_shards(records: Iterable[Mapping[str, Any]], directory: str | pathlib.Path, num_shards: int = 1,
-                 prefix: str = "data", check: bool = True) -> list[pathlib.Path]:
-    """Writes records round-robin into ``num_shards`` ArrayRecord files; returns their paths."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"{prefix}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
-    writers = [ArrayRecordWriter(str(p), "group_size:1") for p in paths]
-    try:
-        for i, rec in enumerate(records):
-            if check:
-                validate(rec)
-            writers[i % num_shards].write(encode(rec))
-    finally:
-        for w in writers:
-            w.close()
-    return paths
+def _to_example(rec: Mapping[str, Any]) -> dict[str, Any]:
+    validate(rec)
+    ex = {**DEFAULTS, **rec}
+    ex["provenance"] = json.dumps(ex["provenance"], sort_keys=True, default=str)
+    ex["n_frames"] = np.int32(ex["n_frames"])
+    ex["weight"] = np.float32(ex["weight"])
+    return ex
 
 
-@dataclasses.dataclass
+def write_dataset(data_dir: str | pathlib.Path, splits: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]],
+                  audio_field: str = "mel", feat_dim: int = 128, description: str = "") -> pathlib.Path:
+    """Writes ``{split: () -> records}`` as a TFDS array_record dataset under ``data_dir``; returns its folder."""
+    from cogito_jax.data import tfds_builder
+
+    builder = tfds_builder.CogitoRecords(
+        data_dir=str(data_dir), file_format="array_record", splits=splits, audio_field=audio_field,
+        feat_dim=feat_dim, description_text=description,
+    )
+    builder.download_and_prepare()
+    return pathlib.Path(builder.data_dir)
+
+
+def _normalise(ex: Mapping[str, Any]) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    for k, v in ex.items():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")
+        rec[k] = v
+    rec["choices"] = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in ex["choices"]]
+    rec["provenance"] = json.loads(rec.get("provenance") or "{}")
+    rec["n_frames"] = int(rec["n_frames"])
+    rec["weight"] = float(rec.get("weight", 1.0))
+    return rec
+
+
 class RecordSource:
-    """Random access over ArrayRecord shards (a Grain ``RandomAccessDataSource``), decoded records."""
+    """Random access to one split of a dataset written by :func:`write_dataset`, as plain record dicts.
 
-    paths: Sequence[str | pathlib.Path]
+    A Grain ``RandomAccessDataSource``: ``len`` and ``__getitem__``; pickles by path for worker processes.
+    """
 
-    def __post_init__(self):
-        import grain
+    def __init__(self, dataset_dir: str | pathlib.Path, split: str = "train"):
+        self.dataset_dir, self.split = str(dataset_dir), split
+        self._source = self._open()
 
-        if not self.paths:
-            raise FileNotFoundError("no ArrayRecord shards given")
-        self._source = grain.sources.ArrayRecordDataSource([str(p) for p in self.paths])
+    def _open(self):
+        import tensorflow_datasets as tfds
+
+        path = pathlib.Path(self.dataset_dir)
+        if not (path / "dataset_info.json").exists():
+            raise FileNotFoundError(f"no TFDS dataset in {self.dataset_dir!r} (dataset_info.json is missing)")
+        builder = tfds.builder_from_directory(self.dataset_dir)
+        if self.split not in builder.info.splits:
+            raise KeyError(f"dataset {self.dataset_dir!r} has no split {self.split!r}; "
+                           f"it has {sorted(builder.info.splits)}")
+        return builder.as_data_source(split=self.split)
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return decode(self._source[index])
+        return _normalise(self._source[index])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):
             yield self[i]
 
-    @classmethod
-    def from_dir(cls, directory: str | pathlib.Path, prefix: str = "data") -> RecordSource:
-        paths = shard_paths(directory, prefix)
-        if not paths:
-            raise FileNotFoundError(f"no {prefix}-*-of-*.array_record shards in {str(directory)!r}")
-        return cls(paths)
+    def __getstate__(self):
+        return {"dataset_dir": self.dataset_dir, "split": self.split}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._source = self._open()
