@@ -1,0 +1,61 @@
+"""MMAR-Rubrics against a local judge stub that scores deterministically and fails part of the time."""
+
+import json
+import re
+
+import pytest
+
+from cogito_jax.eval import rubrics
+from cogito_jax.judge import HttpJudge
+from tests.judge_stub import JudgeStub
+
+
+def mmar_rule(prediction, answer, choices):
+    tok = lambda s: set(re.findall(r"\b\w+\b", s.lower()))  # noqa: E731
+    p, a = tok(prediction), tok(answer)
+    wrong = set().union(*[tok(c) - a for c in choices if tok(c) != a])
+    return bool(p) and a <= p and not (p & wrong)
+
+
+def _meta(i):
+    return {"id": f"q{i}", "question": f"Question {i}?", "choices": ["dog bark", "cat meow"], "answer": "dog bark",
+            "thinking": "ref", "rubric": [{"name": f"r{k}", "scoring_point": f"point {k}", "note": ""}
+                                          for k in range(5)]}
+
+
+def _reply(messages):
+    """Scores depend on the item and on how often it was asked: item q1 gets 1,2,3,4,5 points over 5 runs."""
+    text = messages[-1]["content"]
+    item = int(re.search(r"Question (\d+)\?", text).group(1))
+    _reply.count[item] = _reply.count.get(item, 0) + 1
+    k = (_reply.count[item] - 1) % 5 + 1 if item == 1 else 3
+    if item == 4:
+        return "I think it is fine"  # no JSON: a failed judgement, not a zero
+    return json.dumps({"scores": [1] * k + [0] * (5 - k)})
+
+
+def test_rubric_protocol_hand_computed(tmp_path):
+    _reply.count = {}
+    meta = [_meta(i) for i in range(5)]
+    preds = {"q0": {"thinking_prediction": "t", "answer_prediction": "cat meow"},  # wrong -> 0
+             "q1": {"thinking_prediction": "t", "answer_prediction": "dog bark"},  # runs .2..1.0 -> middle .6
+             "q2": {"thinking_prediction": "t", "answer_prediction": "the dog bark"},  # always 3/5 -> .6
+             "q4": {"thinking_prediction": "t", "answer_prediction": "dog bark"}}  # judge fails
+    failures = {"Question 2?": ["500", "timeout"]}  # transient: retried, then scored
+    with JudgeStub(_reply, failures, delay_s=1.0) as stub:
+        judge = HttpJudge(stub.url, "stub", timeout_s=0.5, backoff_s=0.01, max_retries=2,
+                          cache_path=tmp_path / "c.jsonl")
+        out = rubrics.score_rubrics(meta, preds, judge, mmar_rule)
+    # q3 has no prediction: wrong, 0. Scored items: q0, q1, q2, q3 (q4 failed and is reported).
+    assert out["failed"].keys() == {"q4"} and "no JSON object" in out["failed"]["q4"]
+    assert out["scored"] == 4
+    assert out["items"]["q1"]["runs"] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert out["rubric_score"] == pytest.approx(100 * (0 + 0.6 + 0.6 + 0) / 4)
+    assert out["accuracy"] == pytest.approx(0.5)
+    assert out["crs"] == pytest.approx(30.0 / 50.0)
+
+
+def test_middle_mean():
+    assert rubrics.middle_mean([0.0, 1.0, 0.4, 0.6, 0.2]) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="are not 5 values"):
+        rubrics.parse_scores('{"scores": [1, 0]}', 5)
