@@ -28,7 +28,8 @@ SYSTEM = ("You are a strict grader of audio-reasoning explanations. You are give
 def judge_prompt(meta: Mapping[str, Any], thinking_prediction: str, answer_prediction: str) -> list[dict]:
     """The chat messages for one judge run of one item."""
     points = "\n".join(
-        f"{i + 1}. {r.get('name', '')}: {r.get('scoring_point', '')}" + (f" (note: {r['note']})" if r.get("note") else "")
+        f"{i + 1}. {r.get('name', '')}: {r.get('scoring_point', '')}"
+        + (f" (note: {r['note']})" if r.get("note") else "")
         for i, r in enumerate(meta["rubric"])
     )
     user = (f"Question: {meta['question']}\nChoices: {'; '.join(meta['choices'])}\n"
