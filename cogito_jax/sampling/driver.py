@@ -1,0 +1,187 @@
+"""Streams a set of prompts through the generation engine and writes results as JSONL, resumably.
+
+Prompts are grouped into static shapes so a long job compiles a handful of programs: the batch is
+always ``batch_size`` rows (short batches are padded with copies of a real row and their outputs
+dropped), prompt lengths are rounded up to a bucket, audio is padded to ``max_frames``. Output lines
+are appended as soon as a batch finishes and each prompt's lines are written together, so a crashed
+job resumes by skipping the prompt ids already in the file. In a multi-process job each process
+takes every ``process_count``-th prompt and writes its own file, ``<out>.process<i>-of-<n>``;
+:func:`merge_outputs` joins them and checks every prompt was done exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cogito_jax.data import chat
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverConfig:
+    family: str
+    batch_size: int = 8
+    num_samples: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    max_frames: int = 3000
+    n_mels: int = 128
+    n_window: int = 50
+    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    system: str | None = chat.CHALLENGE_SYSTEM
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n; raises if the prompt is longer than every bucket."""
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"prompt of {n} tokens is longer than the largest length bucket {max(buckets)}")
+
+
+def shard_path(out: str | pathlib.Path, process_index: int, process_count: int) -> pathlib.Path:
+    out = pathlib.Path(out)
+    return out if process_count == 1 else out.with_name(f"{out.name}.process{process_index}-of-{process_count}")
+
+
+def resume_file(path: pathlib.Path, num_samples: int) -> set[str]:
+    """Keeps only prompts with all ``num_samples`` lines in an existing output (a crash can leave a torn
+    or partial tail), rewriting the file atomically if anything was dropped; returns the finished ids."""
+    if not path.exists():
+        return set()
+    rows: dict[str, list[str]] = {}
+    lines = path.read_text().splitlines()
+    for line in lines:
+        try:
+            rows.setdefault(json.loads(line)["id"], []).append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    done = {i for i, v in rows.items() if len(v) == num_samples}
+    kept = [ln for i in rows if i in done for ln in rows[i]]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(path)
+    return done
+
+
+def _prepare(item: Mapping[str, Any], tokenizer: Any, cfg: DriverConfig) -> dict[str, Any]:
+    fmt = chat.chat_format(cfg.family)
+    mel = item.get("mel")
+    n_frames = 0 if mel is None else min(int(np.asarray(mel).shape[0]), cfg.max_frames)
+    n_audio = chat.num_audio_tokens(cfg.family, n_frames, cfg.n_window) if n_frames else 0
+    text = item.get("prompt_text") or chat.mcq_text(item["question"], item["choices"])
+    ids = chat.encode_prompt(tokenizer, fmt, text, n_audio, cfg.system)
+    return {"item": item, "ids": ids, "n_frames": n_frames}
+
+
+def _batch_arrays(group: list[dict], cfg: DriverConfig, pad_id: int) -> dict[str, np.ndarray]:
+    t = bucket_length(max(len(g["ids"]) for g in group), cfg.length_buckets)
+    b = cfg.batch_size
+    rows = group + [group[0]] * (b - len(group))  # pad the batch with copies; their outputs are dropped
+    ids = np.full((b, t), pad_id, np.int32)
+    for i, g in enumerate(rows):  # left padding: prompts end where generation starts
+        ids[i, t - len(g["ids"]):] = g["ids"]
+    out = {"input_ids": ids}
+    if any(g["n_frames"] for g in rows):
+        feats = np.zeros((b, cfg.n_mels, cfg.max_frames), np.float32)
+        fmask = np.zeros((b, cfg.max_frames), np.int32)
+        for i, g in enumerate(rows):
+            n = g["n_frames"]
+            if n:
+                feats[i, :, :n] = np.asarray(g["item"]["mel"], np.float32)[:n].T
+                fmask[i, :n] = 1
+        out.update(input_features=feats, feature_attention_mask=fmask)
+    return out
+
+
+def run(
+    items: Iterable[Mapping[str, Any]],
+    out: str | pathlib.Path,
+    *,
+    generate_fn: Callable[..., Any],
+    tokenizer: Any,
+    cfg: DriverConfig,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generates ``cfg.num_samples`` continuations for every not-yet-done prompt; returns run statistics.
+
+    ``generate_fn(input_ids, input_features=, feature_attention_mask=, num_samples=, max_new_tokens=,
+    temperature=, top_k=, top_p=, eos_token_id=, pad_token_id=, seed=)`` returns int32
+    ``[B, num_samples, max_new_tokens]`` (contract 4, with the model bound).
+    """
+    from tqdm.auto import tqdm
+
+    path = shard_path(out, process_index, process_count)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = resume_file(path, cfg.num_samples)
+    mine = [it for i, it in enumerate(items) if i % process_count == process_index and it["id"] not in done]
+    prepared = sorted((_prepare(it, tokenizer, cfg) for it in mine), key=lambda g: len(g["ids"]))
+    stats = {"prompts": len(prepared), "skipped_done": len(done), "tokens": 0, "seconds": 0.0}
+    bar = tqdm(total=len(prepared), desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
+    eos = set(int(e) for e in eos_token_ids)
+    t0 = time.time()
+    with path.open("a") as f:
+        for start in range(0, len(prepared), cfg.batch_size):
+            group = prepared[start:start + cfg.batch_size]
+            arrays = _batch_arrays(group, cfg, pad_token_id)
+            toks = np.asarray(generate_fn(
+                arrays["input_ids"], input_features=arrays.get("input_features"),
+                feature_attention_mask=arrays.get("feature_attention_mask"), num_samples=cfg.num_samples,
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                eos_token_id=list(eos), pad_token_id=pad_token_id, seed=cfg.seed + start,
+            ))
+            lines = []
+            for row, g in enumerate(group):
+                for s in range(cfg.num_samples):
+                    seq = toks[row, s].tolist()
+                    end = next((i for i, t in enumerate(seq) if t in eos), None)
+                    gen = seq[: end if end is not None else len(seq)]
+                    text = tokenizer.decode(gen, skip_special_tokens=False)
+                    thinking, answer = chat.split_thinking(text)
+                    stats["tokens"] += len(gen) + (end is not None)
+                    lines.append(json.dumps({"id": g["item"]["id"], "sample": s, "text": text, "thinking": thinking,
+                                             "answer": answer, "n_tokens": len(gen),
+                                             "finish_reason": "eos" if end is not None else "length"}))
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            elapsed = time.time() - t0
+            bar.update(len(group))
+            bar.set_postfix(tok_per_s=f"{stats['tokens'] / max(elapsed, 1e-9):.0f}")
+    bar.close()
+    stats["seconds"] = time.time() - t0
+    return stats
+
+
+def merge_outputs(out: str | pathlib.Path, expected_ids: Iterable[str], process_count: int,
+                  num_samples: int) -> list[dict[str, Any]]:
+    """Joins the per-process files; raises if a prompt is missing, duplicated or has the wrong sample count."""
+    rows: dict[str, list[dict]] = {}
+    for p in range(process_count):
+        for line in shard_path(out, p, process_count).read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows.setdefault(r["id"], []).append(r)
+    expected = list(expected_ids)
+    missing = [i for i in expected if i not in rows]
+    bad = {i: len(v) for i, v in rows.items() if len(v) != num_samples}
+    extra = sorted(set(rows) - set(expected))
+    if missing or bad or extra:
+        raise ValueError(f"merge of {out}: missing {missing[:5]} ({len(missing)}), wrong sample counts "
+                         f"{dict(list(bad.items())[:5])}, unexpected ids {extra[:5]}")
+    return [r for i in expected for r in sorted(rows[i], key=lambda r: r["sample"])]

@@ -1,0 +1,94 @@
+"""The sampling driver: static batch shapes, JSONL output, resume after a crash, per-process shards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cogito_jax.data import chat, tokenizer as toklib
+from cogito_jax.sampling import driver
+
+ANSWERS = ["two beeps", "three beeps", "four beeps"]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    text = chat.chat_format("qwen2_audio").prompt(chat.mcq_text("How many beeps?", ANSWERS)) + " ".join(ANSWERS)
+    toklib.train_bpe([text, "<think>\nI count.\n</think>\n\nthree beeps"] * 10, vocab_size=300, out_dir=out)
+    return toklib.load(out)
+
+
+def _items(n):
+    rng = np.random.default_rng(0)
+    return [{"id": f"p{i}", "question": "How many beeps?" + " really?" * (i % 4), "choices": ANSWERS,
+             "mel": rng.normal(size=(10 + i, 4)).astype(np.float16)} for i in range(n)]
+
+
+class FakeEngine:
+    """Answers '<think>I count.</think> three beeps<|im_end|>' and records every call's shapes."""
+
+    def __init__(self, tok, crash_on_call=None):
+        self.tok, self.calls, self.crash_on_call = tok, [], crash_on_call
+        self.answer = tok.encode("<think>\nI count.\n</think>\n\nthree beeps<|im_end|>", add_special_tokens=False)
+
+    def __call__(self, input_ids, *, input_features, feature_attention_mask, num_samples, max_new_tokens, **kw):
+        self.calls.append((input_ids.shape, None if input_features is None else input_features.shape))
+        if self.crash_on_call is not None and len(self.calls) == self.crash_on_call:
+            raise RuntimeError("crash")
+        out = np.full((input_ids.shape[0], num_samples, max_new_tokens), kw["pad_token_id"], np.int32)
+        out[:, :, : len(self.answer)] = self.answer
+        return out
+
+
+def _cfg(**kw):
+    return driver.DriverConfig(family="qwen2_audio", batch_size=4, num_samples=2, max_new_tokens=24, max_frames=32,
+                               n_mels=4, length_buckets=(64, 128, 256), **kw)
+
+
+def _run(tok, items, out, engine, **kw):
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    return driver.run(items, out, generate_fn=engine, tokenizer=tok, cfg=_cfg(), eos_token_ids=eos,
+                      pad_token_id=tok.pad_token_id, progress=False, **kw)
+
+
+def test_outputs_shapes_and_parsing(tok, tmp_path):
+    eng = FakeEngine(tok)
+    stats = _run(tok, _items(10), tmp_path / "out.jsonl", eng)
+    rows = [json.loads(ln) for ln in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and stats["prompts"] == 10
+    assert {(r["id"], r["sample"]) for r in rows} == {(f"p{i}", s) for i in range(10) for s in range(2)}
+    assert all(r["answer"] == "three beeps" and r["thinking"] == "I count." and r["finish_reason"] == "eos"
+               for r in rows)
+    assert all(b == 4 and t in (64, 128, 256) and feats == (4, 4, 32) for (b, t), feats in eng.calls)
+    assert len({shape for shape, _ in eng.calls}) <= 2  # a handful of static shapes, not one per batch
+
+
+def test_resume_after_crash_and_merge(tok, tmp_path):
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(tok, _items(10), out, FakeEngine(tok, crash_on_call=2))
+    with open(out, "a") as f:
+        f.write(json.dumps({"id": "p9", "sample": 0}) + "\n" + '{"id": "p9", "sam')  # a torn, partial prompt
+    first = {json.loads(ln)["id"] for ln in out.read_text().splitlines() if ln.endswith("}")}
+    eng = FakeEngine(tok)
+    stats = _run(tok, _items(10), out, eng)
+    assert stats["skipped_done"] == 4 and stats["prompts"] == 6 and len(first) == 5
+    merged = driver.merge_outputs(out, [f"p{i}" for i in range(10)], 1, 2)
+    assert len(merged) == 20
+
+
+def test_process_shards_partition_prompts(tok, tmp_path):
+    out = tmp_path / "out.jsonl"
+    for p in range(2):
+        _run(tok, _items(7), out, FakeEngine(tok), process_index=p, process_count=2)
+    assert (tmp_path / "out.jsonl.process0-of-2").exists() and (tmp_path / "out.jsonl.process1-of-2").exists()
+    merged = driver.merge_outputs(out, [f"p{i}" for i in range(7)], 2, 2)
+    assert [r["id"] for r in merged[::2]] == [f"p{i}" for i in range(7)]
+    with pytest.raises(ValueError, match=r"missing \['p7'\]"):
+        driver.merge_outputs(out, [f"p{i}" for i in range(8)], 2, 2)
+
+
+def test_prompt_too_long():
+    with pytest.raises(ValueError, match="longer than the largest length bucket 256"):
+        driver.bucket_length(300, (64, 128, 256))
