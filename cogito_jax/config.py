@@ -304,7 +304,8 @@ def _one_line(err: BaseException) -> str:
     return " ".join(msg.replace("\\n", " ").split())
 
 
-def parse_flags(argv: list[str], needs_config: bool = True) -> ml_collections.ConfigDict | None:
+def parse_flags(argv: list[str], needs_config: bool = True,
+                validate_fn: Callable[[ConfigDict], ConfigDict] | None = None) -> ml_collections.ConfigDict | None:
     """Parses absl flags from ``argv``; returns the validated config (or None if not given)."""
     from absl import flags
 
@@ -346,7 +347,7 @@ def parse_flags(argv: list[str], needs_config: bool = True) -> ml_collections.Co
         cfg = FLAGS.config
         if type(cfg).__name__ == "_ErrorConfig":
             cfg.__getattr__("x")  # re-raises the deferred load error
-        return validate(cfg)
+        return (validate_fn or validate)(cfg)
     except ConfigError as e:
         usage_error(str(e))
     except Exception as e:
@@ -393,15 +394,16 @@ def _config_flag_message(err: BaseException, key: str, argv: list[str]) -> str:
 
 
 def run_main(main: Callable[[ConfigDict | None], int | None], argv: list[str] | None = None,
-             needs_config: bool = True) -> None:
+             needs_config: bool = True, validate_fn: Callable[[ConfigDict], ConfigDict] | None = None,
+             uses_devices: bool = True) -> None:
     """Entry-point wrapper: parse flags, validate, set up logging and multi-process, call ``main``."""
     from cogito_jax import log
 
     argv = list(sys.argv if argv is None else argv)
-    cfg = parse_flags(argv, needs_config)
+    cfg = parse_flags(argv, needs_config, validate_fn)
     log.setup()
     try:
-        if cfg is not None:
+        if cfg is not None and uses_devices:
             from cogito_jax import sharding
 
             sharding.maybe_initialize_distributed(cfg.distributed)

@@ -27,7 +27,11 @@ def _specs(path: pathlib.Path) -> list[str]:
 def test_every_config_file_loads(spec):
     cfg = cfglib.load_config_file(spec)
     assert isinstance(cfg, ml_collections.ConfigDict)
-    if "name" in cfg and "train" in cfg:  # experiment configs validate against the base schema
+    if "/configs/data/" in spec:  # data-prep configs follow their own schema
+        from data_prep.config import base_data_config
+
+        cfglib.check_schema(cfg, base_data_config())
+    elif "name" in cfg and "train" in cfg:  # experiment configs validate against the base schema
         cfglib.validate(cfg)
 
 
