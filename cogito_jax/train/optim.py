@@ -3,7 +3,8 @@ the choice of which parameters train (full, LoRA only, frozen audio encoder, pro
 
 Which parameters train is decided by their path in the NNX state (``"llm/layers/attn/q_proj/kernel"``)
 against regexes, so a preset works for every family whose modules follow the naming of
-``cogito_jax.models.audio_lm`` (``audio_encoder``, ``projector``, ``llm``; LoRA leaves contain
+``cogito_jax.models.audio_lm`` (``audio_encoder``, ``projector``, ``llm``; under a
+``cogito_jax.models.lora.LoRA`` wrapper the same names sit below ``base/`` and adapters start with
 ``lora_``).
 """
 
@@ -22,8 +23,8 @@ from flax import nnx
 TRAINABLE_PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "full": ((r".*",), (r"(^|/)lora_",)),
     "lora": ((r"(^|/)lora_",), ()),
-    "frozen_encoder": ((r".*",), (r"^audio_encoder/", r"(^|/)lora_")),
-    "adapter_only": ((r"^projector/",), ()),
+    "frozen_encoder": ((r".*",), (r"^(base/)?audio_encoder/", r"(^|/)lora_")),
+    "adapter_only": ((r"^(base/)?projector/",), ()),
 }
 
 
