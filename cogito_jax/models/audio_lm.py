@@ -1,0 +1,105 @@
+"""Audio LM = audio encoder + projector + decoder LM, audio embeddings merged at placeholder tokens.
+
+The call follows HF's ``...ForConditionalGeneration.forward``: ``model(input_ids, input_features,
+feature_attention_mask, attention_mask)`` -> logits ``[B, T, V]``. Every audio-placeholder token
+(``audio_token_id``) is replaced, in reading order over the batch, by the next valid frame of the
+encoded audio clips (clips in batch order, each clip's valid frames in time order), as HF's
+``masked_scatter`` does. Without ``positions``, positions are ``0..T-1`` (HF's forward); generation
+passes ``cumsum(attention_mask) - 1`` (HF's ``generate``).
+
+For decoding: :meth:`encode_audio` once, :meth:`prefill` the prompt into a :class:`KVCache`, then
+:meth:`decode` one token per row per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cogito_jax.models.attention import KVCache
+from cogito_jax.models.decoder import Decoder, DecoderConfig
+from cogito_jax.models.layers import dense, dtype_of
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioLMConfig:
+    family: str
+    audio: Any  # the encoder's config dataclass
+    text: DecoderConfig
+    audio_token_id: int
+    hf_extra: tuple = ()  # HF config fields kept for a faithful save_hf, as (key, json) pairs
+
+
+def merge_audio(embeds_btd: jax.Array, input_ids_bt: jax.Array, audio_token_id: int,
+                audio_nsd: jax.Array, audio_len_n: jax.Array) -> jax.Array:
+    """Writes the valid audio frames, in order, over the placeholder tokens' embeddings."""
+    n, s, d = audio_nsd.shape
+    valid_flat = (jnp.arange(s)[None, :] < audio_len_n[:, None]).reshape(-1)
+    order = jnp.argsort(~valid_flat, stable=True)  # indices of valid frames first, in order
+    audio_flat = audio_nsd.reshape(n * s, d)[order]
+    is_audio = (input_ids_bt == audio_token_id).reshape(-1)
+    rank = jnp.cumsum(is_audio) - 1
+    picked = audio_flat[jnp.clip(rank, 0, n * s - 1)].astype(embeds_btd.dtype)
+    out = jnp.where(is_audio[:, None], picked, embeds_btd.reshape(-1, d))
+    return out.reshape(embeds_btd.shape)
+
+
+def check_audio_tokens(input_ids, audio_token_id: int, audio_len) -> None:
+    """Raises if the number of placeholder tokens differs from the number of valid audio frames."""
+    n_tokens = int(jnp.sum(jnp.asarray(input_ids) == audio_token_id))
+    n_frames = int(jnp.sum(jnp.asarray(audio_len)))
+    if n_tokens != n_frames:
+        raise ValueError(f"the prompt has {n_tokens} audio placeholder tokens (id {audio_token_id}) but the audio "
+                         f"gives {n_frames} frames; build prompts with chat.num_audio_tokens")
+
+
+class AudioLM(nnx.Module):
+    def __init__(self, cfg: AudioLMConfig, encoder: nnx.Module, *, rngs: nnx.Rngs, mlp_factory=None):
+        self.cfg = cfg
+        self.audio_encoder = encoder
+        audio_dim = getattr(cfg.audio, "output_dim", None) or cfg.audio.d_model
+        self.projector = dense(audio_dim, cfg.text.hidden_size, ("audio_embed", "embed"), bias=True, rngs=rngs,
+                               dtype=dtype_of(cfg.text.dtype), param_dtype=dtype_of(cfg.text.param_dtype))
+        kw = {} if mlp_factory is None else {"mlp_factory": mlp_factory}
+        self.llm = Decoder(cfg.text, rngs=rngs, **kw)
+
+    def encode_audio(self, input_features: jax.Array, feature_attention_mask: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+        """(projected audio embeddings ``[N, S, d_model]``, valid lengths ``[N]``)."""
+        h, lengths = self.audio_encoder(input_features, feature_attention_mask)
+        return self.projector(h), lengths
+
+    def embed(self, input_ids, audio=None):
+        x = self.llm.embed(input_ids)
+        if audio is not None:
+            x = merge_audio(x, input_ids, self.cfg.audio_token_id, *audio)
+        return x
+
+    def __call__(self, input_ids, input_features=None, feature_attention_mask=None, attention_mask=None,
+                 positions=None, segment_ids=None):
+        b, t = input_ids.shape
+        audio = None if input_features is None else self.encode_audio(input_features, feature_attention_mask)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        logits, _ = self.llm(self.embed(input_ids, audio), positions, attention_mask_bt=attention_mask,
+                             segment_ids_bt=segment_ids)
+        return logits
+
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        c = self.cfg.text
+        return KVCache.init(c.num_layers, batch, length, c.num_kv_heads, c.head_dim, dtype_of(c.dtype))
+
+    def prefill(self, input_ids, attention_mask, positions, cache: KVCache, audio=None):
+        """Logits at the prompt's last position ``[B, V]`` and the cache holding the prompt."""
+        logits, cache = self.llm(self.embed(input_ids, audio), positions, attention_mask_bt=attention_mask,
+                                 cache=cache)
+        return logits[:, -1], cache
+
+    def decode(self, tokens_b, positions_b, cache: KVCache):
+        """Logits ``[B, V]`` for one new token per row, appended to ``cache``."""
+        logits, cache = self.llm(self.llm.embed(tokens_b[:, None]), positions_b[:, None], cache=cache)
+        return logits[:, 0], cache

@@ -1,0 +1,81 @@
+"""Shared layers: annotated dense, RMSNorm, LayerNorm, rotary embedding, SwiGLU MLP.
+
+Every parameter carries logical axis names (``cogito_jax.sharding.LOGICAL_AXES``). Activations run in
+``dtype`` (the compute dtype); parameters are stored in ``param_dtype``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
+    return DTYPES[name] if isinstance(name, str) else name
+
+
+def dense(d_in: int, d_out: int, axes: tuple[str | None, str | None], *, bias: bool, rngs: nnx.Rngs,
+          dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32, std: float = 0.02) -> nnx.Linear:
+    """``nnx.Linear`` (kernel ``[in, out]``) with logical axes on kernel and bias."""
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, (axes[1],)),
+    )
+
+
+class RMSNorm(nnx.Module):
+    """``x / rms(x) * scale`` computed in float32, as HF's Qwen2RMSNorm."""
+
+    def __init__(self, d: int, eps: float = 1e-6, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.weight = nnx.Param(nnx.with_partitioning(nnx.initializers.ones, ("norm",))(None, (d,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def layer_norm(d: int, eps: float = 1e-5, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        d, epsilon=eps, param_dtype=param_dtype, rngs=rngs,
+        scale_init=nnx.with_partitioning(nnx.initializers.ones, ("norm",)),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("norm",)),
+    )
+
+
+def rope_cos_sin(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``[B, T, head_dim]`` in HF's layout (the frequencies repeated for both halves)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs_bth, freqs_bth], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    """``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]``."""
+    half = x_btnh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+    cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
+    return (x_btnh.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x_btnh.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """``down(silu(gate(x)) * up(x))`` without biases (Qwen2 MLP)."""
+
+    def __init__(self, d: int, d_ff: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                 axes: Sequence[str] = ("embed", "mlp")):
+        e, m = axes
+        kw = dict(bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.gate_proj = dense(d, d_ff, (e, m), **kw)
+        self.up_proj = dense(d, d_ff, (e, m), **kw)
+        self.down_proj = dense(d_ff, d, (m, e), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

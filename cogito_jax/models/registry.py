@@ -1,0 +1,141 @@
+"""Model families: HF ``config.json`` <-> our config, model construction, HF weight-name tables.
+
+A family is recognised from ``config.json``'s ``model_type``. Each family gives a table mapping our
+parameter paths (``"llm/layers/self_attn/q_proj/kernel"``) to the HF on-disk tensor names (with
+``{i}`` for the layer of a stacked parameter) and the layout change between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flax import nnx
+
+from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
+from cogito_jax.models.decoder import DecoderConfig
+from cogito_jax.models.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
+
+# layout changes from the HF tensor to ours
+LINEAR = "linear"  # torch [out, in] -> [in, out]
+CONV1D = "conv1d"  # torch [out, in, k] -> [k, in, out]
+SAME = "same"
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    from_hf: Callable[[Mapping[str, Any]], AudioLMConfig]
+    to_hf: Callable[[AudioLMConfig], dict]
+    build: Callable[[AudioLMConfig, nnx.Rngs], nnx.Module]
+    weights: Callable[[AudioLMConfig], dict[str, tuple[str, str]]]
+
+
+def _rope_theta(text: Mapping[str, Any]) -> float:
+    rp = text.get("rope_parameters") or {}
+    return float(rp.get("rope_theta", text.get("rope_theta", 10000.0)))
+
+
+# ----------------------------------------------------------------------------- qwen2_audio
+
+
+def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
+    a, t = hf["audio_config"], hf["text_config"]
+    dtype = overrides.get("dtype", "float32")
+    audio = WhisperEncoderConfig(
+        num_mel_bins=a["num_mel_bins"], d_model=a["d_model"], num_layers=a["encoder_layers"],
+        num_heads=a["encoder_attention_heads"], ffn_dim=a["encoder_ffn_dim"],
+        max_source_positions=a["max_source_positions"], dtype=dtype,
+        param_dtype=overrides.get("param_dtype", "float32"), attn_impl=overrides.get("attn_impl", "xla"),
+    )
+    text = DecoderConfig(
+        vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
+        num_heads=t["num_attention_heads"], num_kv_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
+        head_dim=t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"],
+        intermediate_size=t["intermediate_size"], rope_theta=_rope_theta(t), rms_eps=t.get("rms_norm_eps", 1e-6),
+        qkv_bias=True, qk_norm=False, tie_embeddings=bool(t.get("tie_word_embeddings", False)),
+        **{k: v for k, v in overrides.items() if k in ("dtype", "param_dtype", "remat", "attn_impl")},
+    )
+    token = hf.get("audio_token_id", hf.get("audio_token_index", 151646))
+    return AudioLMConfig("qwen2_audio", audio, text, int(token), hf_extra=(("config", json.dumps(dict(hf))),))
+
+
+def _qwen2_audio_to_hf(cfg: AudioLMConfig) -> dict:
+    base = json.loads(dict(cfg.hf_extra).get("config", "{}"))
+    a, t = cfg.audio, cfg.text
+    base.setdefault("architectures", ["Qwen2AudioForConditionalGeneration"])
+    base["model_type"] = "qwen2_audio"
+    base["audio_token_index"] = cfg.audio_token_id
+    base["audio_config"] = {**base.get("audio_config", {}), "model_type": "qwen2_audio_encoder",
+                            "num_mel_bins": a.num_mel_bins, "d_model": a.d_model, "encoder_layers": a.num_layers,
+                            "encoder_attention_heads": a.num_heads, "encoder_ffn_dim": a.ffn_dim,
+                            "max_source_positions": a.max_source_positions}
+    base["text_config"] = {**base.get("text_config", {}), "model_type": "qwen2", "vocab_size": t.vocab_size,
+                           "hidden_size": t.hidden_size, "num_hidden_layers": t.num_layers,
+                           "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads,
+                           "intermediate_size": t.intermediate_size, "rms_norm_eps": t.rms_eps,
+                           "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"},
+                           "tie_word_embeddings": t.tie_embeddings}
+    return base
+
+
+def _qwen2_audio_build(cfg: AudioLMConfig, rngs: nnx.Rngs) -> nnx.Module:
+    return AudioLM(cfg, WhisperEncoder(cfg.audio, rngs=rngs), rngs=rngs)
+
+
+def _qwen2_audio_weights(cfg: AudioLMConfig) -> dict[str, tuple[str, str]]:
+    enc, llm = "audio_tower", "language_model.model"
+    w = {
+        "audio_encoder/conv1/kernel": (f"{enc}.conv1.weight", CONV1D),
+        "audio_encoder/conv1/bias": (f"{enc}.conv1.bias", SAME),
+        "audio_encoder/conv2/kernel": (f"{enc}.conv2.weight", CONV1D),
+        "audio_encoder/conv2/bias": (f"{enc}.conv2.bias", SAME),
+        "audio_encoder/embed_positions": (f"{enc}.embed_positions.weight", SAME),
+        "audio_encoder/layer_norm/scale": (f"{enc}.layer_norm.weight", SAME),
+        "audio_encoder/layer_norm/bias": (f"{enc}.layer_norm.bias", SAME),
+        "projector/kernel": ("multi_modal_projector.linear.weight", LINEAR),
+        "projector/bias": ("multi_modal_projector.linear.bias", SAME),
+        "llm/embed_tokens/embedding": (f"{llm}.embed_tokens.weight", SAME),
+        "llm/norm/weight": (f"{llm}.norm.weight", SAME),
+    }
+    for ln in ("self_attn_layer_norm", "final_layer_norm"):
+        w[f"audio_encoder/layers/{ln}/scale"] = (f"{enc}.layers.{{i}}.{ln}.weight", SAME)
+        w[f"audio_encoder/layers/{ln}/bias"] = (f"{enc}.layers.{{i}}.{ln}.bias", SAME)
+    for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        w[f"audio_encoder/layers/{p}/kernel"] = (f"{enc}.layers.{{i}}.self_attn.{p}.weight", LINEAR)
+        if p != "k_proj":
+            w[f"audio_encoder/layers/{p}/bias"] = (f"{enc}.layers.{{i}}.self_attn.{p}.bias", SAME)
+    for p in ("fc1", "fc2"):
+        w[f"audio_encoder/layers/{p}/kernel"] = (f"{enc}.layers.{{i}}.{p}.weight", LINEAR)
+        w[f"audio_encoder/layers/{p}/bias"] = (f"{enc}.layers.{{i}}.{p}.bias", SAME)
+    for ln in ("input_layernorm", "post_attention_layernorm"):
+        w[f"llm/layers/{ln}/weight"] = (f"{llm}.layers.{{i}}.{ln}.weight", SAME)
+    for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        w[f"llm/layers/self_attn/{p}/kernel"] = (f"{llm}.layers.{{i}}.self_attn.{p}.weight", LINEAR)
+        if p != "o_proj":
+            w[f"llm/layers/self_attn/{p}/bias"] = (f"{llm}.layers.{{i}}.self_attn.{p}.bias", SAME)
+    for p in ("gate_proj", "up_proj", "down_proj"):
+        w[f"llm/layers/mlp/{p}/kernel"] = (f"{llm}.layers.{{i}}.mlp.{p}.weight", LINEAR)
+    if not cfg.text.tie_embeddings:
+        w["llm/lm_head/kernel"] = ("language_model.lm_head.weight", LINEAR)
+    return w
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_audio": Family("qwen2_audio", _qwen2_audio_from_hf, _qwen2_audio_to_hf, _qwen2_audio_build,
+                          _qwen2_audio_weights),
+}
+
+
+def family_of(hf_config: Mapping[str, Any]) -> Family:
+    mt = hf_config.get("model_type")
+    if mt not in FAMILIES:
+        raise ValueError(f"config.json model_type={mt!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[mt]
+
+
+def build(cfg: AudioLMConfig, seed: int = 0) -> nnx.Module:
+    """A randomly initialised model of ``cfg`` (use ``sharding.create_sharded`` to build it sharded)."""
+    return FAMILIES[cfg.family].build(cfg, nnx.Rngs(seed))

@@ -1,0 +1,116 @@
+"""The Whisper-style audio encoder of Qwen2-Audio (HF ``Qwen2AudioEncoder``).
+
+``input_features [B, n_mels, 2 * max_source_positions]`` -> GELU(conv1, k3 s1) -> GELU(conv2, k3 s2)
+-> + learned positions -> pre-LN transformer layers (k_proj without bias; padding keys masked from
+``feature_attention_mask``) -> average pooling (stride 2) -> LayerNorm. Output ``[B, S/2, d_model]``
+and the per-example number of valid output frames, ``((L - 1) // 2 + 1 - 2) // 2 + 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cogito_jax import sharding
+from cogito_jax.models.attention import attention_mask, dot_product_attention
+from cogito_jax.models.layers import dense, dtype_of, layer_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperEncoderConfig:
+    num_mel_bins: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    max_source_positions: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attn_impl: str = "xla"
+
+    @property
+    def num_frames(self) -> int:
+        return 2 * self.max_source_positions
+
+
+def output_lengths(mel_lengths_b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(frames after conv2, tokens after pooling) for valid mel frame counts."""
+    after_conv = (mel_lengths_b - 1) // 2 + 1
+    return after_conv, (after_conv - 2) // 2 + 1
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, cfg: WhisperEncoderConfig, *, rngs: nnx.Rngs):
+        d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
+        kw = dict(rngs=rngs, dtype=dt, param_dtype=pd)
+        self.self_attn_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.q_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
+        self.k_proj = dense(d, d, ("audio_embed", "q_proj"), bias=False, **kw)
+        self.v_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
+        self.out_proj = dense(d, d, ("q_proj", "audio_embed"), bias=True, **kw)
+        self.final_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.fc1 = dense(d, cfg.ffn_dim, ("audio_embed", "audio_mlp"), bias=True, **kw)
+        self.fc2 = dense(cfg.ffn_dim, d, ("audio_mlp", "audio_embed"), bias=True, **kw)
+        self.cfg = cfg
+
+    def __call__(self, x_bsd: jax.Array, mask_bss: jax.Array) -> jax.Array:
+        b, s, d = x_bsd.shape
+        n = self.cfg.num_heads
+        h = self.self_attn_layer_norm(x_bsd)
+        q = self.q_proj(h).reshape(b, s, n, d // n)
+        k = self.k_proj(h).reshape(b, s, n, d // n)
+        v = self.v_proj(h).reshape(b, s, n, d // n)
+        att = dot_product_attention(q, k, v, mask_bss, (d // n) ** -0.5, self.cfg.attn_impl)
+        x_bsd = x_bsd + self.out_proj(att.reshape(b, s, d))
+        h = jax.nn.gelu(self.fc1(self.final_layer_norm(x_bsd)), approximate=False)
+        return sharding.constrain(x_bsd + self.fc2(h), ("batch", "audio_length", "audio_embed"))
+
+
+class WhisperEncoder(nnx.Module):
+    def __init__(self, cfg: WhisperEncoderConfig, *, rngs: nnx.Rngs):
+        d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
+        conv = dict(kernel_size=(3,), padding=((1, 1),), dtype=dt, param_dtype=pd, rngs=rngs,
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("conv_out",)))
+        self.conv1 = nnx.Conv(cfg.num_mel_bins, d, strides=(1,), **conv,
+                              kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
+                                                                ("kernel", "mel", "conv_out")))
+        self.conv2 = nnx.Conv(d, d, strides=(2,), **conv,
+                              kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
+                                                                ("kernel", "conv_in", "conv_out")))
+        self.embed_positions = nnx.Param(nnx.with_partitioning(nnx.initializers.normal(0.02),
+                                                               ("audio_length", "audio_embed"))(
+            rngs.params(), (cfg.max_source_positions, d), pd))
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs):
+            return EncoderLayer(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.cfg = cfg
+
+    def __call__(self, features_bmf: jax.Array, feature_mask_bf: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """(embeddings ``[B, S/2, d]``, valid lengths ``[B]``) for log-mel ``[B, n_mels, frames]``."""
+        cfg = self.cfg
+        b, _, f = features_bmf.shape
+        if f != cfg.num_frames:
+            raise ValueError(f"the audio encoder expects {cfg.num_frames} mel frames (pad to 30 s), got {f}")
+        lengths = (jnp.full((b,), f, jnp.int32) if feature_mask_bf is None
+                   else feature_mask_bf.sum(-1).astype(jnp.int32))
+        after_conv, out_len = output_lengths(lengths)
+        x = features_bmf.transpose(0, 2, 1).astype(dtype_of(cfg.dtype))
+        x = jax.nn.gelu(self.conv1(x), approximate=False)
+        x = jax.nn.gelu(self.conv2(x), approximate=False)
+        x = x + self.embed_positions[...].astype(x.dtype)
+        s = x.shape[1]
+        idx = jnp.arange(s)
+        mask = attention_mask(idx, idx, idx[None, :] < after_conv[:, None], causal=False)
+        x, _ = nnx.scan(lambda x, layer: (layer(x, mask), None), in_axes=(nnx.Carry, 0),
+                        out_axes=(nnx.Carry, 0))(x, self.layers)
+        x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, -1).mean(axis=2)
+        return self.layer_norm(x), out_len
