@@ -32,7 +32,8 @@ def dense(d_in: int, d_out: int, axes: tuple[str | None, str | None], *, bias: b
 class RMSNorm(nnx.Module):
     """``x / rms(x) * scale`` computed in float32, as HF's Qwen2RMSNorm."""
 
-    def __init__(self, d: int, eps: float = 1e-6, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(self, d: int, eps: float = 1e-6, *, param_dtype: jnp.dtype = jnp.float32,
+                 rngs: nnx.Rngs | None = None):
         self.eps = eps
         self.weight = nnx.Param(nnx.with_partitioning(nnx.initializers.ones, ("norm",))(None, (d,), param_dtype))
 
