@@ -1,0 +1,96 @@
+"""Generation: greedy equals HF generate token for token; N samples share one prefill; seeds."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from cogito_jax.convert import load_hf
+from cogito_jax.sampling import engine_for, generate
+from tests.hf_tiny import save_qwen2_audio
+from tests.test_models_qwen2_audio import make_batch
+
+EOS, PAD = 7, 0
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen_hf")
+    hf = save_qwen2_audio(d, seed=1)
+    model, _ = load_hf(d)
+    return hf, model
+
+
+def _prompts(seed=0):
+    ids, feats, fmask, am = make_batch(seed=seed, lengths=(32, 19, 27), left_pad=(0, 4, 2))
+    ids = np.where(am == 1, ids, PAD)
+    return ids, feats, fmask, am
+
+
+def test_greedy_equals_hf_generate_with_audio_and_left_padding(models):
+    hf, model = models
+    ids, feats, fmask, am = _prompts()
+    with torch.no_grad():
+        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
+                          input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
+                          do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    ref_new = ref[:, ids.shape[1]:]
+    out = np.asarray(generate(model, ids, input_features=feats, feature_attention_mask=fmask, max_new_tokens=12,
+                              eos_token_id=EOS, pad_token_id=PAD))
+    assert out.shape == (3, 1, 12) and out.dtype == np.int32
+    got = out[:, 0, :ref_new.shape[1]]
+    np.testing.assert_array_equal(got, ref_new)
+    assert (out[:, 0, ref_new.shape[1]:] == PAD).all()
+
+
+def test_eos_stops_rows_and_pads_after(models):
+    _, model = models
+    ids, feats, fmask, _ = _prompts(seed=1)
+    greedy = np.asarray(generate(model, ids, input_features=feats, feature_attention_mask=fmask, max_new_tokens=6,
+                                 eos_token_id=PAD + 999, pad_token_id=PAD))[:, 0]
+    stop = int(greedy[0, 2])  # make the third greedy token of row 0 an end token
+    out = np.asarray(generate(model, ids, input_features=feats, feature_attention_mask=fmask, max_new_tokens=6,
+                              eos_token_id=[stop, 12345], pad_token_id=PAD))[:, 0]
+    first = int(np.flatnonzero(greedy[0] == stop)[0])
+    np.testing.assert_array_equal(out[0, : first + 1], greedy[0, : first + 1])
+    assert (out[0, first + 1:] == PAD).all()
+
+
+def test_prefill_once_for_n_samples_and_seeds(models):
+    _, model = models
+    ids, feats, fmask, _ = _prompts(seed=2)
+    eng = engine_for(model)
+    traced_before = eng.trace_counts["prefill"]
+    calls = []
+    original = type(model).encode_audio
+
+    def spy(self, features, mask):
+        calls.append(features.shape)
+        return original(self, features, mask)
+
+    type(model).encode_audio = spy
+    try:
+        kw = dict(input_features=feats, feature_attention_mask=fmask, max_new_tokens=8, temperature=1.0,
+                  eos_token_id=EOS, pad_token_id=PAD)
+        a = eng.generate(ids, num_samples=8, seed=3, **kw)
+        b = eng.generate(ids, num_samples=8, seed=3, **kw)
+        c = eng.generate(ids, num_samples=8, seed=4, **kw)
+    finally:
+        type(model).encode_audio = original
+    # The encoder (and the prompt prefill) is traced for the 3 prompts, never for 3 x 8 rows, and once only.
+    assert calls == [(3, 16, 32)]
+    assert eng.trace_counts["prefill"] == traced_before + 1
+    toks = np.asarray(a.tokens)
+    assert toks.shape == (3, 8, 8)
+    assert len({tuple(r) for r in toks[0]}) > 1  # the 8 samples of a prompt differ
+    np.testing.assert_array_equal(toks, np.asarray(b.tokens))  # same seed, same samples
+    assert (toks != np.asarray(c.tokens)).any()
+    assert np.all(np.asarray(a.logprobs)[np.asarray(a.tokens) != PAD] <= 0)
+
+
+def test_bad_arguments(models):
+    _, model = models
+    with pytest.raises(ValueError, match="num_samples=0"):
+        generate(model, jnp.ones((1, 4), jnp.int32), num_samples=0, max_new_tokens=2, eos_token_id=1, pad_token_id=0)
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, length\]"):
+        generate(model, jnp.ones((4,), jnp.int32), max_new_tokens=2, eos_token_id=1, pad_token_id=0)
