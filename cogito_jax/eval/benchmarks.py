@@ -59,13 +59,15 @@ def read_records(path: str | pathlib.Path) -> list[tuple[str, dict[str, Any]]]:
     except (OSError, UnicodeDecodeError) as e:
         raise BenchmarkError(f"{path}: cannot read: {e}") from None
     out: list[tuple[str, dict[str, Any]]] = []
+    records = None
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{path}:{e.lineno}: malformed JSON array: {e.msg}") from None
-        for i, rec in enumerate(records, start=1):
-            out.append((f"{path} record {i}", rec))
+            if e.msg != "Extra data":  # "Extra data": JSONL whose first line is a list
+                raise BenchmarkError(f"{path}:{e.lineno}: malformed JSON array: {e.msg}") from None
+    if records is not None:
+        out = [(f"{path} record {i}", rec) for i, rec in enumerate(records, start=1)]
     else:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
