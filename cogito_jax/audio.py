@@ -52,22 +52,46 @@ def pad_or_trim(waveform: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
     return w[:length] if w.shape[0] >= length else np.pad(w, (0, length - w.shape[0]))
 
 
-def whisper_log_mel(waveform: np.ndarray, n_mels: int = 128, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``[n_mels, 3000]`` float32 log-mel of a 1-D 16 kHz waveform (contract 3)."""
+def _check(waveform: np.ndarray, sampling_rate: int) -> np.ndarray:
     if sampling_rate != SAMPLE_RATE:
         raise ValueError(f"sampling_rate={sampling_rate}: resample to {SAMPLE_RATE} Hz first (see decode)")
     w = np.asarray(waveform)
     if w.ndim != 1:
         raise ValueError(f"waveform must be 1-D, got shape {w.shape}")
-    w = pad_or_trim(w)
-    padded = np.pad(w, (N_FFT // 2, N_FFT // 2), mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # [3001, 400]
+    return w
+
+
+def _log_mel(w30: np.ndarray, n_mels: int, n_frames: int) -> np.ndarray:
+    """Log-mel of the first ``n_frames`` frames of a waveform already padded/cut to 30 s (before scaling)."""
+    padded = np.pad(w30, (N_FFT // 2, N_FFT // 2), mode="reflect")[: (n_frames - 1) * HOP + N_FFT]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # [n_frames, 400]
     spec = np.fft.rfft(frames * _hann(), axis=-1)
-    power = (spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2)[:-1]  # [3000, 201]
-    mel = mel_filters(n_mels) @ power.T
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    power = spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2
+    return np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))
+
+
+def _normalise(log_spec: np.ndarray, peak: float) -> np.ndarray:
+    return ((np.maximum(log_spec, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
+
+
+def whisper_log_mel(waveform: np.ndarray, n_mels: int = 128, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``[n_mels, 3000]`` float32 log-mel of a 1-D 16 kHz waveform (contract 3)."""
+    log_spec = _log_mel(pad_or_trim(_check(waveform, sampling_rate)), n_mels, N_FRAMES)
+    return _normalise(log_spec, log_spec.max())
+
+
+def log_mel_frames(waveform: np.ndarray, n_mels: int = 128, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``whisper_log_mel(waveform)[:, :num_frames(len(waveform))]``, computed only where the clip is.
+
+    Frames past the clip (plus the STFT window's reach) see only zeros, whose log-mel is ``log10(1e-10)``,
+    so the per-example maximum needs no more frames than those that overlap the clip.
+    """
+    w = _check(waveform, sampling_rate)
+    n = num_frames(len(w))
+    reach = min(N_FRAMES, math.ceil((len(w) + N_FFT // 2) / HOP) + 1)
+    log_spec = _log_mel(pad_or_trim(w), n_mels, reach)
+    peak = max(float(log_spec.max()), -10.0) if reach < N_FRAMES else float(log_spec.max())
+    return _normalise(log_spec[:, :n], peak)
 
 
 @functools.partial(jax.jit, static_argnames=("n_mels",))

@@ -74,6 +74,12 @@ def base_config() -> ConfigDict:
         )
     )
     c.checkpoint = ConfigDict(dict(every=100, keep_last=3, keep_every=0, async_save=True))
+    # Self-distillation rounds (cogito_jax.distill): defaults from STaR / ReST-EM / RFT / R1-AQA.
+    c.distill = ConfigDict(dict(
+        rounds=2, sft_steps=200, round_steps=200, num_samples=8, orders=2, temperature=1.0, max_new_tokens=96,
+        batch_size=32, pool_size=0, pool_dir="", eval_limit=0, min_thinking_chars=10, max_thinking_chars=4000,
+        max_per_prompt=4, all_right_weight=0.5, include_seed=True, from_base=True,
+    ))
     c.metrics = ConfigDict(dict(jsonl=True, tensorboard=True, wandb=False, wandb_project="cogito-jax"))
     return c
 

@@ -113,3 +113,13 @@ def test_decode_resamples_and_downmixes(tmp_path):
     assert info == {"orig_sr": 48000, "channels": 2, "seconds": 1.0} and len(w) == 16000
     w8, info8 = audio.decode(tmp_path / "m8.flac")
     assert info8["orig_sr"] == 8000 and len(w8) == 16000
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 1.013, 3.9, 29.99, 31.0])
+def test_unpadded_frames_equal_the_full_features(seconds):
+    rng = np.random.default_rng(int(seconds * 1000))
+    w = (0.2 * rng.normal(size=int(16000 * seconds))).astype(np.float32)
+    n = audio.num_frames(len(w))
+    np.testing.assert_allclose(audio.log_mel_frames(w, 80), audio.whisper_log_mel(w, 80)[:, :n], atol=1e-6, rtol=0)
+    silent = np.zeros(int(16000 * seconds), np.float32)
+    np.testing.assert_array_equal(audio.log_mel_frames(silent, 80), audio.whisper_log_mel(silent, 80)[:, :n])

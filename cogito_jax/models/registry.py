@@ -139,3 +139,32 @@ def family_of(hf_config: Mapping[str, Any]) -> Family:
 def build(cfg: AudioLMConfig, seed: int = 0) -> nnx.Module:
     """A randomly initialised model of ``cfg`` (use ``sharding.create_sharded`` to build it sharded)."""
     return FAMILIES[cfg.family].build(cfg, nnx.Rngs(seed))
+
+
+def config_for(model_section: Mapping[str, Any], *, vocab_size: int | None = None,
+               audio_token_id: int | None = None) -> AudioLMConfig:
+    """The model config of a run's ``model`` section: an HF checkpoint folder (``checkpoint``) or a
+    model config file ``configs/models/{family}.py:{size}``; a tokenizer's vocabulary size and audio
+    token id override the file's (tiny models use a tokenizer trained with the data)."""
+    import pathlib
+
+    from cogito_jax.config import ConfigError, load_config_file
+
+    section = dict(model_section)
+    overrides = {k: section[k] for k in ("dtype", "param_dtype", "remat", "attn_impl") if section.get(k)}
+    if section.get("checkpoint"):
+        path = pathlib.Path(section["checkpoint"]) / "config.json"
+        if not path.exists():
+            raise ConfigError(f"model.checkpoint={section['checkpoint']!r} has no config.json")
+        hf = json.loads(path.read_text())
+    else:
+        family, size = section.get("family", ""), section.get("size", "tiny")
+        file = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{family}.py"
+        if family not in FAMILIES or not file.exists():
+            raise ConfigError(f"model.family={family!r} is not one of {sorted(FAMILIES)}")
+        hf = load_config_file(f"{file}:{size}").to_dict()
+        if vocab_size is not None:
+            hf["text_config"]["vocab_size"] = vocab_size
+        if audio_token_id is not None:
+            hf["audio_token_index"] = audio_token_id
+    return family_of(hf).from_hf(hf, **overrides)

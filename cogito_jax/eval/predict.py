@@ -1,0 +1,82 @@
+"""Answer the questions of a records dataset with a model and score them with the MMAR rule.
+
+Prompts come from the records (question + choices, and the log-mel), go through the sampling driver
+and engine, and come back as challenge-format predictions (``id``, ``thinking_prediction``,
+``answer_prediction``) plus per-item verdicts and accuracy with breakdowns.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cogito_jax.data import chat
+from cogito_jax.sampling import driver, engine_for
+
+
+def items_from_records(source: Any, limit: int | None = None, order_seed: int | None = None) -> list[dict]:
+    """Driver items from a RecordSource; ``order_seed`` shuffles each item's choices deterministically."""
+    n = len(source) if limit is None else min(limit, len(source))
+    out = []
+    for i in range(n):
+        r = source[i]
+        choices = list(r["choices"])
+        if order_seed is not None:
+            perm = np.random.default_rng([order_seed, i]).permutation(len(choices))
+            choices = [choices[j] for j in perm]
+        out.append({"id": r["id"], "question": r["question"], "choices": choices, "mel": r["mel"],
+                    "answer": r["answer"], "modality": r.get("modality", ""), "category": r.get("category", ""),
+                    "sub-category": r.get("sub_category", "")})
+    return out
+
+
+def model_generate_fn(model: Any):
+    eng = engine_for(model)
+
+    def fn(input_ids, **kw):
+        return eng.generate(input_ids, **kw).tokens
+
+    return fn
+
+
+def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out: str | pathlib.Path, *,
+            max_frames: int, n_mels: int, batch_size: int = 16, num_samples: int = 1, max_new_tokens: int = 128,
+            temperature: float = 0.0, seed: int = 0, system: str | None = "default",
+            progress: bool = True) -> list[dict]:
+    """Runs the driver (resumable) and returns its rows (``num_samples`` per item, in item order)."""
+    cfg = driver.DriverConfig(family=family, batch_size=batch_size, num_samples=num_samples,
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, max_frames=max_frames,
+                              n_mels=n_mels, system=system, length_buckets=(64, 128, 192, 256, 384, 512, 1024))
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
+    driver.run(items, out, generate_fn=model_generate_fn(model), tokenizer=tokenizer, cfg=cfg, eos_token_ids=eos,
+               pad_token_id=tokenizer.pad_token_id, progress=progress)
+    return driver.merge_outputs(out, [it["id"] for it in items], 1, num_samples)
+
+
+def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: int = 1000) -> dict[str, Any]:
+    """MMAR-rule accuracy (overall, per modality / category / sub-category, with CIs) of sample 0."""
+    from cogito_jax.eval import benchmarks, score
+
+    preds = {r["id"]: {"answer_prediction": r["answer"], "thinking_prediction": r["thinking"]}
+             for r in rows if r["sample"] == 0}
+    bench_items = [benchmarks.Item(id=it["id"], audio_path="", question=it["question"], choices=list(it["choices"]),
+                                   answer=it["answer"], modality=it.get("modality", ""),
+                                   category=it.get("category", ""), sub_category=it.get("sub-category", ""),
+                                   meta={}) for it in items]
+    summary, _ = score.score(bench_items, preds, benchmarks.get("mmar").rule, resamples, 0)
+    return summary
+
+
+def write_predictions(rows: Sequence[dict], path: str | pathlib.Path) -> None:
+    """Challenge-format JSONL (``thinking_prediction`` cut below 10,000 characters)."""
+    with open(path, "w") as f:
+        for r in rows:
+            if r["sample"] == 0:
+                f.write(json.dumps({"id": r["id"], "thinking_prediction": r["thinking"][:9999],
+                                    "answer_prediction": r["answer"]}) + "\n")
+
+

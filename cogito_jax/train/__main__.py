@@ -1,0 +1,28 @@
+"""Train: `python -m cogito_jax.train --config configs/X.py[:arg] --workdir W [--config.a.b=v ...]`.
+
+Appends one JSON line per logged step to `W/metrics.jsonl`, keeps checkpoints in `W/checkpoints/`, and
+continues from the newest checkpoint in `W` by itself (`--config.train.steps=N` is the total).
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from cogito_jax import config as cfglib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: metrics, checkpoints, config.json.")
+cfglib.define_config_flag()
+
+
+def main(cfg) -> int:
+    from cogito_jax.train.run import train
+
+    if not _WORKDIR.value:
+        cfglib.usage_error("--workdir is required")
+    last = train(cfg, _WORKDIR.value)
+    print(f"done: {last}")
+    return 0
+
+
+if __name__ == "__main__":
+    cfglib.run_main(main)

@@ -1,0 +1,215 @@
+"""Cogito-pipe driver: `python -m data_prep.build --config configs/data/X.py --out DIR [--config.a.b=v]`.
+
+Stages, each cached under ``DIR/cache`` so a re-run skips finished work: read the source (a manifest,
+or the synthetic corpus written as wav files + manifest) -> decode, quality-filter and extract
+log-mel per clip -> exact dedup and the benchmark-contamination guard -> question/answer (the
+manifest's own, or the annotator model's) -> [thinking + audit with models] -> a TFDS array_record
+dataset under ``DIR/dataset`` and ``DIR/report.json`` (``kept``, ``rejected`` = one ``{id, reason}``
+per rejected item, counts per stage and reason, durations, modality mix) plus ``DIR/report.md`` with
+plots.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import time
+from typing import Any
+
+from absl import flags
+
+from cogito_jax import config as cfglib
+
+_OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
+
+
+class StageCache:
+    """Per-item results of one stage in an append-only JSONL file, keyed by item id."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.rows[row["id"]] = row
+                except (json.JSONDecodeError, KeyError):
+                    continue  # torn last line from a crash: that item is simply redone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("a")
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.rows
+
+    def add(self, row: dict) -> None:
+        self.rows[row["id"]] = row
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
+    """(items, rejections) from the configured source; the synthetic corpus is written to disk first."""
+    from data_prep.sources import manifest as manifest_lib
+
+    path = pathlib.Path(cfg.source.manifest) if cfg.source.kind == "manifest" else None
+    if cfg.source.kind == "synthetic":
+        from data_prep.sources import synthetic
+
+        path = out / "cache" / "synthetic" / "manifest.jsonl"
+        if not path.exists():
+            synthetic.write_corpus(path.parent, cfg.source.num_items, seed=cfg.seed, split=cfg.source.split)
+    if not path.exists():
+        cfglib.usage_error(f"manifest {str(path)!r} does not exist")
+    items, rejected = [], []
+    for entry in manifest_lib.read_manifest(path):
+        if isinstance(entry, manifest_lib.Rejection):
+            rejected.append({"id": str(entry.id), "reason": entry.reason})
+        else:
+            items.append(entry)
+    return items, rejected
+
+
+def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
+    """Decode + quality filters + log-mel for every item not yet in the cache."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from cogito_jax import audio
+    from data_prep import filters
+
+    cache = StageCache(out / "cache" / "audio.jsonl")
+    mel_dir = out / "cache" / "mel"
+    mel_dir.mkdir(parents=True, exist_ok=True)
+    fcfg = filters.FilterConfig(**{k: v for k, v in cfg.filters.to_dict().items()
+                                   if k in filters.FilterConfig.__dataclass_fields__})
+    todo = [it for it in items if it["id"] not in cache]
+    for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
+        result = filters.check_file(item["id"], item["audio_path"], fcfg)
+        if result.rejection is not None:
+            r = result.rejection
+            cache.add({"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason})
+            continue
+        wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
+        mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
+        n = mel_mf.shape[1]
+        np.save(mel_dir / f"{item['id']}.npy", mel_mf.T.astype(np.float16))
+        cache.add({"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
+                   "n_frames": n})
+    cache.close()
+    return cache
+
+
+def build(cfg, out_dir: str) -> dict[str, Any]:
+    """Runs the configured stages; returns the report (also written to ``out_dir/report.json``)."""
+    import numpy as np
+
+    from cogito_jax.data import records
+    from data_prep import filters, report as report_lib
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t = time.time()
+    items, rejected = _source_items(cfg, out)
+    times["source"] = time.time() - t
+
+    t = time.time()
+    audio_cache = _audio_stage(items, cfg, out)
+    times["audio"] = time.time() - t
+
+    t = time.time()
+    banned = filters.contamination_hashes(cfg.filters.contamination_meta) if cfg.filters.contamination_meta else set()
+    seen: dict[str, str] = {}
+    kept_items = []
+    for item in items:
+        row = audio_cache.rows[item["id"]]
+        if not row["ok"]:
+            rejected.append({"id": item["id"], "reason": row["reason"]})
+        elif row["hash"] in banned:
+            rejected.append({"id": item["id"], "reason": "contamination: audio matches a benchmark clip"})
+        elif cfg.filters.dedup and row["hash"] in seen:
+            rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
+        elif not item.get("question") and not cfg.annotate.model:
+            rejected.append({"id": item["id"], "reason": "no_question: manifest has none and no annotator is set"})
+        else:
+            seen[row["hash"]] = item["id"]
+            kept_items.append(item)
+    times["dedup+qa"] = time.time() - t
+    if cfg.annotate.model or cfg.think.model:
+        cfglib.usage_error("model stages (annotate/think/audit) are configured but not available in this build")
+
+    def make_records():
+        for item in kept_items:
+            mel = np.load(out / "cache" / "mel" / f"{item['id']}.npy")
+            meta = item.get("metadata") or {}
+            yield records.make_record(
+                id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
+                answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
+                modality=item.get("modality", ""), category=item.get("category", ""),
+                sub_category=item.get("sub_category", ""), provenance={"audio_path": str(item["audio_path"])},
+            )
+
+    t = time.time()
+    dataset_dir = _write_if_changed(out, cfg, kept_items, make_records)
+    times["write"] = time.time() - t
+    report = report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, dataset_dir)
+    report_lib.write(report, out)
+    return report
+
+
+def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_records) -> pathlib.Path:
+    """Writes the dataset unless one with exactly these items and this config already exists."""
+    import hashlib
+
+    from cogito_jax.data import records
+
+    key = hashlib.sha256(json.dumps([[i["id"] for i in kept_items], cfg.to_dict()], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    stamp = out / "dataset" / "BUILD_KEY"
+    existing = next((out / "dataset").rglob("dataset_info.json"), None) if (out / "dataset").exists() else None
+    if existing is not None and stamp.exists() and stamp.read_text() == key:
+        return existing.parent
+    if (out / "dataset").exists():
+        import shutil
+
+        shutil.rmtree(out / "dataset")
+    path = records.write_dataset(out / "dataset", {"train": make_records}, feat_dim=cfg.features.n_mels,
+                                 description=f"Cogito-pipe build of {cfg.source.kind} source")
+    stamp.write_text(key)
+    return path
+
+
+def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, split: str = "train",
+                    n_mels: int = 128, max_seconds: float = 30.0) -> pathlib.Path:
+    """Builds ``num_items`` synthetic items (wav + manifest + filters + log-mel + records) into ``out``;
+    returns the dataset folder. A finished build is reused."""
+    from data_prep.config import base_data_config
+
+    cfg = base_data_config()
+    cfg.source.kind, cfg.source.num_items, cfg.source.split, cfg.seed = "synthetic", num_items, split, seed
+    cfg.features.n_mels, cfg.features.max_seconds = n_mels, max_seconds
+    cfg.filters.min_seconds = 0.3
+    report = build(cfg, str(out))
+    return pathlib.Path(report["dataset_dir"])
+
+
+def main(cfg) -> int:
+    if not _OUT.value:
+        cfglib.usage_error("--out is required")
+    report = build(cfg, _OUT.value)
+    reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
+    print(f"kept {report['kept']} items, rejected {len(report['rejected'])} ({dict(reasons)}); "
+          f"dataset in {report['dataset_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from data_prep.config import validate_data_config
+
+    cfglib.define_config_flag()
+    cfglib.run_main(main, validate_fn=validate_data_config, uses_devices=False)
