@@ -1,0 +1,135 @@
+"""The Qwen3-Omni AuT audio encoder in JAX against transformers (PyTorch, CPU) on a tiny random thinker."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.numpy import load_file
+
+from cogito_jax.models import aut_encoder as aut, hf_weights
+from configs.models.qwen3_omni_thinker import get_config
+from tests.hf_tiny_qwen3_omni import save_thinker
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """(HF thinker, our encoder loaded from the thinker's safetensors on disk)."""
+    d = tmp_path_factory.mktemp("qwen3_omni_thinker_hf")
+    hf = save_thinker(d)
+    tensors = load_file(str(d / "model.safetensors"))
+    enc = aut.AuTEncoder(aut.AuTEncoderConfig.from_hf(get_config("tiny").audio_config), rngs=nnx.Rngs(1))
+    hf_weights.load_table(enc, aut.hf_weight_table("audio_tower."), tensors.__getitem__)
+    return hf, enc, tensors
+
+
+def batch(lengths, frames, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(lengths), 16, frames)).astype(np.float32)
+    mask = np.zeros((len(lengths), frames), np.int32)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    return feats, mask
+
+
+def run(enc, feats, mask):
+    out, lens = nnx.jit(lambda e, f, m: e(f, m))(enc, feats, mask)
+    return np.asarray(out), np.asarray(lens)
+
+
+def rel_err(out, ref):
+    return np.abs(out - ref).max() / np.abs(ref).max()
+
+
+def test_output_lengths_match_hf():
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
+        _get_feat_extract_output_lengths as processor_lengths,
+    )
+
+    n = np.arange(0, 3001)
+    ref = _get_feat_extract_output_lengths(torch.tensor(n)).numpy()
+    assert (aut.output_lengths(n) == ref).all()
+    assert (processor_lengths(torch.tensor(n)).numpy() == ref).all()
+    assert aut.output_lengths(3000) == 390 and aut.output_lengths(137) == 13 + 5
+
+
+@pytest.mark.parametrize("lengths, frames", [
+    ((437, 100, 73, 250), 450),  # several chunks and windows; exact multiple of a chunk; frames past the longest
+    ((37, 61), 80),  # every example shorter than one chunk: HF's padded chunk width is 61, not 100
+    ((201, 5), 230),  # a 1-frame last chunk; a 5-frame example
+])
+def test_matches_hf_thinker_on_padded_batch(loaded, lengths, frames):
+    hf, enc, _ = loaded
+    feats, mask = batch(lengths, frames)
+    with torch.no_grad():
+        ref = hf.get_audio_features(torch.tensor(feats), feature_attention_mask=torch.tensor(mask)).last_hidden_state
+    out, lens = run(enc, feats, mask)
+    assert lens.tolist() == aut.output_lengths(np.array(lengths)).tolist()
+    assert out.shape == (len(lengths), enc.num_tokens(frames), 32)
+    assert rel_err(aut.to_packed(out, lens), ref.numpy()) <= 1e-4
+    padding = np.arange(out.shape[1])[None, :] >= lens[:, None]
+    assert (out[padding] == 0).all()
+
+
+def test_packed_form_and_windows(loaded):
+    """HF's internal packed input; the windowed attention really limits what a token sees."""
+    hf, enc, _ = loaded
+    lengths = np.array([520, 130])
+    rng = np.random.default_rng(3)
+    packed = rng.normal(size=(16, lengths.sum())).astype(np.float32)
+    with torch.no_grad():
+        ref = hf.model.audio_tower(torch.tensor(packed), feature_lens=torch.tensor(lengths)).last_hidden_state.numpy()
+    feats, mask = aut.from_packed(packed, lengths)
+    out, lens = run(enc, feats, mask)
+    assert rel_err(aut.to_packed(out, lens), ref) <= 1e-4
+    # Windows of 2 chunks (26 tokens): changing audio in chunk 5 leaves tokens of windows 0 and 1 unchanged.
+    feats2 = feats.copy()
+    feats2[0, :, 500:520] += 1.0
+    out2, _ = run(enc, feats2, mask)
+    assert np.abs(out2[0, :52] - out[0, :52]).max() == 0 and np.abs(out2[0, 52:] - out[0, 52:]).max() > 1e-3
+
+
+def test_no_mask_means_all_frames_valid(loaded):
+    hf, enc, _ = loaded
+    feats, _ = batch((230, 230), 230, seed=5)
+    with torch.no_grad():
+        ref = hf.get_audio_features(torch.tensor(feats), feature_attention_mask=torch.ones(2, 230, dtype=torch.long))
+    out, lens = run(enc, feats, None)
+    assert rel_err(aut.to_packed(out, lens), ref.last_hidden_state.numpy()) <= 1e-4
+
+
+def test_weights_round_trip(loaded):
+    _, enc, tensors = loaded
+    exported = hf_weights.export_table(enc, aut.hf_weight_table("audio_tower."))
+    assert set(exported) == {k for k in tensors if k.startswith("audio_tower.")}
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, tensors[k])
+
+
+def test_config_round_trip_and_hf_fields():
+    from transformers import Qwen3OmniMoeAudioEncoderConfig
+
+    for arg in ("tiny", "30b_a3b"):
+        hf_audio = get_config(arg).audio_config.to_dict()
+        cfg = aut.AuTEncoderConfig.from_hf(hf_audio)
+        assert aut.AuTEncoderConfig.from_hf(cfg.to_hf()) == cfg
+        built = Qwen3OmniMoeAudioEncoderConfig(**hf_audio)
+        for k, v in cfg.to_hf().items():
+            assert getattr(built, k) == v, k
+    with pytest.raises(ValueError, match="n_window_infer"):
+        aut.AuTEncoderConfig(16, 32, 1, 4, 64, 32, n_window=50, n_window_infer=50)
+
+
+def test_parameter_count_matches_hf_real_size():
+    from transformers import Qwen3OmniMoeAudioEncoderConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+    hf_audio = get_config("30b_a3b").audio_config.to_dict()
+    with torch.device("meta"):
+        ref = sum(p.numel() for p in Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**hf_audio)).parameters())
+    cfg = aut.AuTEncoderConfig.from_hf(hf_audio)
+    abstract = nnx.eval_shape(lambda: aut.AuTEncoder(cfg, rngs=nnx.Rngs(0)))
+    ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert ours == ref
+    assert 600e6 < ours < 700e6  # about 0.65 B parameters
