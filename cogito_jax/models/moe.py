@@ -1,0 +1,154 @@
+"""Qwen3-MoE sparse MoE block (HF ``Qwen3OmniMoeThinkerTextSparseMoeBlock``) and its load-balancing loss.
+
+Router: ``logits = x @ W_r`` -> float32 softmax -> top-k (weights renormalised to sum to 1 when
+``norm_topk_prob``) -> cast to the compute dtype. Experts: SwiGLU ``down(silu(gate(x)) * up(x))``,
+parameters stacked per expert: ``gate_proj, up_proj [E, D, F]``, ``down_proj [E, F, D]``.
+
+``impl="ragged"`` (default) is dropless: the ``N * k`` (token, expert) assignments are sorted by expert,
+run through ``jax.lax.ragged_dot`` with per-expert group sizes, unsorted and combined with the router
+weights. ``impl="dense"`` runs every token through every expert and masks (a reference for tests).
+Under a mesh the expert axis of the weights may be sharded (``"experts"`` -> ``expert``); GSPMD then
+partitions the grouped matmuls automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cogito_jax.models.hf_weights import LINEAR
+from cogito_jax.models.layers import dense, dtype_of
+
+IMPLS = ("ragged", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    hidden_size: int  # D
+    moe_intermediate_size: int  # F, per expert
+    num_experts: int  # E
+    num_experts_per_tok: int  # k
+    norm_topk_prob: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    impl: str = "ragged"
+
+    def __post_init__(self):
+        if not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, {self.num_experts}]")
+        if self.impl not in IMPLS:
+            raise ValueError(f"moe impl={self.impl!r} must be one of {IMPLS}")
+
+
+def route(logits_ne: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
+    """(weights ``[N, k]`` float32, expert ids ``[N, k]`` int32) from router logits, as HF's router."""
+    probs = jax.nn.softmax(logits_ne.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return weights, experts.astype(jnp.int32)
+
+
+def _expert_param(shape: tuple[int, ...], axes: tuple[str, ...], param_dtype, rngs: nnx.Rngs) -> nnx.Param:
+    init = nnx.with_partitioning(nnx.initializers.normal(0.02), axes)
+    return nnx.Param(init(rngs.params(), shape, param_dtype))
+
+
+class SparseMoE(nnx.Module):
+    """Top-k routed SwiGLU experts; ``__call__`` returns the output and the router logits."""
+
+    def __init__(self, cfg: MoEConfig, *, rngs: nnx.Rngs):
+        d, f, e = cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts
+        pd = dtype_of(cfg.param_dtype)
+        self.router = dense(d, e, ("embed", None), bias=False, rngs=rngs, dtype=jnp.float32, param_dtype=pd)
+        self.gate_proj = _expert_param((e, d, f), ("experts", "embed", "expert_mlp"), pd, rngs)
+        self.up_proj = _expert_param((e, d, f), ("experts", "embed", "expert_mlp"), pd, rngs)
+        self.down_proj = _expert_param((e, f, d), ("experts", "expert_mlp", "embed"), pd, rngs)
+        self.cfg = cfg
+
+    def __call__(self, x_btd: jax.Array, impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+        """(output ``[B, T, D]`` in the compute dtype, router logits ``[B*T, E]`` float32)."""
+        cfg = self.cfg
+        dt = dtype_of(cfg.dtype)
+        *lead, d = x_btd.shape
+        x_nd = x_btd.reshape(-1, d).astype(dt)
+        logits = (x_nd @ self.router.kernel[...].astype(dt)).astype(jnp.float32)
+        weights, experts = route(logits, cfg.num_experts_per_tok, cfg.norm_topk_prob)
+        weights = weights.astype(dt)
+        w = tuple(p[...].astype(dt) for p in (self.gate_proj, self.up_proj, self.down_proj))
+        impl = impl or cfg.impl
+        if impl == "ragged":
+            y = grouped_experts(x_nd, experts, weights, *w)
+        elif impl == "dense":
+            y = dense_experts(x_nd, experts, weights, *w)
+        else:
+            raise ValueError(f"moe impl={impl!r} must be one of {IMPLS}")
+        return y.reshape(*lead, d), logits
+
+
+def grouped_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
+                    up_edf: jax.Array, down_efd: jax.Array) -> jax.Array:
+    """Dropless experts: assignments sorted by expert, ``ragged_dot`` per group, unsorted, weighted sum."""
+    n, k = experts_nk.shape
+    num_experts = gate_edf.shape[0]
+    flat_e = experts_nk.reshape(-1)
+    order = jnp.argsort(flat_e, stable=True)  # assignment slots in expert order
+    xs_md = x_nd[order // k]
+    group_sizes = jnp.zeros((num_experts,), jnp.int32).at[flat_e].add(1)
+    h = jax.nn.silu(jax.lax.ragged_dot(xs_md, gate_edf, group_sizes)) * jax.lax.ragged_dot(xs_md, up_edf, group_sizes)
+    out_md = jax.lax.ragged_dot(h, down_efd, group_sizes)
+    out_nkd = jnp.zeros_like(out_md).at[order].set(out_md).reshape(n, k, -1)
+    return jnp.einsum("nkd,nk->nd", out_nkd, weights_nk.astype(out_nkd.dtype))
+
+
+def dense_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
+                  up_edf: jax.Array, down_efd: jax.Array) -> jax.Array:
+    """Every token through every expert, combined with zero weight for unselected experts (reference)."""
+    num_experts = gate_edf.shape[0]
+    combine_ne = jnp.einsum("nk,nke->ne", weights_nk, jax.nn.one_hot(experts_nk, num_experts, dtype=weights_nk.dtype))
+    h = jax.nn.silu(jnp.einsum("nd,edf->enf", x_nd, gate_edf)) * jnp.einsum("nd,edf->enf", x_nd, up_edf)
+    return jnp.einsum("enf,efd,ne->nd", h, down_efd, combine_ne)
+
+
+def load_balancing_loss(router_logits: jax.Array | Sequence[jax.Array], num_experts: int, top_k: int,
+                        attention_mask: jax.Array | None = None) -> jax.Array:
+    """Switch-style aux loss, as HF's ``load_balancing_loss_func``.
+
+    ``router_logits``: ``[L, ..., E]`` (layers first, the rest flattened to tokens) or a sequence of
+    per-layer ``[..., E]``. ``attention_mask`` (any shape with the tokens' count, e.g. ``[B, T]``)
+    excludes padding. Returns ``E * sum_e f_e * P_e`` with ``f_e`` the mean number of top-k assignments
+    per token and ``P_e`` the mean router probability, both over all layers' (unmasked) tokens.
+    """
+    if isinstance(router_logits, (list, tuple)):
+        logits = jnp.stack([jnp.reshape(x, (-1, num_experts)) for x in router_logits])
+    else:
+        logits = jnp.reshape(router_logits, (router_logits.shape[0], -1, num_experts))
+    layers, n, _ = logits.shape
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    _, experts = jax.lax.top_k(probs, top_k)
+    counts = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32).sum(-2)  # [L, N, E]
+    mask = jnp.ones((n,), jnp.float32) if attention_mask is None else attention_mask.reshape(-1).astype(jnp.float32)
+    if mask.shape[0] != n:
+        raise ValueError(f"attention_mask has {mask.shape[0]} tokens, router logits have {n}")
+    rows = layers * mask.sum()
+    tokens_per_expert = jnp.einsum("lne,n->e", counts, mask) / rows
+    prob_per_expert = jnp.einsum("lne,n->e", probs, mask) / rows
+    return num_experts * jnp.sum(tokens_per_expert * prob_per_expert)
+
+
+def hf_weight_table(prefix: str) -> dict[str, tuple[str, str]]:
+    """Our parameter paths -> HF on-disk names under ``prefix`` (e.g. ``"model.layers.{i}.mlp."``).
+
+    HF stores one tensor per expert (``experts.{e}.gate_proj.weight [F, D]``); in memory transformers
+    fuses them into ``experts.gate_up_proj [E, 2F, D]`` and ``experts.down_proj [E, D, F]``.
+    """
+    return {
+        "router/kernel": (f"{prefix}gate.weight", LINEAR),
+        "gate_proj": (f"{prefix}experts.{{e}}.gate_proj.weight", LINEAR),
+        "up_proj": (f"{prefix}experts.{{e}}.up_proj.weight", LINEAR),
+        "down_proj": (f"{prefix}experts.{{e}}.down_proj.weight", LINEAR),
+    }

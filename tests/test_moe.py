@@ -1,0 +1,152 @@
+"""Qwen3-MoE sparse block and load-balancing loss in JAX against transformers (PyTorch, CPU)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.numpy import load_file
+
+from cogito_jax import sharding
+from cogito_jax.models import hf_weights, moe
+from configs.models.qwen3_omni_thinker import get_config
+from tests.hf_tiny_qwen3_omni import rescale_, save_thinker, thinker_config
+
+
+def hf_block(num_experts, top_k, norm, hidden=32, ffn=16, seed=0):
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextSparseMoeBlock
+
+    text = thinker_config().text_config
+    text.hidden_size, text.moe_intermediate_size = hidden, ffn
+    text.num_experts, text.num_experts_per_tok, text.norm_topk_prob = num_experts, top_k, norm
+    torch.manual_seed(seed)
+    return rescale_(Qwen3OmniMoeThinkerTextSparseMoeBlock(text).eval(), seed), text
+
+
+def on_disk(state: dict) -> dict:
+    """HF's in-memory fused expert tensors -> the per-expert names a checkpoint holds."""
+    out = {"gate.weight": state["gate.weight"].numpy()}
+    gate_up, down = state["experts.gate_up_proj"].numpy(), state["experts.down_proj"].numpy()
+    f = gate_up.shape[1] // 2
+    for e in range(gate_up.shape[0]):
+        out[f"experts.{e}.gate_proj.weight"] = gate_up[e, :f]
+        out[f"experts.{e}.up_proj.weight"] = gate_up[e, f:]
+        out[f"experts.{e}.down_proj.weight"] = down[e]
+    return out
+
+
+def ours_from(block, text) -> moe.SparseMoE:
+    cfg = moe.MoEConfig(text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok,
+                        text.norm_topk_prob)
+    ours = moe.SparseMoE(cfg, rngs=nnx.Rngs(1))
+    hf_weights.load_table(ours, moe.hf_weight_table(""), on_disk(block.state_dict()).__getitem__)
+    return ours
+
+
+def rel_err(out, ref):
+    return np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("num_experts, top_k, norm, tokens", [
+    (8, 2, True, (2, 12)),
+    (8, 2, False, (2, 12)),
+    (16, 4, True, (1, 3)),  # 12 assignments over 16 experts: several experts get no token
+])
+def test_block_matches_hf(num_experts, top_k, norm, tokens):
+    block, text = hf_block(num_experts, top_k, norm)
+    x = np.random.default_rng(0).normal(size=(*tokens, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = block(torch.tensor(x)).numpy()
+        ref_logits = block.gate(torch.tensor(x).reshape(-1, 32))[0].numpy()
+    ours = ours_from(block, text)
+    run = nnx.jit(lambda m, x, impl: m(x, impl), static_argnums=2)
+    y, logits = run(ours, jnp.asarray(x), "ragged")
+    y_dense, _ = run(ours, jnp.asarray(x), "dense")
+    assert y.shape == x.shape and logits.shape == (x.shape[0] * x.shape[1], num_experts)
+    assert rel_err(y, ref) <= 1e-4
+    assert rel_err(logits, ref_logits) <= 1e-5
+    assert rel_err(y_dense, np.asarray(y)) <= 1e-5
+    if tokens == (1, 3):
+        used = np.unique(np.argsort(-np.asarray(logits), axis=-1)[:, :top_k])
+        assert len(used) < num_experts
+
+
+def test_aux_loss_matches_hf():
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import load_balancing_loss_func
+
+    rng = np.random.default_rng(2)
+    b, t, e, k = 2, 5, 8, 2
+    layers = [rng.normal(size=(b * t, e)).astype(np.float32) * 2 for _ in range(3)]
+    mask = np.ones((b, t), np.int64)
+    mask[0, :2] = 0
+    for m in (None, mask):
+        ref = load_balancing_loss_func(tuple(torch.tensor(x) for x in layers), e, k,
+                                       None if m is None else torch.tensor(m)).item()
+        stacked = moe.load_balancing_loss(jnp.stack(layers), e, k, None if m is None else jnp.asarray(m))
+        listed = moe.load_balancing_loss([jnp.asarray(x).reshape(b, t, e) for x in layers], e, k,
+                                         None if m is None else jnp.asarray(m))
+        assert abs(float(stacked) - ref) <= 1e-5 * abs(ref) and abs(float(listed) - ref) <= 1e-5 * abs(ref)
+    assert abs(float(moe.load_balancing_loss(jnp.stack(layers), e, k, jnp.asarray(mask))) - float(
+        moe.load_balancing_loss(jnp.stack(layers), e, k))) > 1e-4  # the mask matters
+
+
+def test_loads_from_saved_thinker_checkpoint(tmp_path):
+    """The weight table reads the names transformers writes to disk (per-expert tensors)."""
+    hf = save_thinker(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    text = get_config("tiny").text_config
+    cfg = moe.MoEConfig(text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok)
+    table = moe.hf_weight_table("model.layers.1.mlp.")
+    ours = moe.SparseMoE(cfg, rngs=nnx.Rngs(0))
+    hf_weights.load_table(ours, table, tensors.__getitem__)
+    x = np.random.default_rng(4).normal(size=(2, 7, text.hidden_size)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf.model.language_model.layers[1].mlp(torch.tensor(x)).numpy()
+    assert rel_err(ours(jnp.asarray(x))[0], ref) <= 1e-4
+    exported = hf_weights.export_table(ours, table)
+    assert set(exported) == {k for k in tensors if k.startswith("model.layers.1.mlp.")}
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, tensors[k])
+
+
+def test_expert_sharded_mesh_matches_one_device(cpu_devices):
+    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2)
+    mesh = sharding.make_mesh(dict(fsdp=2, expert=4), cpu_devices)
+    rules = sharding.RULE_PRESETS["fsdp_ep"]
+    model = sharding.create_sharded(lambda: moe.SparseMoE(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+    assert model.gate_proj[...].sharding.spec[:2] == ("expert", "fsdp")
+    assert tuple(model.down_proj[...].sharding.spec) == ("expert", None, "fsdp")
+    graphdef, state = nnx.split(model)
+    local = nnx.merge(graphdef, jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state))
+    x = np.random.default_rng(5).normal(size=(8, 6, 32)).astype(np.float32)
+    ref, ref_logits = nnx.jit(lambda m, x: m(x))(local, jnp.asarray(x))
+
+    @jax.jit
+    def fwd(state, x):
+        with sharding.use_rules(rules):
+            return nnx.merge(graphdef, state)(sharding.constrain(x, ("batch", "length", "embed")))
+
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules, mesh)))
+        y, logits = fwd(state, xs)
+    assert rel_err(y, np.asarray(ref)) <= 1e-5 and rel_err(logits, np.asarray(ref_logits)) <= 1e-5
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_experts_per_tok"):
+        moe.MoEConfig(8, 4, num_experts=4, num_experts_per_tok=5)
+    with pytest.raises(ValueError, match="impl"):
+        moe.MoEConfig(8, 4, 4, 2, impl="megablocks")
+
+
+def test_parameter_count_matches_hf_real_size():
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextSparseMoeBlock
+
+    text = thinker_config("30b_a3b").text_config
+    with torch.device("meta"):
+        ref = sum(p.numel() for p in Qwen3OmniMoeThinkerTextSparseMoeBlock(text).parameters())
+    cfg = moe.MoEConfig(text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok)
+    abstract = nnx.eval_shape(lambda: moe.SparseMoE(cfg, rngs=nnx.Rngs(0)))
+    ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert ours == ref == 128 * 3 * 2048 * 768 + 128 * 2048
