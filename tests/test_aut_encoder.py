@@ -7,6 +7,7 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file
 
+from cogito_jax import sharding
 from cogito_jax.models import aut_encoder as aut, hf_weights
 from configs.models.qwen3_omni_thinker import get_config
 from tests.hf_tiny_qwen3_omni import save_thinker
@@ -133,3 +134,23 @@ def test_parameter_count_matches_hf_real_size():
     ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert ours == ref
     assert 600e6 < ours < 700e6  # about 0.65 B parameters
+
+
+def test_sharded_matches_one_device(loaded, cpu_devices):
+    _, enc, _ = loaded
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2), cpu_devices)
+    rules = sharding.RULE_PRESETS["fsdp_tp"]
+    placed = sharding.place(enc, mesh, rules)
+    assert tuple(placed.layers.fc1.kernel[...].sharding.spec) == (None, "fsdp", "tensor")
+    feats, mask = batch((437, 100, 73, 250), 450, seed=7)
+    ref, ref_lens = run(enc, feats, mask)
+    graphdef, state = nnx.split(placed)
+
+    @jax.jit
+    def fwd(state, f, m):
+        with sharding.use_rules(rules):
+            return nnx.merge(graphdef, state)(f, m)
+
+    with jax.set_mesh(mesh):
+        out, lens = fwd(state, feats, mask)
+    assert (np.asarray(lens) == ref_lens).all() and rel_err(np.asarray(out), ref) <= 1e-5
