@@ -114,7 +114,10 @@ def run(
     try:
         with _Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
             for step in range(start, cfg.train.steps):
-                batch = global_batch(next(data_iter), mesh)
+                local = next(data_iter)
+                # Which examples this step consumed (this process's rows), to audit resumption.
+                consumed = int(local["index"].sum()) if "index" in local else -1
+                batch = global_batch(_model_inputs(local), mesh)
                 if compiled is None:
                     batch_sh = jax.tree.map(lambda x: x.sharding, batch)
                     jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
@@ -125,7 +128,8 @@ def run(
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                     now = time.time()
-                    writer.write(done, {**metrics, "lr": schedule(step), "step_time": (now - t_last)})
+                    writer.write(done, {**metrics, "lr": schedule(step), "step_time": (now - t_last),
+                                        "data_index_sum": consumed})
                     t_last = now
                     last = {"step": done, **metrics}
                 if cfg.train.eval_every and eval_data is not None and done % cfg.train.eval_every == 0:
@@ -145,10 +149,15 @@ def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: L
     fn = jax.jit(make_eval_step(graphdef, loss_fn))
     total, count = 0.0, 0.0
     for local in batches:
-        out = fn(params, frozen, global_batch(local, mesh))
+        out = fn(params, frozen, global_batch(_model_inputs(local), mesh))
         total += float(out["loss_sum"])
         count += float(out["tokens"])
     return {"eval_loss": total / max(count, 1.0), "eval_tokens": count}
+
+
+def _model_inputs(local: dict) -> dict:
+    """A pipeline batch without its bookkeeping fields."""
+    return {k: v for k, v in local.items() if k != "index"}
 
 
 def _log_memory(compiled) -> None:
