@@ -5,6 +5,7 @@ waveform is padded/cut to 30 s, a centred STFT (n_fft 400, hop 160, periodic Han
 gives the power spectrum, Slaney mel filters map it to ``n_mels`` bins, the last frame is dropped,
 then ``log10(max(x, 1e-10))``, ``max(x, x.max() - 8)`` per example and ``(x + 4) / 4``.
 ``whisper_log_mel_batch`` is the jitted JAX version over ``[B, 480000]`` (the max is per example).
+``decode`` raises an :class:`AudioError` subclass whose ``reason`` is a short, stable label.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
+import re
+import struct
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -23,24 +27,83 @@ HOP = 160
 CHUNK_SECONDS = 30
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000
 N_FRAMES = N_SAMPLES // HOP  # 3000
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
+
+# Extensions and leading bytes of formats we expect to decode (anything else is "unknown_format").
+AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif",
+                              ".aiff", ".au", ".snd", ".caf", ".w64", ".rf64", ".webm", ".mp4", ".wma"})
+_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b".snd", b"caff", b"\x1aE\xdf\xa3")
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used; ``reason`` is a short, stable label."""
+    """A clip that cannot be used: ``reason`` is a stable label, ``detail`` says what exactly."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+    reason = "audio_error"
+
+    def __init__(self, detail: str = "", *, path: str | pathlib.Path | None = None, reason: str | None = None):
+        if reason is not None:
+            self.reason = reason
         self.detail = detail
+        self.path = None if path is None else str(path)
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{self.reason}: {where}{detail}" if detail or where else self.reason)
+
+    def report_reason(self) -> str:
+        """``"reason: detail"`` without the path (the item id already names the clip)."""
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class UnreadableFileError(AudioError):
+    reason = "unreadable"
+
+
+class EmptyFileError(AudioError):
+    reason = "empty_file"
+
+
+class NoSamplesError(AudioError):
+    reason = "no_samples"
+
+
+class TruncatedFileError(AudioError):
+    reason = "truncated"
+
+
+class CorruptFileError(AudioError):
+    reason = "corrupt"
+
+
+class UnknownFormatError(AudioError):
+    reason = "unknown_format"
+
+
+class NonFiniteError(AudioError):
+    reason = "non_finite"
+
+
+# ----------------------------------------------------------------------------------------------- features
 
 
 @functools.lru_cache(maxsize=8)
 def mel_filters(n_mels: int) -> np.ndarray:
-    """Slaney-style mel filter bank ``[n_mels, n_fft // 2 + 1]`` (float32), as Whisper uses."""
-    import librosa
+    """Slaney mel filter bank ``[n_mels, 201]`` (float32), as ``librosa.filters.mel(norm="slaney")``."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
 
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, norm="slaney", htk=False,
-                               dtype=np.float64).astype(np.float32)
+    def hz_to_mel(f):
+        f = np.asarray(f, np.float64)
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+    def mel_to_hz(m):
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_hz = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    mel_hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    ramps = mel_hz[:, None] - fft_hz[None, :]
+    fdiff = np.diff(mel_hz)
+    weights = np.maximum(0.0, np.minimum(-ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]))
+    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
 
 
 def _hann() -> np.ndarray:
@@ -48,8 +111,9 @@ def _hann() -> np.ndarray:
 
 
 def pad_or_trim(waveform: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
+    """Float32 copy of a 1-D waveform zero-padded or cut to ``length`` samples."""
     w = np.asarray(waveform, np.float32).reshape(-1)
-    return w[:length] if w.shape[0] >= length else np.pad(w, (0, length - w.shape[0]))
+    return w[:length].copy() if w.shape[0] >= length else np.pad(w, (0, length - w.shape[0]))
 
 
 def _check(waveform: np.ndarray, sampling_rate: int) -> np.ndarray:
@@ -94,34 +158,57 @@ def log_mel_frames(waveform: np.ndarray, n_mels: int = 128, sampling_rate: int =
     return _normalise(log_spec[:, :n], peak)
 
 
+def log_mel_chunks(waveform: np.ndarray, n_mels: int = 128, seconds: float = CHUNK_SECONDS) -> list[np.ndarray]:
+    """Unpadded log-mel ``[n_mels, frames_i]`` of each ``seconds``-long window of a clip (see chunk_waveform)."""
+    return [log_mel_frames(c, n_mels) for c in chunk_waveform(waveform, seconds)]
+
+
 @functools.partial(jax.jit, static_argnames=("n_mels",))
 def whisper_log_mel_batch(waveforms_bn: jax.Array, n_mels: int = 128) -> jax.Array:
-    """``[B, n_mels, 3000]`` for ``[B, 480000]`` waveforms (already padded/cut to 30 s)."""
+    """``[B, n_mels, 3000]`` for ``[B, 480000]`` waveforms (already padded/cut to 30 s, see pad_batch)."""
     w = jnp.asarray(waveforms_bn, jnp.float32)
+    if w.ndim != 2 or w.shape[1] != N_SAMPLES:
+        raise ValueError(f"waveforms_bn must be [B, {N_SAMPLES}] (pad_batch pads), got {w.shape}")
     padded = jnp.pad(w, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
     idx = jnp.arange(N_FRAMES)[:, None] * HOP + jnp.arange(N_FFT)[None, :]  # last (dropped) frame never built
-    frames = padded[:, idx] * jnp.asarray(_hann())
-    spec = jnp.fft.rfft(frames, axis=-1)
-    power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2  # [B, 3000, 201]
-    mel = jnp.einsum("mf,btf->bmt", jnp.asarray(mel_filters(n_mels)), power, precision=jax.lax.Precision.HIGHEST)
-    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
-    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
+    frames_btn = padded[:, idx] * jnp.asarray(_hann())
+    spec_btf = jnp.fft.rfft(frames_btn, axis=-1)
+    power_btf = jnp.real(spec_btf) ** 2 + jnp.imag(spec_btf) ** 2
+    mel_bmt = jnp.einsum("mf,btf->bmt", jnp.asarray(mel_filters(n_mels)), power_btf,
+                         precision=jax.lax.Precision.HIGHEST)
+    log_spec = jnp.log10(jnp.maximum(mel_bmt, 1e-10))
+    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)  # per example
     return (log_spec + 4.0) / 4.0
 
 
+def pad_batch(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(``[B, 480000]`` float32 padded/cut waveforms, ``[B]`` int32 valid frames) for whisper_log_mel_batch."""
+    out = np.zeros((len(waveforms), N_SAMPLES), np.float32)
+    for i, w in enumerate(waveforms):
+        w = np.asarray(w, np.float32).reshape(-1)[:N_SAMPLES]
+        out[i, : len(w)] = w
+    return out, np.array([num_frames(len(np.asarray(w).reshape(-1))) for w in waveforms], np.int32)
+
+
 def num_frames(n_samples: int) -> int:
-    """Valid mel frames of a clip (what the feature extractor's attention mask marks), at most 3000."""
+    """Valid mel frames of a clip: ``ceil(n / 160)``, at most 3000 (the extractor's attention-mask sum)."""
     return min(math.ceil(n_samples / HOP), N_FRAMES)
 
 
 def chunk_waveform(waveform: np.ndarray, seconds: float = CHUNK_SECONDS) -> list[np.ndarray]:
-    """Consecutive pieces of at most ``seconds`` (for clips longer than the encoder's 30 s window)."""
+    """Consecutive windows of at most ``seconds`` (the last may be shorter); one empty window for no samples."""
     size = int(seconds * SAMPLE_RATE)
-    w = np.asarray(waveform, np.float32)
+    if size <= 0:
+        raise ValueError(f"seconds={seconds} must be at least one sample long")
+    w = np.asarray(waveform, np.float32).reshape(-1)
     return [w[i:i + size] for i in range(0, max(len(w), 1), size)]
 
 
+# ----------------------------------------------------------------------------------------------- decoding
+
+
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Float32 waveform resampled with soxr (HQ); returned as is when the rates agree."""
     if orig_sr == target_sr:
         return np.asarray(waveform, np.float32)
     import soxr
@@ -130,70 +217,102 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -
 
 
 def decode(path: str | pathlib.Path, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
-    """(mono float32 waveform at ``target_sr``, info with ``orig_sr``, ``channels``, ``seconds``).
+    """(mono float32 waveform at ``target_sr``, info) for an audio file.
 
-    wav/flac/ogg go through soundfile, anything else (mp3, ...) through librosa. Raises AudioError with
-    reason ``unreadable``, ``empty_file``, ``truncated``, ``corrupt``, ``no_samples`` or ``non_finite``.
+    info: ``orig_sr``, ``channels``, ``seconds`` (at ``target_sr``) and ``clip_ratio`` (fraction of source
+    samples at full scale, measured before resampling). wav/flac/ogg/mp3/aiff go through soundfile,
+    anything it cannot open through librosa. Raises UnreadableFileError, EmptyFileError, NoSamplesError,
+    TruncatedFileError, CorruptFileError, UnknownFormatError or NonFiniteError (all AudioError).
     """
     p = pathlib.Path(path)
     try:
+        if p.is_dir():
+            raise UnreadableFileError("is a directory", path=p)
         size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(16)
     except OSError as e:
-        raise AudioError("unreadable", f"{p}: {e.strerror or e}") from e
+        raise UnreadableFileError(e.strerror or str(e), path=p) from e
     if size == 0:
-        raise AudioError("empty_file", str(p))
-    try:
-        with open(p, "rb"):
-            pass
-    except OSError as e:
-        raise AudioError("unreadable", f"{p}: {e.strerror or e}") from e
-    _check_wav_complete(p)
-    data, sr = _read(p)
+        raise EmptyFileError("file has 0 bytes", path=p)
+    _check_riff(p, head, size)
+    data, sr = _read(p, head)
     if data.size == 0:
-        raise AudioError("no_samples", str(p))
+        raise NoSamplesError("the file holds no audio samples", path=p)
     channels = 1 if data.ndim == 1 else data.shape[1]
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise NonFiniteError(f"{bad} NaN/Inf samples", path=p)
+    clip_ratio = float(np.mean(np.max(np.abs(data.reshape(len(data), -1)), axis=1) >= CLIP_LEVEL))
     mono = data if data.ndim == 1 else data.mean(axis=1)
-    if not np.all(np.isfinite(mono)):
-        raise AudioError("non_finite", f"{p}: NaN or Inf samples")
     wave = resample(mono, sr, target_sr)
-    return wave, {"orig_sr": int(sr), "channels": int(channels), "seconds": len(wave) / target_sr}
+    return wave, {"orig_sr": int(sr), "channels": int(channels), "seconds": len(wave) / target_sr,
+                  "clip_ratio": clip_ratio}
 
 
-def _check_wav_complete(p: pathlib.Path) -> None:
-    """A RIFF/WAVE file whose data chunk declares more bytes than the file holds was cut short."""
-    import struct
-
+def _check_riff(p: pathlib.Path, head: bytes, size: int) -> None:
+    """A RIFF/WAVE file with a cut header, or whose data chunk declares more bytes than it holds, was cut short."""
+    if head[:4] not in (b"RIFF", b"RF64"):
+        return
+    if size < 44 or head[8:12] != b"WAVE":
+        if size < 44:
+            raise TruncatedFileError(f"WAV header cut short ({size} bytes)", path=p)
+        return
     with open(p, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return
-        pos, size = 12, p.stat().st_size
+        pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             cid, clen = struct.unpack("<4sI", f.read(8))
             if cid == b"data":
                 if clen != 0xFFFFFFFF and pos + 8 + clen > size:
-                    raise AudioError("truncated", f"{p}: data chunk declares {clen} bytes, file has {size - pos - 8}")
+                    raise TruncatedFileError(f"data chunk declares {clen} bytes, file holds {size - pos - 8}", path=p)
                 return
             pos += 8 + clen + (clen & 1)
+    raise TruncatedFileError("no data chunk before the end of the file", path=p)
 
 
-def _read(p: pathlib.Path) -> tuple[np.ndarray, int]:
+def _known(p: pathlib.Path, head: bytes) -> bool:
+    """Whether the name or the first bytes say this is meant to be audio."""
+    mpeg_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return p.suffix.lower() in AUDIO_EXTENSIONS or head.startswith(_MAGIC) or mpeg_sync or head[4:8] == b"ftyp"
+
+
+def _read(p: pathlib.Path, head: bytes) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=False)
-        return np.asarray(data, np.float32), int(sr)
-    except Exception as sf_error:  # not a format soundfile knows (or broken): try librosa's decoders
+        f = sf.SoundFile(str(p))
+    except Exception as sf_error:  # a format soundfile does not know (or a broken file): try librosa
+        return _read_librosa(p, head, sf_error)
+    with f:
+        declared, sr, fmt = f.frames, f.samplerate, f.format
         try:
-            import warnings
-
-            import librosa
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data, sr = librosa.load(str(p), sr=None, mono=False)
-            data = np.asarray(data, np.float32)
-            return (data.T if data.ndim == 2 else data), int(sr)
+            data = f.read(dtype="float32", always_2d=False)
         except Exception as e:
-            raise AudioError("corrupt", f"{p}: {str(sf_error).splitlines()[0][:120]} / {type(e).__name__}") from e
+            raise TruncatedFileError(f"decoding stopped before the end ({_first_line(e)})", path=p) from e
+    got = len(data)
+    if got < declared and (fmt != "MP3" or got < 0.95 * declared):  # mp3 frame counts are estimates
+        raise TruncatedFileError(f"read {got} of the {declared} frames the header declares", path=p)
+    return np.asarray(data, np.float32), int(sr)
+
+
+def _read_librosa(p: pathlib.Path, head: bytes, sf_error: Exception) -> tuple[np.ndarray, int]:
+    try:
+        import librosa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data, sr = librosa.load(str(p), sr=None, mono=False)
+    except Exception as e:
+        if not _known(p, head):
+            raise UnknownFormatError(f"not a recognised audio format (extension {p.suffix or 'none'!r}, "
+                                     f"first bytes {head[:8].hex()})", path=p) from e
+        raise CorruptFileError(f"cannot decode: {_first_line(sf_error)}", path=p) from e
+    data = np.asarray(data, np.float32)
+    return (data.T if data.ndim == 2 else data), int(sr)
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of a decoder's message without its "Error opening '<path>': " prefix."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^Error( opening '.*?')?\s*:\s*", "", line)[:160]
