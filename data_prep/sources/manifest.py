@@ -2,79 +2,121 @@
 optional ``question``, ``choices``, ``answer``, ``modality``, ``category``, ``metadata``.
 
 ``read_manifest`` yields one item dict per good line and one :class:`Rejection` per bad line, with a
-specific reason; a bad line never stops the build.
+specific, stable reason (``"label: detail"``); a bad line never stops the build. Relative paths may not
+leave the manifest's folder (checked on the path as written, so symlinks inside the folder still work);
+absolute paths are taken as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from collections.abc import Iterator
+from typing import Any
+
+MIN_CHOICES, MAX_CHOICES = 2, 6
+TEXT_FIELDS = ("question", "answer", "modality", "category")
 
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    id: str  # the item's id, or "line <n>" when the line has none
+    """An item that is dropped: ``id`` (or ``"line <n>"`` when the line has none) and why."""
+
+    id: str
     reason: str
 
+    @property
+    def label(self) -> str:
+        return self.reason.split(":", 1)[0]
 
-def _qa_problem(rec: dict) -> str | None:
-    if "choices" not in rec and "answer" not in rec and "question" not in rec:
+
+def qa_problem(question: Any, choices: Any, answer: Any) -> str | None:
+    """Why a (question, choices, answer) triple is unusable, or None; all three absent is fine."""
+    if question is None and choices is None and answer is None:
         return None
-    choices, answer = rec.get("choices"), rec.get("answer")
     if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
         return f"bad_choices: {choices!r} is not a list of non-empty strings"
-    if not 2 <= len(choices) <= 6:
-        return f"bad_choices: {len(choices)} choices (need 2-6)"
-    if len(set(choices)) != len(choices):
-        return "bad_choices: duplicate choices"
-    if answer not in choices:
-        return f"bad_answer: {answer!r} is not one of the choices"
-    if not isinstance(rec.get("question"), str) or not rec["question"].strip():
-        return "bad_question: empty or missing"
+    if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
+        return f"bad_choices: {len(choices)} choices, need {MIN_CHOICES}-{MAX_CHOICES}"
+    folded = [c.strip().casefold() for c in choices]
+    dups = sorted({c for c, f in zip(choices, folded, strict=True) if folded.count(f) > 1})
+    if dups:
+        return f"bad_choices: duplicate choices {dups}"
+    if not isinstance(answer, str) or answer.strip() not in [c.strip() for c in choices]:
+        return f"bad_answer: {answer!r} is not one of the choices {choices}"
+    if not isinstance(question, str) or not question.strip():
+        return f"bad_question: {question!r} is empty or not a string"
     return None
 
 
+def resolve_audio_path(root: pathlib.Path, audio_path: str) -> pathlib.Path | None:
+    """The clip's absolute path, or None when a relative path leads out of ``root``."""
+    p = pathlib.Path(audio_path)
+    if p.is_absolute():
+        return pathlib.Path(os.path.normpath(p))
+    joined = pathlib.Path(os.path.normpath(root / p))
+    return joined if joined == root or joined.is_relative_to(root) else None
+
+
+def parse_line(line: str, where: str, root: pathlib.Path) -> dict | Rejection:
+    """One manifest line to an item dict, or a Rejection (``where`` names the line, e.g. ``"line 3"``)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return Rejection(where, f"bad_json: {e.msg} at column {e.colno}")
+    if not isinstance(rec, dict):
+        return Rejection(where, f"bad_json: expected an object, got {type(rec).__name__}")
+    rid = rec.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip():
+        return Rejection(where, f"missing_id: 'id' is {rid!r}")
+    rid = str(rid)
+    audio = rec.get("audio_path")
+    if not isinstance(audio, str) or not audio.strip():
+        return Rejection(rid, f"missing_audio_path: 'audio_path' is {audio!r}")
+    resolved = resolve_audio_path(root, audio)
+    if resolved is None:
+        return Rejection(rid, f"path_escapes_manifest_folder: {audio!r} is outside {root}")
+    problem = qa_problem(rec.get("question"), rec.get("choices"), rec.get("answer"))
+    if problem:
+        return Rejection(rid, problem)
+    meta = rec.get("metadata")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        return Rejection(rid, f"bad_metadata: expected an object, got {type(meta).__name__}")
+    for key in TEXT_FIELDS:
+        if key in rec and rec[key] is not None and not isinstance(rec[key], str):
+            return Rejection(rid, f"bad_{key}: {rec[key]!r} is not a string")
+    choices = [c.strip() for c in rec.get("choices") or []]
+    return {"id": rid, "audio_path": str(resolved), "question": (rec.get("question") or "").strip(),
+            "choices": choices, "answer": (rec.get("answer") or "").strip(),
+            "modality": rec.get("modality") or "", "category": rec.get("category") or "",
+            "sub_category": str(meta.get("sub_category", rec.get("sub-category", rec.get("sub_category", "")))),
+            "thinking": str(meta.get("thinking", rec.get("thinking", "")) or ""), "metadata": meta}
+
+
 def read_manifest(path: str | pathlib.Path) -> Iterator[dict | Rejection]:
+    """Items and rejections of a manifest, in file order; a repeated id is rejected (the first line wins)."""
     path = pathlib.Path(path)
     root = path.parent.resolve()
-    seen: set[str] = set()
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield Rejection(f"line {n}", f"bad_json: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(rec, dict):
-            yield Rejection(f"line {n}", "bad_json: not an object")
-            continue
-        rid = rec.get("id")
-        if not isinstance(rid, (str, int)) or str(rid).strip() == "":
-            yield Rejection(f"line {n}", "missing_id")
-            continue
-        rid = str(rid)
-        if rid in seen:
-            yield Rejection(rid, f"duplicate_id: line {n}")
-            continue
-        seen.add(rid)
-        audio = rec.get("audio_path")
-        if not isinstance(audio, str) or not audio.strip():
-            yield Rejection(rid, "missing_audio_path")
-            continue
-        resolved = (root / audio).resolve()
-        if not resolved.is_relative_to(root):
-            yield Rejection(rid, f"path_escapes_manifest_folder: {audio}")
-            continue
-        problem = _qa_problem(rec)
-        if problem:
-            yield Rejection(rid, problem)
-            continue
-        meta = rec.get("metadata") or {}
-        yield {"id": rid, "audio_path": str(resolved), "question": rec.get("question", ""),
-               "choices": rec.get("choices", []), "answer": rec.get("answer", ""),
-               "modality": rec.get("modality", ""), "category": rec.get("category", ""),
-               "sub_category": meta.get("sub_category", rec.get("sub-category", "")),
-               "thinking": meta.get("thinking", rec.get("thinking", "")), "metadata": meta}
+    seen: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Rejection(where, f"bad_encoding: not UTF-8 at column {e.start + 1}")
+                continue
+            line = line.lstrip("\ufeff") if n == 1 else line
+            if not line.strip():
+                continue
+            entry = parse_line(line, where, root)
+            rid = entry["id"] if isinstance(entry, dict) else (None if entry.id == where else entry.id)
+            if rid is not None and rid in seen:
+                entry = Rejection(rid, f"duplicate_id: first on line {seen[rid]}, again on {where}")
+            elif rid is not None:
+                seen[rid] = n
+            yield entry
