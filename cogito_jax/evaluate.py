@@ -4,8 +4,10 @@
 ``id``, ``answer_prediction``, optional ``thinking_prediction``) and writes OUT.json with overall and
 per-group accuracy, missing items (counted wrong) and bootstrap 95% CIs, the per-item verdicts beside it
 (``<OUT stem>.items.jsonl``) and, for MMAR, ``official.jsonl`` for MMAR's own ``code/evaluation.py``.
-``report`` turns one or two score files into report.md and PNG plots. Bad input exits with code 2
-and one line on stderr.
+``report`` turns one or two score files into report.md and PNG plots. ``run`` answers a benchmark with a
+model (an HF checkpoint folder, or a run trained here) through the sampler, greedy by default with the
+challenge's baseline prompt, optionally self-consistent over N samples, then scores and reports. Bad
+input exits with code 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -82,10 +84,83 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace):
+    """(model, tokenizer, family, max_frames, n_mels) from an HF checkpoint folder or a trained run."""
+    if bool(args.checkpoint) == bool(args.workdir):
+        raise BenchmarkError("give exactly one of --checkpoint HF_DIR or --workdir RUN (with --config)")
+    if args.checkpoint:
+        from cogito_jax.convert import load_hf
+        from cogito_jax.data import tokenizer as toklib
+
+        model, mcfg = load_hf(args.checkpoint)
+        tok = toklib.load(args.checkpoint)
+    else:
+        from cogito_jax.config import load_config
+        from cogito_jax.train.run import load_trained
+
+        if not args.config:
+            raise BenchmarkError("--workdir needs --config (the run's config file)")
+        model, tok, mcfg = load_trained(load_config(args.config, args.override or ()), args.workdir)
+    return model, tok, mcfg.family, mcfg.audio.num_frames, mcfg.audio.num_mel_bins
+
+
 def _run(args: argparse.Namespace) -> int:
-    usage_error("`evaluate run` is not available yet: it needs the checkpoint loader and the sampler "
-                "(features -> generate -> predictions); sample predictions elsewhere and use `evaluate score`")
-    return 2
+    """Features -> generate -> split thinking/answer -> challenge-format predictions -> scores + report."""
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from cogito_jax import audio
+    from cogito_jax.data import chat
+    from cogito_jax.eval import predict as predict_lib
+    from cogito_jax.eval.report import write_report
+
+    bench = benchmarks.get(args.benchmark)
+    loaded = benchmarks.load(args.benchmark, args.meta, args.audio_dir, check_audio=True)
+    model, tok, family, max_frames, n_mels = _load_model(args)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = {m["id"] for m in loaded.missing_audio}
+    items, failed = [], []
+    for it in tqdm(loaded.items, desc="log-mel", unit="clip"):
+        if it.id in missing:
+            continue
+        try:
+            wave, _ = audio.decode(it.audio_path)
+        except audio.AudioError as e:
+            failed.append({"id": it.id, "reason": str(e)})
+            continue
+        wave = wave[: max_frames * audio.HOP]  # the encoder's window (30 s for the released models)
+        items.append({"id": it.id, "question": it.question, "choices": it.choices, "answer": it.answer,
+                      "mel": audio.log_mel_frames(wave, n_mels).T})
+    system = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}[args.system]
+    rows = predict_lib.predict(model, tok, family, items, out / "samples.jsonl", max_frames=max_frames, n_mels=n_mels,
+                               batch_size=args.batch_size, num_samples=args.num_samples,
+                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                               system=system)
+    predictions = {}
+    by_id: dict[str, list[dict]] = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    for rid, samples in by_id.items():
+        pick = samples[0]
+        if len(samples) > 1:  # self-consistency: the most frequent answer, first sample giving it
+            common = Counter(s["answer"] for s in samples).most_common(1)[0][0]
+            pick = next(s for s in samples if s["answer"] == common)
+        predictions[rid] = {"id": rid, "thinking_prediction": pick["thinking"][:9999],
+                            "answer_prediction": pick["answer"]}
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n"
+                                                   for p in predictions.values()))
+    summary, verdicts = score(loaded.items, predictions, bench.rule, args.resamples, args.seed)
+    result = {"benchmark": bench.name, **summary, "missing_audio": loaded.missing_audio + failed}
+    (out / "scores.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if bench.name == "mmar":
+        write_official([it.meta for it in loaded.items], predictions, out / "official.jsonl")
+    write_report(result, out / "report")
+    o = result["overall"]
+    print(f"{bench.name}: accuracy {100 * o['accuracy']:.2f}% ({o['correct']}/{o['total']}), "
+          f"{len(result['missing_audio'])} without usable audio; wrote {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,11 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--names", default=None, help="two comma-separated run names (default: file stems)")
     r.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
     r.set_defaults(fn=_report)
-    g = sub.add_parser("run", help="(not available yet) sample predictions with a model, then score them")
-    g.add_argument("--benchmark", default="mmar")
-    g.add_argument("--meta", default=None)
-    g.add_argument("--checkpoint", default=None)
-    g.add_argument("--out", default=None)
+    g = sub.add_parser("run", help="answer a benchmark with a model (resumable), then score and report")
+    g.add_argument("--benchmark", default="mmar", help=f"one of {', '.join(benchmarks.BENCHMARKS)}")
+    g.add_argument("--meta", required=True, help="benchmark meta (JSONL or JSON array)")
+    g.add_argument("--audio-dir", "--audio_dir", dest="audio_dir", default=None, help="audio folder")
+    g.add_argument("--out", required=True, help="output folder: samples, predictions, scores, official, report")
+    g.add_argument("--checkpoint", default=None, help="HF checkpoint folder (config.json, safetensors, tokenizer)")
+    g.add_argument("--workdir", default=None, help="a run trained with `python -m cogito_jax.train`")
+    g.add_argument("--config", default=None, help="that run's config file (with --workdir)")
+    g.add_argument("--override", action="append", help="config override a.b=v for --config (repeatable)")
+    g.add_argument("--system", choices=["challenge", "default", "none"], default="challenge",
+                   help="system prompt: the challenge baseline's, the chat template's default, or none")
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=1024)
+    g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1,
+                   help="> 1: self-consistency (majority answer over samples)")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
+    g.add_argument("--resamples", type=int, default=1000)
+    g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=_run)
     return p
 

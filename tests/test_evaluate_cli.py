@@ -132,7 +132,7 @@ def test_bad_input_exits_2_with_one_line(scored, tmp_path):
         (["score", "--benchmark", "mmar", *base, "--predictions", tmp_path / "stranger.jsonl"],
          "1 prediction id(s) not in the benchmark, first 'nobody'"),
         (["score", "--benchmark", "mmar", "--meta", d / "MMAR-meta.jsonl"], "required"),
-        (["run", "--benchmark", "mmar"], "not available yet"),
+        (["run", "--benchmark", "mmar", *base], "give exactly one of --checkpoint HF_DIR or --workdir RUN"),
     ]
     for args, fragment in cases:
         res = cli(*args)
