@@ -191,18 +191,24 @@ def validate_devices(cfg: ConfigDict, num_devices: int, num_slices: int = 1) -> 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config_file(spec: str) -> ConfigDict:
-    """Imports ``path.py[:arg]`` and returns ``get_config(arg)``."""
-    path, _, arg = spec.partition(":")
+def import_file(path: str | pathlib.Path, kind: str = "config") -> Any:
+    """Imports a Python file by path (config and sweep files); ConfigError if it is missing or broken."""
     file = pathlib.Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file {path!r} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"_cogito_config_{file.stem}", file)
+        raise ConfigError(f"{kind} file {str(path)!r} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"_cogito_{kind}_{file.stem}", file)
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
-    except Exception as e:  # a broken config file is user input: report it in one line
-        raise ConfigError(f"config file {path!r} failed to import: {type(e).__name__}: {e}") from e
+    except Exception as e:  # a broken file is user input: report it in one line
+        raise ConfigError(f"{kind} file {str(path)!r} failed to import: {type(e).__name__}: {e}") from e
+    return module
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """Imports ``path.py[:arg]`` and returns ``get_config(arg)``."""
+    path, _, arg = spec.partition(":")
+    module = import_file(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
     try:

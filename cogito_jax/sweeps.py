@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import pathlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -44,13 +42,10 @@ def run_name(overrides: Overrides) -> str:
 
 def load_sweep(spec: str) -> list[Overrides]:
     """Imports ``file.py[:arg]`` and returns ``get_sweep(arg)`` (or ``get_sweep()``)."""
+    from cogito_jax.config import import_file
+
     path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"sweep file {path!r} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"_cogito_sweep_{file.stem}", file)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = import_file(path, "sweep")
     runs = module.get_sweep(arg) if arg else module.get_sweep()
     names = [run_name(r) for r in runs]
     if len(set(names)) != len(names):

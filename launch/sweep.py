@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     a, extra = p.parse_known_args(argv)
     try:
         runs = commands(a.sweep, a.config, a.workdir, extra=extra)
-    except (FileNotFoundError, ValueError) as e:
+    except ValueError as e:  # ConfigError is a ValueError
         p.error(str(e))
     failed = []
     for name, argv_run in runs:
