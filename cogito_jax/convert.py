@@ -1,21 +1,28 @@
 """HF safetensors <-> NNX models, both directions (contract 2).
 
-``load_hf(path, dtype=jnp.float32, mesh=None, rules=None) -> (model, config)`` reads ``config.json``
-(the family comes from its ``model_type``) and the ``.safetensors`` file(s) (single file or sharded
-with ``model.safetensors.index.json``), under HF's on-disk tensor names. With a ``mesh`` every
-parameter is assembled straight into its sharded array, one tensor at a time, each device reading
-only its slice, so a large model never sits whole in one host's memory.
-``save_hf(model, config, out_dir, dtype=None, max_shard_bytes=...)`` writes safetensors (+ index when
-sharded) and a ``config.json`` that ``transformers`` loads.
+``load_hf(path, dtype=jnp.float32, *, mesh=None, rules=None) -> (model, config)`` reads ``config.json``
+(the family comes from its ``model_type``, see ``models.registry``) and the ``.safetensors`` file(s)
+(one ``model.safetensors`` or shards listed in ``model.safetensors.index.json``) under HF's on-disk
+tensor names, one mapping table per family. Parameters are stored in ``dtype`` (``compute_dtype``
+defaults to it). With a ``mesh`` every parameter is assembled straight into its sharded array with
+``jax.make_array_from_callback``: each device's block is read from the file as a slice, so a large
+model never sits whole in one host's memory.
 
-CLI: ``python -m cogito_jax.convert hf-to-orbax --hf DIR --out CKPT`` and
-``python -m cogito_jax.convert orbax-to-hf --ckpt CKPT --out DIR``.
+``save_hf(model, config, out_dir, dtype=None, max_shard_bytes=5 GiB)`` writes safetensors (sharded
+with an index above ``max_shard_bytes``) and a ``config.json`` that ``transformers`` loads. Loading
+and saving are exact: an fp32 or bf16 checkpoint read in its own dtype and saved again gives
+bitwise-identical tensors. Under several processes every process calls it; process 0 writes.
+
+Layouts: a table entry's layout says how one HF tensor becomes ours, ``ours = hf.transpose(perm)``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -26,48 +33,120 @@ from flax import nnx
 from cogito_jax import sharding
 from cogito_jax.models import registry
 from cogito_jax.models.audio_lm import AudioLMConfig
+from cogito_jax.models.hf_weights import CONV2D, LINEAR, SAME, stack_names
 from cogito_jax.train.optim import path_str
 
 INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+# layout -> perm with ours = hf.transpose(perm) (None: same layout)
+LAYOUTS: dict[str, tuple[int, ...] | None] = {
+    SAME: None,
+    LINEAR: (1, 0),  # torch Linear [out, in] -> [in, out]
+    registry.CONV1D: (2, 1, 0),  # torch Conv1d [out, in, k] -> [k, in, out]
+    CONV2D: (2, 3, 1, 0),  # torch Conv2d [out, in, kh, kw] -> [kh, kw, in, out]
+}
 
 
-def _to_ours(t: np.ndarray, layout: str) -> np.ndarray:
-    if layout == registry.LINEAR:
-        return t.T
-    if layout == registry.CONV1D:
-        return t.transpose(2, 1, 0)
-    return t
+def _perm(layout: str) -> tuple[int, ...] | None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
 
 
-def _to_hf(t: np.ndarray, layout: str) -> np.ndarray:
-    if layout == registry.LINEAR:
-        return t.T
-    if layout == registry.CONV1D:
-        return t.transpose(2, 1, 0)
-    return t
+def to_ours(t: np.ndarray, layout: str) -> np.ndarray:
+    perm = _perm(layout)
+    return t if perm is None else t.transpose(perm)
+
+
+def to_hf(t: np.ndarray, layout: str) -> np.ndarray:
+    perm = _perm(layout)
+    return t if perm is None else t.transpose(np.argsort(perm))
+
+
+def _hf_index(index: tuple[slice, ...], layout: str) -> tuple[slice, ...]:
+    """The slice of the HF tensor that holds our block ``index``."""
+    perm = _perm(layout)
+    return index if perm is None else tuple(index[perm.index(a)] for a in range(len(index)))
+
+
+def _expand(key: str, stack_shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], str]]:
+    """(stack index, HF name) for every tensor a stacked key stands for, in stacking order."""
+    names = stack_names(key)
+    return [(idx, key.format(**dict(zip(names, idx, strict=True)))) for idx in np.ndindex(*stack_shape)]
 
 
 class _Reader:
-    """Lazy access to tensors across one or several safetensors files."""
+    """Lazy, sliceable access to tensors across one or several safetensors files."""
 
     def __init__(self, path: pathlib.Path):
         from safetensors import safe_open
 
         if (path / INDEX).exists():
-            files = json.loads((path / INDEX).read_text())["weight_map"]
+            self.files = json.loads((path / INDEX).read_text())["weight_map"]
+        elif (path / SINGLE).exists():
+            with safe_open(str(path / SINGLE), "numpy") as f:
+                self.files = {k: SINGLE for k in f.keys()}
         else:
-            single = path / "model.safetensors"
-            if not single.exists():
-                raise FileNotFoundError(f"no model.safetensors or {INDEX} in {str(path)!r}")
-            with safe_open(str(single), "flax") as f:
-                files = {k: "model.safetensors" for k in f.keys()}
-        self.files = files
-        self._open = {name: safe_open(str(path / name), "flax") for name in sorted(set(files.values()))}
+            raise FileNotFoundError(f"no {SINGLE} or {INDEX} in {str(path)!r}")
+        self._open = {name: safe_open(str(path / name), "numpy") for name in sorted(set(self.files.values()))}
 
-    def get(self, key: str) -> np.ndarray:
+    def _slice(self, key: str):
         if key not in self.files:
             raise KeyError(f"tensor {key!r} is not in the checkpoint")
-        return np.asarray(self._open[self.files[key]].get_tensor(key).astype(jnp.float32))
+        return self._open[self.files[key]].get_slice(key)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._slice(key).get_shape())
+
+    def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Tensor ``key`` (only its block ``index`` is read from disk)."""
+        sl = self._slice(key)
+        if index is None or all(s == slice(None) for s in index):
+            return self._open[self.files[key]].get_tensor(key)
+        return sl[index]
+
+
+def _read_block(reader: _Reader, key: str, layout: str, shape: tuple[int, ...], index: tuple[slice, ...] | None,
+                dtype: np.dtype) -> np.ndarray:
+    """Our parameter's block ``index`` (all of it for ``None``), in ``dtype``."""
+    n = len(stack_names(key))
+    index = tuple(index) if index else (slice(None),) * len(shape)
+    ranges = [range(shape[d])[index[d]] for d in range(n)]
+    rest = index[n:]
+    names = stack_names(key)
+    parts = [to_ours(reader.read(key.format(**dict(zip(names, idx, strict=True))), _hf_index(rest, layout)),
+                     layout).astype(dtype) for idx in itertools.product(*ranges)]
+    if not n:
+        return parts[0]
+    return np.stack(parts).reshape(*(len(r) for r in ranges), *parts[0].shape)
+
+
+def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, strict: bool, family: str) -> None:
+    """Every parameter has its tensors with the right shapes; with ``strict`` no tensor is left unused."""
+    paths = [path_str(p) for p, _ in leaves]
+    missing = [p for p in paths if p not in table]
+    if missing:
+        raise ValueError(f"no HF tensor mapped for parameters {missing[:5]} of family {family}")
+    used, errors = set(), []
+    for p, (_, leaf) in zip(paths, leaves, strict=True):
+        key, layout = table[p]
+        n = len(stack_names(key))
+        for _, name in _expand(key, leaf.shape[:n]):
+            used.add(name)
+            if name not in reader.files:
+                errors.append(f"tensor {name!r} (for {p}) is not in the checkpoint")
+                continue
+            hf_shape = reader.shape(name)
+            ours = hf_shape if _perm(layout) is None else tuple(hf_shape[a] for a in _perm(layout))
+            if ours != tuple(leaf.shape[n:]):
+                errors.append(f"tensor {name!r} has shape {hf_shape}; {p} needs {tuple(leaf.shape[n:])} per "
+                              f"tensor in layout {layout!r}")
+    unused = sorted(set(reader.files) - used)
+    if strict and unused:
+        errors.append(f"checkpoint tensors with no parameter (pass strict=False to ignore): {unused[:5]}"
+                      + (f" and {len(unused) - 5} more" if len(unused) > 5 else ""))
+    if errors:
+        raise ValueError(f"checkpoint does not fit family {family}: " + "; ".join(errors[:5]))
 
 
 def read_config(path: str | pathlib.Path) -> dict:
@@ -78,95 +157,107 @@ def read_config(path: str | pathlib.Path) -> dict:
 
 
 def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
-            rules: sharding.Rules | None = None, **config_overrides: Any) -> tuple[nnx.Module, AudioLMConfig]:
-    """The model and its config from an HF checkpoint folder (weights cast to ``dtype``)."""
+            rules: sharding.Rules | None = None, compute_dtype: Any = None, strict: bool = True,
+            **config_overrides: Any) -> tuple[nnx.Module, AudioLMConfig]:
+    """The model and its config from an HF checkpoint folder, parameters in ``dtype``.
+
+    ``config_overrides``: run-time settings (``remat``, ``attn_impl``; ``registry.OVERRIDES``).
+    """
     path = pathlib.Path(path)
     hf = read_config(path)
     fam = registry.family_of(hf)
-    dtype_name = jnp.dtype(dtype).name
-    cfg = fam.from_hf(hf, **{"param_dtype": dtype_name, "dtype": dtype_name, **config_overrides})
+    pdt = jnp.dtype(dtype)
+    cdt = jnp.dtype(compute_dtype if compute_dtype is not None else dtype)
+    cfg = fam.from_hf(hf, **{"param_dtype": pdt.name, "dtype": cdt.name, **config_overrides})
     abstract = sharding.abstract_model(lambda: fam.build(cfg, nnx.Rngs(0)))
-    graphdef, abs_state = nnx.split(abstract)
+    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree_util.tree_leaves(rest):
+        raise ValueError(f"family {fam.name} has non-parameter state that load_hf cannot fill")
     table = fam.weights(cfg)
     reader = _Reader(path)
-    target_sh = sharding.state_shardings(abs_state, mesh, rules) if mesh is not None else None
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(abs_state)
-    sh_leaves = jax.tree_util.tree_leaves(target_sh) if target_sh is not None else [None] * len(leaves)
-    missing = [path_str(p) for p, _ in leaves if path_str(p) not in table]
-    if missing:
-        raise ValueError(f"no HF tensor mapped for parameters {missing[:5]} of family {fam.name}")
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
+    _check(reader, table, leaves, strict, fam.name)
+    shardings = (jax.tree_util.tree_leaves(sharding.state_shardings(abs_params, mesh, rules))
+                 if mesh is not None else [None] * len(leaves))
     out = []
-    for (p, leaf), sh in zip(leaves, sh_leaves, strict=True):
+    for (p, leaf), sh in zip(leaves, shardings, strict=True):
         key, layout = table[path_str(p)]
-        stacked = "{i}" in key
-
-        def read(index, key=key, layout=layout, stacked=stacked, shape=leaf.shape):
-            if stacked:
-                layers = range(shape[0])[index[0]] if index else range(shape[0])
-                arr = np.stack([_to_ours(reader.get(key.format(i=i)), layout) for i in layers])
-                rest = tuple(index[1:]) if index else ()
-                return arr[(slice(None), *rest)]
-            arr = _to_ours(reader.get(key), layout)
-            return arr[tuple(index)] if index else arr
-
+        shape = tuple(leaf.shape)
         if sh is None:
-            arr = read(None)
-            if arr.shape != leaf.shape:
-                raise ValueError(f"{key}: checkpoint shape {arr.shape} != model shape {leaf.shape}")
-            out.append(jnp.asarray(arr, dtype))
-        else:
-            out.append(jax.make_array_from_callback(leaf.shape, sh, lambda idx, r=read: r(idx).astype(dtype)))
-    state = jax.tree_util.tree_unflatten(treedef, out)
-    return nnx.merge(graphdef, state), cfg
+            out.append(jnp.asarray(_read_block(reader, key, layout, shape, None, pdt)))
+            continue
+        blocks: dict[Any, np.ndarray] = {}  # replicated blocks are read once
+
+        def block(index, key=key, layout=layout, shape=shape, blocks=blocks):
+            k = tuple((s.start, s.stop, s.step) for s in index)
+            if k not in blocks:
+                blocks[k] = _read_block(reader, key, layout, shape, index, pdt)
+            return blocks[k]
+
+        out.append(jax.make_array_from_callback(shape, sh, block))
+    params = jax.tree_util.tree_unflatten(treedef, out)
+    return nnx.merge(graphdef, params, rest), cfg
+
+
+def _host(arr: jax.Array) -> np.ndarray:
+    if not arr.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        arr = multihost_utils.process_allgather(arr, tiled=True)
+    return np.asarray(jax.device_get(arr))
 
 
 def save_hf(model: nnx.Module, config: AudioLMConfig, out_dir: str | pathlib.Path, dtype: Any = None,
             max_shard_bytes: int = 5 * 2**30) -> pathlib.Path:
-    """Writes ``config.json`` + safetensors (sharded with an index above ``max_shard_bytes``)."""
-    from safetensors.flax import save_file
+    """Writes ``config.json`` + safetensors (sharded with an index above ``max_shard_bytes``).
+
+    Tensors keep the parameters' dtype unless ``dtype`` is given. Host memory holds one shard at a time.
+    """
+    from safetensors.numpy import save_file
 
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fam = registry.FAMILIES[config.family]
     table = fam.weights(config)
-    state = nnx.state(model, nnx.Param)
-    tensors: dict[str, jax.Array] = {}
-    for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    plan = []  # (HF name, parameter, stack index, layout, bytes)
+    for p, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
         name = path_str(p)
         if name not in table:
-            raise ValueError(f"parameter {name!r} has no HF name in family {fam.name}")
+            raise ValueError(f"parameter {name!r} has no HF name in family {fam.name} (merge LoRA adapters first)")
         key, layout = table[name]
-        arr = jax.device_get(leaf)
-        if dtype is not None:
-            arr = jnp.asarray(arr).astype(dtype)
-        arr = jnp.asarray(arr)
-        if "{i}" in key:
-            for i in range(arr.shape[0]):
-                tensors[key.format(i=i)] = _to_hf(arr[i], layout)
-        else:
-            tensors[key] = _to_hf(arr, layout)
-    shards: list[dict[str, jax.Array]] = [{}]
+        n = len(stack_names(key))
+        out_dtype = np.dtype(dtype if dtype is not None else leaf.dtype)
+        nbytes = math.prod(leaf.shape[n:]) * out_dtype.itemsize
+        plan += [(hf_name, leaf, idx, layout, nbytes, out_dtype) for idx, hf_name in _expand(key, leaf.shape[:n])]
+    names = [e[0] for e in plan]
+    if len(set(names)) != len(names):
+        raise ValueError(f"family {fam.name}: several parameters map to the same HF tensor")
+    plan.sort(key=lambda e: e[0])
+    shards: list[list] = [[]]
     size = 0
-    for k in sorted(tensors):
-        nbytes = tensors[k].nbytes
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+    for e in plan:
+        if shards[-1] and size + e[4] > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][k] = tensors[k]
-        size += nbytes
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata=meta)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(out / name), metadata=meta)
-            weight_map.update({k: name for k in shard})
-        total = sum(t.nbytes for t in tensors.values())
-        (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        shards[-1].append(e)
+        size += e[4]
+    writer = jax.process_index() == 0
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    files = [SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                                               for i in range(len(shards))]
+    for fname, shard in zip(files, shards, strict=True):
+        tensors = {}
+        for hf_name, leaf, idx, layout, _, out_dtype in shard:
+            tensors[hf_name] = np.ascontiguousarray(to_hf(_host(leaf[idx]), layout).astype(out_dtype))
+        if writer:
+            save_file(tensors, str(out / fname), metadata={"format": "pt"})
+    if writer and len(shards) > 1:
+        weight_map = {e[0]: f for f, shard in zip(files, shards, strict=True) for e in shard}
+        index = {"metadata": {"total_size": sum(e[4] for e in plan)}, "weight_map": weight_map}
+        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     hf = fam.to_hf(config)
-    if dtype is not None:
-        hf["dtype"] = jnp.dtype(dtype).name
-    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    hf["dtype"] = plan[0][5].name if plan else "float32"
+    hf.pop("torch_dtype", None)
+    if writer:
+        (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return out

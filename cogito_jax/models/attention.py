@@ -2,12 +2,19 @@
 
 Implementations (``impl``): ``"xla"`` (reference einsum path, float32 softmax, any backend),
 ``"dot_product_attention"`` (``jax.nn.dot_product_attention``, XLA) and ``"cudnn"`` (the same call with
-cuDNN flash attention on NVIDIA GPUs). A masked key gets the most negative finite logit, so a query
-with no visible key (a left-padding position) yields finite values, as in HF's eager attention.
+cuDNN flash attention on NVIDIA GPUs). ``"splash"`` (Pallas splash attention) is reserved for TPU and
+not implemented yet: it raises ``NotImplementedError``. A masked key gets the most negative finite
+logit, so a query with no visible key (a left-padding position) yields finite values, as in HF's eager
+attention.
+
+Masks are boolean ``[B, T, S]`` (:func:`attention_mask`): padding (``key_valid``), causality by
+absolute index, and packed-sequence segment ids (a query sees only keys of its own segment).
 
 KV cache (a plain pytree, carried through ``lax.while_loop`` and repeatable along the batch):
-``k, v [layers, B, S, kv_heads, head_dim]``, ``valid [B, S]`` (which cache slots hold real tokens),
-``index`` (int32 scalar: the next slot to write; all rows advance together).
+``k, v [layers, B, S, kv_heads, head_dim]`` with a static length ``S``; ``valid [B, S]`` says which
+slots hold real tokens, so every row of a left-padded batch has its own length; ``index`` (int32
+scalar) is the next slot to write, shared by all rows. Rotary positions are not stored: callers pass
+each row's position (``cumsum(attention_mask) - 1`` for a left-padded prompt, then +1 per step).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "dot_product_attention", "cudnn")
+IMPLS = ("xla", "dot_product_attention", "cudnn", "splash")
 
 
 class KVCache(NamedTuple):
@@ -40,10 +47,16 @@ class KVCache(NamedTuple):
 
 def attention_mask(q_index_t: jax.Array, k_index_s: jax.Array, key_valid_bs: jax.Array, causal: bool = True,
                    q_segments_bt: jax.Array | None = None, k_segments_bs: jax.Array | None = None) -> jax.Array:
-    """Boolean ``[B, T, S]``: key ``s`` is visible to query ``t``."""
+    """Boolean ``[B, T, S]``: key ``s`` is visible to query ``t``.
+
+    ``q_index_t`` / ``k_index_s`` are absolute positions in the key sequence (cache slots). With
+    ``causal``, a query always sees its own slot, so no row is fully masked (a padding query attends
+    to itself and stays finite under every ``impl``).
+    """
     mask = key_valid_bs[:, None, :]
     if causal:
         mask = mask & (k_index_s[None, None, :] <= q_index_t[None, :, None])
+        mask = mask | (k_index_s[None, None, :] == q_index_t[None, :, None])
     if q_segments_bt is not None:
         mask = mask & (q_segments_bt[:, :, None] == k_segments_bs[:, None, :])
     return mask
@@ -68,4 +81,14 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
             q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=scale,
             implementation="cudnn" if impl == "cudnn" else None,
         )
+    if impl == "splash":
+        raise NotImplementedError(
+            f"attention impl='splash' (Pallas, TPU) is not implemented (backend: {jax.default_backend()}); "
+            "use 'dot_product_attention' or 'xla'")
     raise ValueError(f"attention impl={impl!r} must be one of {IMPLS}")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl={impl!r} must be one of {IMPLS}")
+    return impl

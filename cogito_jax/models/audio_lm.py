@@ -4,11 +4,18 @@ The call follows HF's ``...ForConditionalGeneration.forward``: ``model(input_ids
 feature_attention_mask, attention_mask)`` -> logits ``[B, T, V]``. Every audio-placeholder token
 (``audio_token_id``) is replaced, in reading order over the batch, by the next valid frame of the
 encoded audio clips (clips in batch order, each clip's valid frames in time order), as HF's
-``masked_scatter`` does. Without ``positions``, positions are ``0..T-1`` (HF's forward); generation
-passes ``cumsum(attention_mask) - 1`` (HF's ``generate``).
+``masked_scatter`` does; prompts must hold one placeholder per valid frame (``chat.num_audio_tokens``;
+HF's legacy single-placeholder expansion is not done). Without ``positions``, positions are ``0..T-1``
+(HF's forward); generation passes ``cumsum(attention_mask) - 1`` (HF's ``generate``).
 
-For decoding: :meth:`encode_audio` once, :meth:`prefill` the prompt into a :class:`KVCache`, then
-:meth:`decode` one token per row per step.
+For decoding: :meth:`AudioLM.encode_audio` once, :meth:`AudioLM.prefill` the prompt into a
+:class:`KVCache`, then :meth:`AudioLM.decode` one token per row per step.
+
+Plug-in points: the audio encoder is any module passed to ``AudioLM(cfg, encoder, ...)`` that maps
+``(input_features [N, mels, frames], feature_attention_mask [N, frames] | None)`` to
+``(embeddings [N, S, d], valid lengths [N])``, with ``d = cfg.audio.output_dim`` (or
+``cfg.audio.d_model`` when the config has no ``output_dim``); the projector is one linear layer
+from ``d`` to the LM width. The LM's MLP comes from ``mlp_factory`` (see ``decoder``).
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def check_audio_tokens(input_ids, audio_token_id: int, audio_len) -> None:
 
 
 class AudioLM(nnx.Module):
+    """``audio_encoder`` -> ``projector`` -> merged into ``llm``'s token embeddings."""
+
     def __init__(self, cfg: AudioLMConfig, encoder: nnx.Module, *, rngs: nnx.Rngs, mlp_factory=None):
         self.cfg = cfg
         self.audio_encoder = encoder
@@ -74,22 +83,32 @@ class AudioLM(nnx.Module):
         return self.projector(h), lengths
 
     def embed(self, input_ids, audio=None):
+        """Token embeddings ``[B, T, D]`` with the audio frames written over the placeholders."""
         x = self.llm.embed(input_ids)
         if audio is not None:
             x = merge_audio(x, input_ids, self.cfg.audio_token_id, *audio)
         return x
 
     def __call__(self, input_ids, input_features=None, feature_attention_mask=None, attention_mask=None,
-                 positions=None, segment_ids=None):
+                 positions=None, segment_ids=None, *, audio=None, return_aux: bool = False):
+        """Logits ``[B, T, V]`` (and the MLPs' stacked auxiliary outputs with ``return_aux``).
+
+        ``audio`` (the output of :meth:`encode_audio`) may be given instead of ``input_features``.
+        """
         b, t = input_ids.shape
-        audio = None if input_features is None else self.encode_audio(input_features, feature_attention_mask)
+        if audio is None and input_features is not None:
+            audio = self.encode_audio(input_features, feature_attention_mask)
+        if audio is not None and not isinstance(input_ids, jax.core.Tracer) and \
+                not isinstance(audio[1], jax.core.Tracer):
+            check_audio_tokens(input_ids, self.cfg.audio_token_id, audio[1])
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        logits, _ = self.llm(self.embed(input_ids, audio), positions, attention_mask_bt=attention_mask,
-                             segment_ids_bt=segment_ids)
-        return logits
+        out = self.llm(self.embed(input_ids, audio), positions, attention_mask_bt=attention_mask,
+                       segment_ids_bt=segment_ids, return_aux=return_aux)
+        return (out[0], out[2]) if return_aux else out[0]
 
     def init_cache(self, batch: int, length: int) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``length`` tokens (prompt + generated)."""
         c = self.cfg.text
         return KVCache.init(c.num_layers, batch, length, c.num_kv_heads, c.head_dim, dtype_of(c.dtype))
 

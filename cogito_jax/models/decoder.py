@@ -2,29 +2,29 @@
 
 Blocks are created with ``nnx.vmap`` (parameters stacked on a leading ``layers`` axis) and applied
 with ``nnx.scan``, so compile time does not grow with depth. Per-block options: ``qkv_bias`` (Qwen2),
-``qk_norm`` (Qwen3: RMSNorm over each head's q and k before rotary). The MLP is built by
-``mlp_factory(cfg, rngs)`` (dense SwiGLU by default; a mixture-of-experts MLP plugs in here).
-Remat policy by name: ``none``, ``full`` (recompute everything), ``dots`` (save matmul outputs).
+``qk_norm`` (Qwen3: RMSNorm over each head's q and k before rotary), ``head_dim`` independent of
+``hidden_size / num_heads``. Parameters are stored in ``param_dtype``, activations run in ``dtype``.
+Remat policy by name (``layers.REMAT_POLICIES``): ``none``, ``full``, ``dots``.
+
+Plug-in point for the MLP: ``Decoder(cfg, rngs=..., mlp_factory=f)`` builds each block's MLP as
+``f(cfg, rngs)`` (default :func:`dense_mlp`, a SwiGLU). The module is called as ``mlp(x_btd)`` and
+returns either ``y_btd`` or ``(y_btd, aux)``; ``aux`` (e.g. a mixture-of-experts router's logits for a
+load-balancing loss) is stacked over layers and returned by ``Decoder.__call__(..., return_aux=True)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from cogito_jax import sharding
-from cogito_jax.models.attention import KVCache, attention_mask, dot_product_attention
-from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, dense, dtype_of, rope_cos_sin
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+from cogito_jax.models.attention import KVCache, attention_mask, check_impl, dot_product_attention
+from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +41,20 @@ class DecoderConfig:
     qkv_bias: bool = True
     qk_norm: bool = False
     tie_embeddings: bool = False
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"
     attn_impl: str = "xla"
 
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
+
 
 class Attention(nnx.Module):
+    """Rotary GQA self-attention; with a cache, this call's keys/values are written at ``index``."""
+
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kw = dict(rngs=rngs, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
@@ -75,16 +82,20 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
             cache_kv = (k, v)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
-        out = dot_product_attention(q, k, v, mask_bts, cfg.head_dim ** -0.5, cfg.attn_impl)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_bts, cfg.head_dim ** -0.5,
+                                    cfg.attn_impl)
         return self.o_proj(out.reshape(b, t, -1)), cache_kv
 
 
 def dense_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The default ``mlp_factory``: a SwiGLU of width ``intermediate_size``."""
     return SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype_of(cfg.dtype),
                   param_dtype=dtype_of(cfg.param_dtype))
 
 
 class Block(nnx.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
     def __init__(self, cfg: DecoderConfig, mlp_factory: Callable, *, rngs: nnx.Rngs):
         pd = dtype_of(cfg.param_dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps, param_dtype=pd)
@@ -95,8 +106,10 @@ class Block(nnx.Module):
     def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
         h, cache_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, index)
         x = x + h
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return sharding.constrain(x, ("batch", "length", "embed")), cache_kv
+        y = self.mlp(self.post_attention_layernorm(x))
+        y, aux = y if isinstance(y, tuple) else (y, None)
+        x = sharding.constrain(x + y.astype(x.dtype), ("batch", "length", "embed"))
+        return x, cache_kv, aux
 
 
 class Decoder(nnx.Module):
@@ -130,36 +143,41 @@ class Decoder(nnx.Module):
         return self.lm_head(h_btd)
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, *, attention_mask_bt: jax.Array | None = None,
-                 segment_ids_bt: jax.Array | None = None, cache: KVCache | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
-        """Logits ``[B, T, V]`` for input embeddings; with ``cache`` the T new tokens are appended to it."""
+                 segment_ids_bt: jax.Array | None = None, cache: KVCache | None = None, return_aux: bool = False
+                 ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, Any]:
+        """Logits ``[B, T, V]`` for input embeddings ``[B, T, D]`` at rotary ``positions_bt``.
+
+        ``attention_mask_bt`` marks real tokens (1) and padding (0); ``segment_ids_bt`` (``>= 1`` per
+        packed sequence, 0 for padding) restricts attention to tokens of the same sequence. With
+        ``cache``, the ``T`` new tokens are written at ``cache.index`` and attend to everything valid
+        before them; the updated cache is returned (else ``None``). ``return_aux`` adds the MLPs'
+        stacked auxiliary outputs.
+        """
         cfg = self.cfg
         b, t, _ = x_btd.shape
         cos, sin = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
+        new_valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
         if cache is None:
-            valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
+            if segment_ids_bt is not None and attention_mask_bt is None:
+                new_valid = segment_ids_bt != 0  # segment 0 is padding
             idx = jnp.arange(t)
-            mask = attention_mask(idx, idx, valid, True, segment_ids_bt, segment_ids_bt)
-            index = None
+            mask = attention_mask(idx, idx, new_valid, True, segment_ids_bt, segment_ids_bt)
+            index = valid = None
         else:
-            new_valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
+            if segment_ids_bt is not None:
+                raise ValueError("segment_ids are for packed training; they cannot be used with a KV cache")
             valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, cache.index, axis=1)
             mask = attention_mask(cache.index + jnp.arange(t), jnp.arange(valid.shape[1]), valid, True)
             index = cache.index
         x = sharding.constrain(x_btd.astype(dtype_of(cfg.dtype)), ("batch", "length", "embed"))
 
         def body(x, block, kv):
-            return block(x, cos, sin, mask, kv, index)
+            x, kv, aux = block(x, cos, sin, mask, kv, index)
+            return x, (kv, aux)
 
-        policy = REMAT_POLICIES[cfg.remat]
-        if cfg.remat != "none":
-            body = nnx.remat(body, policy=policy)
-        if cache is None:
-            x, _ = nnx.scan(lambda x, block: (body(x, block, None)[0], None),
-                            in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
-            new_cache = None
-        else:
-            x, (k, v) = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
-                x, self.layers, (cache.k, cache.v))
-            new_cache = KVCache(k, v, valid, cache.index + t)
-        return self.logits(self.norm(x)), new_cache
+        body = remat(body, cfg.remat)
+        kv_in = None if cache is None else (cache.k, cache.v)
+        x, (kv, aux) = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(x, self.layers, kv_in)
+        new_cache = None if cache is None else KVCache(kv[0], kv[1], valid, cache.index + t)
+        logits = self.logits(self.norm(x))
+        return (logits, new_cache, aux) if return_aux else (logits, new_cache)

@@ -1,4 +1,4 @@
-"""Shared layers: annotated dense, RMSNorm, LayerNorm, rotary embedding, SwiGLU MLP.
+"""Shared layers: annotated dense, RMSNorm, LayerNorm, rotary embedding, SwiGLU MLP, scanned-stack remat.
 
 Every parameter carries logical axis names (``cogito_jax.sharding.LOGICAL_AXES``). Activations run in
 ``dtype`` (the compute dtype); parameters are stored in ``param_dtype``.
@@ -6,7 +6,7 @@ Every parameter carries logical axis names (``cogito_jax.sharding.LOGICAL_AXES``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,34 @@ from flax import nnx
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# Rematerialisation of a scanned block, by name: what the backward pass may keep from the forward.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep matmul outputs
+}
+
 
 def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
-    return DTYPES[name] if isinstance(name, str) else name
+    """A dtype from its name (``"bfloat16"``) or the dtype itself."""
+    if isinstance(name, str):
+        if name not in DTYPES:
+            raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
+        return DTYPES[name]
+    return name
+
+
+def check_remat(remat: str) -> str:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
+    return remat
+
+
+def remat(fn: Callable, policy: str) -> Callable:
+    """``fn`` wrapped in ``nnx.remat`` with the named policy (unchanged for ``"none"``)."""
+    if check_remat(policy) == "none":
+        return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)
 
 
 def dense(d_in: int, d_out: int, axes: tuple[str | None, str | None], *, bias: bool, rngs: nnx.Rngs,
@@ -43,9 +68,11 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
 
 
-def layer_norm(d: int, eps: float = 1e-5, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(d: int, eps: float = 1e-5, *, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs,
+               dtype: jnp.dtype | None = None) -> nnx.LayerNorm:
+    """``nnx.LayerNorm`` (scale and bias) with unsharded parameters; statistics in float32."""
     return nnx.LayerNorm(
-        d, epsilon=eps, param_dtype=param_dtype, rngs=rngs,
+        d, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
         scale_init=nnx.with_partitioning(nnx.initializers.ones, ("norm",)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("norm",)),
     )

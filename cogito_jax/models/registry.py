@@ -2,7 +2,12 @@
 
 A family is recognised from ``config.json``'s ``model_type``. Each family gives a table mapping our
 parameter paths (``"llm/layers/self_attn/q_proj/kernel"``) to the HF on-disk tensor names (with
-``{i}`` for the layer of a stacked parameter) and the layout change between them.
+``{i}`` for the layer and ``{e}`` for the expert of a stacked parameter, see ``hf_weights``) and the
+layout change between them (``linear``, ``conv1d``, ``conv2d``, ``same``; ``convert.LAYOUTS``).
+
+qwen2_audio: HF's ``Qwen2AudioForConditionalGeneration`` never ties the LM head to the embeddings
+(its checkpoints always hold ``language_model.lm_head.weight``), whatever
+``text_config.tie_word_embeddings`` says, so this family is always untied.
 """
 
 from __future__ import annotations
@@ -16,12 +21,11 @@ from flax import nnx
 
 from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
 from cogito_jax.models.decoder import DecoderConfig
+from cogito_jax.models.hf_weights import LINEAR, SAME
 from cogito_jax.models.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 
-# layout changes from the HF tensor to ours
-LINEAR = "linear"  # torch [out, in] -> [in, out]
 CONV1D = "conv1d"  # torch [out, in, k] -> [k, in, out]
-SAME = "same"
+OVERRIDES = ("dtype", "param_dtype", "remat", "attn_impl")  # run-time settings a caller may override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,29 +38,47 @@ class Family:
 
 
 def _rope_theta(text: Mapping[str, Any]) -> float:
-    rp = text.get("rope_parameters") or {}
+    """The rotary base of a text config (transformers 5 ``rope_parameters`` or the older ``rope_theta``)."""
+    rp = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    if kind != "default":
+        raise NotImplementedError(f"rope_type={kind!r} is not supported (only 'default' rotary embeddings)")
+    if text.get("use_sliding_window"):
+        raise NotImplementedError("use_sliding_window=True is not supported (full attention only)")
     return float(rp.get("rope_theta", text.get("rope_theta", 10000.0)))
 
 
 # ----------------------------------------------------------------------------- qwen2_audio
 
+# transformers' defaults for fields a config.json may leave out (Qwen2AudioEncoderConfig, Qwen2Config):
+# the released Qwen2-Audio-7B text_config, for one, gives only a few fields.
+AUDIO_DEFAULTS = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                      d_model=1280, max_source_positions=1500)
+TEXT_DEFAULTS = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-6)
+
+
+def _with_defaults(section: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict:
+    return {**defaults, **dict(section or {})}
+
+
 
 def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
-    a, t = hf["audio_config"], hf["text_config"]
-    dtype = overrides.get("dtype", "float32")
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise ValueError(f"unknown model settings {sorted(unknown)}; known: {OVERRIDES}")
+    a, t = _with_defaults(hf.get("audio_config"), AUDIO_DEFAULTS), _with_defaults(hf.get("text_config"), TEXT_DEFAULTS)
     audio = WhisperEncoderConfig(
         num_mel_bins=a["num_mel_bins"], d_model=a["d_model"], num_layers=a["encoder_layers"],
         num_heads=a["encoder_attention_heads"], ffn_dim=a["encoder_ffn_dim"],
-        max_source_positions=a["max_source_positions"], dtype=dtype,
-        param_dtype=overrides.get("param_dtype", "float32"), attn_impl=overrides.get("attn_impl", "xla"),
+        max_source_positions=a["max_source_positions"], **overrides,
     )
     text = DecoderConfig(
         vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
         num_heads=t["num_attention_heads"], num_kv_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
         head_dim=t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"],
-        intermediate_size=t["intermediate_size"], rope_theta=_rope_theta(t), rms_eps=t.get("rms_norm_eps", 1e-6),
-        qkv_bias=True, qk_norm=False, tie_embeddings=bool(t.get("tie_word_embeddings", False)),
-        **{k: v for k, v in overrides.items() if k in ("dtype", "param_dtype", "remat", "attn_impl")},
+        intermediate_size=t["intermediate_size"], rope_theta=_rope_theta(t), rms_eps=t["rms_norm_eps"],
+        qkv_bias=True, qk_norm=False, tie_embeddings=False, **overrides,
     )
     token = hf.get("audio_token_id", hf.get("audio_token_index", 151646))
     return AudioLMConfig("qwen2_audio", audio, text, int(token), hf_extra=(("config", json.dumps(dict(hf))),))
@@ -76,8 +98,7 @@ def _qwen2_audio_to_hf(cfg: AudioLMConfig) -> dict:
                            "hidden_size": t.hidden_size, "num_hidden_layers": t.num_layers,
                            "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads,
                            "intermediate_size": t.intermediate_size, "rms_norm_eps": t.rms_eps,
-                           "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"},
-                           "tie_word_embeddings": t.tie_embeddings}
+                           "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"}}
     return base
 
 
@@ -151,7 +172,7 @@ def config_for(model_section: Mapping[str, Any], *, vocab_size: int | None = Non
     from cogito_jax.config import ConfigError, load_config_file
 
     section = dict(model_section)
-    overrides = {k: section[k] for k in ("dtype", "param_dtype", "remat", "attn_impl") if section.get(k)}
+    overrides = {k: section[k] for k in OVERRIDES if section.get(k)}
     if section.get("checkpoint"):
         path = pathlib.Path(section["checkpoint"]) / "config.json"
         if not path.exists():

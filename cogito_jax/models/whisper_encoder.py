@@ -1,9 +1,11 @@
 """The Whisper-style audio encoder of Qwen2-Audio (HF ``Qwen2AudioEncoder``).
 
 ``input_features [B, n_mels, 2 * max_source_positions]`` -> GELU(conv1, k3 s1) -> GELU(conv2, k3 s2)
--> + learned positions -> pre-LN transformer layers (k_proj without bias; padding keys masked from
-``feature_attention_mask``) -> average pooling (stride 2) -> LayerNorm. Output ``[B, S/2, d_model]``
-and the per-example number of valid output frames, ``((L - 1) // 2 + 1 - 2) // 2 + 1``.
+-> + position table (Whisper's sinusoids at init; checkpoints carry them) -> pre-LN transformer layers
+(k_proj without bias; keys past each clip's valid length, from ``feature_attention_mask``, are masked
+as in HF's ``Qwen2AudioModel.forward``) -> average pooling (stride 2) -> LayerNorm. Output
+``[B, S/2, d_model]`` and the per-example number of valid output frames,
+``((L - 1) // 2 + 1 - 2) // 2 + 1`` for ``L`` valid mel frames (the valid frames are a prefix).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cogito_jax import sharding
-from cogito_jax.models.attention import attention_mask, dot_product_attention
-from cogito_jax.models.layers import dense, dtype_of, layer_norm
+from cogito_jax.models.attention import attention_mask, check_impl, dot_product_attention
+from cogito_jax.models.aut_encoder import sinusoids
+from cogito_jax.models.layers import check_remat, dense, dtype_of, layer_norm, remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,12 @@ class WhisperEncoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attn_impl: str = "xla"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not a multiple of num_heads={self.num_heads}")
+        dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
 
     @property
     def num_frames(self) -> int:
@@ -43,15 +52,17 @@ def output_lengths(mel_lengths_b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 class EncoderLayer(nnx.Module):
+    """Pre-LN block: ``x + out(attn(LN(x)))``, then ``x + fc2(GELU(fc1(LN(x))))``."""
+
     def __init__(self, cfg: WhisperEncoderConfig, *, rngs: nnx.Rngs):
         d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
         kw = dict(rngs=rngs, dtype=dt, param_dtype=pd)
-        self.self_attn_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.self_attn_layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
         self.q_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
         self.k_proj = dense(d, d, ("audio_embed", "q_proj"), bias=False, **kw)
         self.v_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
         self.out_proj = dense(d, d, ("q_proj", "audio_embed"), bias=True, **kw)
-        self.final_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.final_layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
         self.fc1 = dense(d, cfg.ffn_dim, ("audio_embed", "audio_mlp"), bias=True, **kw)
         self.fc2 = dense(cfg.ffn_dim, d, ("audio_mlp", "audio_embed"), bias=True, **kw)
         self.cfg = cfg
@@ -70,6 +81,8 @@ class EncoderLayer(nnx.Module):
 
 
 class WhisperEncoder(nnx.Module):
+    """Conv front end, scanned pre-LN layers, average pooling, final LayerNorm."""
+
     def __init__(self, cfg: WhisperEncoderConfig, *, rngs: nnx.Rngs):
         d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
         conv = dict(kernel_size=(3,), padding=((1, 1),), dtype=dt, param_dtype=pd, rngs=rngs,
@@ -80,9 +93,8 @@ class WhisperEncoder(nnx.Module):
         self.conv2 = nnx.Conv(d, d, strides=(2,), **conv,
                               kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(),
                                                                 ("kernel", "conv_in", "conv_out")))
-        self.embed_positions = nnx.Param(nnx.with_partitioning(nnx.initializers.normal(0.02),
-                                                               ("audio_length", "audio_embed"))(
-            rngs.params(), (cfg.max_source_positions, d), pd))
+        positions = lambda *_: jnp.asarray(sinusoids(cfg.max_source_positions, d), pd)  # noqa: E731
+        self.embed_positions = nnx.Param(nnx.with_partitioning(positions, ("audio_length", "audio_embed"))(None))
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -90,14 +102,16 @@ class WhisperEncoder(nnx.Module):
             return EncoderLayer(cfg, rngs=rngs)
 
         self.layers = make_layers(rngs)
-        self.layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
+        self.layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
         self.cfg = cfg
 
     def __call__(self, features_bmf: jax.Array, feature_mask_bf: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array]:
         """(embeddings ``[B, S/2, d]``, valid lengths ``[B]``) for log-mel ``[B, n_mels, frames]``."""
         cfg = self.cfg
-        b, _, f = features_bmf.shape
+        b, m, f = features_bmf.shape
+        if m != cfg.num_mel_bins:
+            raise ValueError(f"the audio encoder expects {cfg.num_mel_bins} mel bins, got {m}")
         if f != cfg.num_frames:
             raise ValueError(f"the audio encoder expects {cfg.num_frames} mel frames (pad to 30 s), got {f}")
         lengths = (jnp.full((b,), f, jnp.int32) if feature_mask_bf is None
@@ -110,7 +124,8 @@ class WhisperEncoder(nnx.Module):
         s = x.shape[1]
         idx = jnp.arange(s)
         mask = attention_mask(idx, idx, idx[None, :] < after_conv[:, None], causal=False)
-        x, _ = nnx.scan(lambda x, layer: (layer(x, mask), None), in_axes=(nnx.Carry, 0),
-                        out_axes=(nnx.Carry, 0))(x, self.layers)
+        x = sharding.constrain(x, ("batch", "audio_length", "audio_embed"))
+        body = remat(lambda x, layer: (layer(x, mask), None), cfg.remat)
+        x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
         x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, -1).mean(axis=2)
         return self.layer_norm(x), out_len
