@@ -1,8 +1,11 @@
 """Qwen2-Audio model configs as HF ``config.json`` dicts: `tiny` (tests, demo) and `7b` (Qwen2-Audio-7B).
 
 `7b` is the released Qwen/Qwen2-Audio-7B(-Instruct) configuration: a Whisper-large-v3-sized encoder
-(32 layers, d 1280, 20 heads, 128 mel bins, 1500 positions = 30 s) and a 32-layer, d 4096 decoder
-with 32 query / 32 key-value heads, MLP 11008, vocabulary 156032.
+(32 layers, d 1280, 20 heads, FFN 5120, 128 mel bins, 1500 positions = 30 s) and a Qwen-7B-sized
+decoder: 32 layers, d 4096, 32 query / 32 key-value heads (no GQA), MLP 11008, vocabulary 156032,
+RMSNorm eps 1e-5, rope theta 10000, untied head; 8.40B parameters in all. The released text_config
+sets only intermediate_size, vocab_size, rms_norm_eps and max_position_embeddings; the other values
+are transformers' ``Qwen2Config`` defaults, written out here.
 """
 
 from ml_collections import ConfigDict
