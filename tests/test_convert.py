@@ -107,13 +107,13 @@ def test_tie_word_embeddings_true_keeps_a_separate_head(tmp_path_factory, tmp_pa
 
 @pytest.mark.parametrize("mesh_cfg, rules", [(dict(data=2, fsdp=2, tensor=2), "fsdp_tp"),
                                              (dict(data=1, fsdp=2, expert=4), "fsdp_ep")])
-def test_load_onto_mesh_equals_single_device(hf_dir, hf_bf16_sharded, mesh_cfg, rules, cpu_devices):
+def test_load_onto_mesh_equals_single_device(hf_dir, hf_bf16_sharded, mesh_cfg, rules, cpu_devices, tmp_path):
     path, _ = hf_dir
     single, _ = load_hf(path)
     batch = make_batch(seed=4, lengths=(32, 19, 25, 9), left_pad=(0, 3, 1, 2))
     ref = jax_logits(single, *batch)
     mesh, r = sharding.make_mesh(mesh_cfg), sharding.resolve_rules(rules)
-    model, _ = load_hf(path, mesh=mesh, rules=r)
+    model, cfg = load_hf(path, mesh=mesh, rules=r)
     kernel = model.llm.layers.mlp.up_proj.kernel[...]
     assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
     for (p, a), b in zip(jax.tree_util.tree_flatten_with_path(nnx.state(model))[0],
@@ -129,7 +129,9 @@ def test_load_onto_mesh_equals_single_device(hf_dir, hf_bf16_sharded, mesh_cfg, 
     with jax.set_mesh(mesh):
         out = np.asarray(fwd(state, *(jnp.asarray(x) for x in batch)))
     np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
-    if rules == "fsdp_tp":  # sharded bf16 files straight into sharded bf16 arrays
+    if rules == "fsdp_tp":  # exporting sharded arrays writes the same files
+        assert_bitwise_equal(tensors(path), tensors(save_hf(model, cfg, tmp_path / "from_mesh")))
+        # sharded bf16 files straight into sharded bf16 arrays
         bf16, _ = load_hf(hf_bf16_sharded[0], jnp.bfloat16, mesh=mesh, rules=r)
         emb = bf16.llm.embed_tokens.embedding[...]
         assert emb.dtype == jnp.bfloat16 and not emb.sharding.is_fully_replicated

@@ -113,11 +113,10 @@ def test_kv_cache_decode_matches_full_forward(model):
     assert int(cache.index) == ids.shape[1] - 1
     got, want = np.stack(steps, axis=1), np.asarray(full[:, p - 1:-1])
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
-    # A cache repeated along the batch decodes every copy like its source row.
-    rep = cache.repeat(3)
-    logits, _ = step(model, jnp.repeat(ids[:, -1], 3), jnp.repeat(positions[:, -1], 3), rep)
-    np.testing.assert_allclose(np.asarray(logits), np.repeat(np.asarray(full[:, -1]), 3, axis=0),
-                               atol=1e-5 * np.abs(want).max(), rtol=0)
+    rep = cache.repeat(3)  # rows 3b .. 3b+2 are copies of row b
+    for r in range(6):
+        np.testing.assert_array_equal(np.asarray(rep.k[:, r]), np.asarray(cache.k[:, r // 3]))
+        np.testing.assert_array_equal(np.asarray(rep.valid[r]), np.asarray(cache.valid[r // 3]))
 
 
 def test_dot_product_attention_impl_and_splash(hf_dir, model):
@@ -149,18 +148,7 @@ def test_create_sharded_forward_equals_single_device(cpu_devices):
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     graphdef, state = nnx.split(sharded)
     single = nnx.merge(graphdef, jax.device_put(jax.device_get(state), jax.devices()[0]))
-    n_frames = 2 * cfg.audio.max_source_positions
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(4, cfg.audio.num_mel_bins, n_frames)).astype(np.float32)
-    fmask = (np.arange(n_frames)[None] < np.array([[n_frames], [19], [7], [n_frames]])).astype(np.int32)
-    n_tok = [int(x) for x in single.audio_encoder(jnp.asarray(feats), jnp.asarray(fmask))[1]]
-    t = max(n_tok) + 6
-    ids = rng.integers(1, 280, (4, t))
-    am = np.ones((4, t), np.int32)
-    for i, n in enumerate(n_tok):
-        am[i, : t - n - 6 + i] = 0
-        ids[i, t - n - 3: t - 3] = cfg.audio_token_id
-    batch = [jnp.asarray(x) for x in (ids, feats, fmask, am)]
+    batch = [jnp.asarray(x) for x in make_batch(seed=9, lengths=(32, 19, 7, 32), left_pad=(0, 3, 1, 2))]
     ref = np.asarray(forward(single, *batch))
 
     @jax.jit
@@ -201,8 +189,7 @@ DECODER = DecoderConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=4
                         intermediate_size=32, qk_norm=True, qkv_bias=False)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_keeps_values_and_grads(policy):
+def test_remat_keeps_values_and_grads():
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
     pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
 
@@ -211,10 +198,11 @@ def test_remat_keeps_values_and_grads(policy):
         return nnx.value_and_grad(lambda m: jnp.mean(m(x, pos)[0] ** 2))(m)
 
     ref_value, ref_grads = value_and_grad(Decoder(DECODER, rngs=nnx.Rngs(0)))
-    value, grads = value_and_grad(Decoder(dataclasses.replace(DECODER, remat=policy), rngs=nnx.Rngs(0)))
-    np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-6)
-    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-7)
+    for policy in ("full", "dots"):
+        value, grads = value_and_grad(Decoder(dataclasses.replace(DECODER, remat=policy), rngs=nnx.Rngs(0)))
+        np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-6)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-7, err_msg=policy)
 
 
 def test_decoder_tied_head_and_mlp_aux_outputs():
@@ -242,6 +230,47 @@ def test_decoder_tied_head_and_mlp_aux_outputs():
     assert cache is None and aux.shape == (3, 2, 5)
     plain = Decoder(cfg, rngs=nnx.Rngs(0))(x, pos)[0]
     np.testing.assert_allclose(np.asarray(logits), np.asarray(plain), rtol=1e-6, atol=1e-6)
+
+
+def test_decoder_matches_transformers_qwen3_dense():
+    """The Qwen3 options (q/k RMSNorm, head_dim != hidden / heads, no qkv bias, tied head, rope theta 1e6)
+    against transformers' Qwen3ForCausalLM on a left-padded batch."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from cogito_jax.models.hf_weights import LINEAR, SAME, load_table
+
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=120, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rope_parameters=dict(
+            rope_theta=1e6, rope_type="default"))).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    cfg = DecoderConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                        intermediate_size=48, rope_theta=1e6, qkv_bias=False, qk_norm=True, tie_embeddings=True)
+    dec = Decoder(cfg, rngs=nnx.Rngs(0))
+    layer = "model.layers.{i}."
+    table = {"embed_tokens/embedding": ("model.embed_tokens.weight", SAME), "norm/weight": ("model.norm.weight", SAME)}
+    for ln in ("input_layernorm", "post_attention_layernorm"):
+        table[f"layers/{ln}/weight"] = (layer + f"{ln}.weight", SAME)
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        table[f"layers/self_attn/{n}/kernel"] = (layer + f"self_attn.{n}.weight", LINEAR)
+    for n in ("q_norm", "k_norm"):
+        table[f"layers/self_attn/{n}/weight"] = (layer + f"self_attn.{n}.weight", SAME)
+    for n in ("gate_proj", "up_proj", "down_proj"):
+        table[f"layers/mlp/{n}/kernel"] = (layer + f"mlp.{n}.weight", LINEAR)
+    weights = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    load_table(dec, table, weights.__getitem__)
+    ids = np.random.default_rng(0).integers(0, 120, (2, 9))
+    am = np.ones((2, 9), np.int64)
+    am[1, :4] = 0
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am)).logits.numpy()
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    out, _ = dec(dec.embed(jnp.asarray(ids)), positions, attention_mask_bt=jnp.asarray(am))
+    assert rel_err(out, ref, am) <= 1e-4
 
 
 def test_config_errors_name_the_value():

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cogito_jax.models.attention import KVCache
@@ -56,9 +57,15 @@ def merge_audio(embeds_btd: jax.Array, input_ids_bt: jax.Array, audio_token_id: 
 
 
 def check_audio_tokens(input_ids, audio_token_id: int, audio_len) -> None:
-    """Raises if the number of placeholder tokens differs from the number of valid audio frames."""
-    n_tokens = int(jnp.sum(jnp.asarray(input_ids) == audio_token_id))
-    n_frames = int(jnp.sum(jnp.asarray(audio_len)))
+    """Raises if the number of placeholder tokens differs from the number of valid audio frames.
+
+    Under tracing (inside ``jit``) or for arrays not on this host the values are unknown: no check.
+    """
+    try:
+        ids, lens = np.asarray(input_ids), np.asarray(audio_len)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, RuntimeError):
+        return
+    n_tokens, n_frames = int((ids == audio_token_id).sum()), int(lens.sum())
     if n_tokens != n_frames:
         raise ValueError(f"the prompt has {n_tokens} audio placeholder tokens (id {audio_token_id}) but the audio "
                          f"gives {n_frames} frames; build prompts with chat.num_audio_tokens")
@@ -98,8 +105,7 @@ class AudioLM(nnx.Module):
         b, t = input_ids.shape
         if audio is None and input_features is not None:
             audio = self.encode_audio(input_features, feature_attention_mask)
-        if audio is not None and not isinstance(input_ids, jax.core.Tracer) and \
-                not isinstance(audio[1], jax.core.Tracer):
+        if audio is not None:
             check_audio_tokens(input_ids, self.cfg.audio_token_id, audio[1])
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
