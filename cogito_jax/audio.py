@@ -174,11 +174,11 @@ def whisper_log_mel_batch(waveforms_bn: jax.Array, n_mels: int = 128) -> jax.Arr
     frames_btn = padded[:, idx] * jnp.asarray(_hann())
     spec_btf = jnp.fft.rfft(frames_btn, axis=-1)
     power_btf = jnp.real(spec_btf) ** 2 + jnp.imag(spec_btf) ** 2
-    mel_bmt = jnp.einsum("mf,btf->bmt", jnp.asarray(mel_filters(n_mels)), power_btf,
-                         precision=jax.lax.Precision.HIGHEST)
-    log_spec = jnp.log10(jnp.maximum(mel_bmt, 1e-10))
-    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)  # per example
-    return (log_spec + 4.0) / 4.0
+    # [B, T, M] is a plain GEMM on CPU (about 4x faster than producing [B, M, T]); transpose once at the end.
+    mel_btm = jnp.matmul(power_btf, jnp.asarray(mel_filters(n_mels).T), precision=jax.lax.Precision.HIGHEST)
+    log_btm = jnp.log10(jnp.maximum(mel_btm, 1e-10))
+    log_btm = jnp.maximum(log_btm, log_btm.max(axis=(1, 2), keepdims=True) - 8.0)  # per example
+    return jnp.swapaxes((log_btm + 4.0) / 4.0, 1, 2)
 
 
 def pad_batch(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
