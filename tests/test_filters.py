@@ -96,6 +96,9 @@ def test_check_file_reports_decode_errors_and_uses_source_clipping(tmp_path):
     r = filters.check_file("sq", tmp_path / "sq.wav", CFG)
     assert r.as_rejection().reason == f"clipped: {100 * np.mean(np.abs(square) >= 0.999):.2f}% of samples at " \
                                       "full scale > 5%"
+    sf.write(tmp_path / "st48.wav", np.stack([_sine(2.0, sr=48000), _sine(2.0, sr=48000, freq=500.0)], 1), 48000)
+    r = filters.check_file("st48", tmp_path / "st48.wav", CFG)
+    assert r.ok and len(r.waveform) == 2 * SR and (r.info["orig_sr"], r.info["channels"]) == (48000, 2)
     sf.write(tmp_path / "ok.flac", _sine(2.0, sr=8000), 8000)
     r = filters.check_file("ok", tmp_path / "ok.flac", CFG)
     assert r.ok and len(r.waveform) == 2 * SR and r.info["orig_sr"] == 8000
