@@ -52,6 +52,13 @@ def test_trainable_presets(preset, expected):
     assert got == expected
 
 
+def test_whisper_positions_never_train():
+    keep = optim.trainable_filter("full")
+    assert not keep(("audio_encoder", "embed_positions"), nnx.Param(jax.numpy.zeros(2)))
+    assert not keep(("base", "audio_encoder", "embed_positions"), nnx.Param(jax.numpy.zeros(2)))
+    assert keep(("audio_encoder", "conv1", "kernel"), nnx.Param(jax.numpy.zeros(2)))
+
+
 def test_make_tx_clips_and_steps():
     cfg = ml_collections.ConfigDict(dict(name="adamw", lr=0.1, warmup_steps=0, schedule="constant",
                                          end_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

@@ -39,13 +39,17 @@ def path_str(path: Sequence[Any]) -> str:
     return "/".join(parts)
 
 
+# Parameters that never train, whatever the preset (frozen in the reference implementation too).
+ALWAYS_FROZEN = (r"(^|/)audio_encoder/embed_positions$",)
+
+
 def trainable_filter(preset: str) -> Callable[[Sequence[Any], Any], bool]:
     """An NNX filter ``(path, value) -> bool`` selecting the trainable ``nnx.Param`` leaves."""
     if preset not in TRAINABLE_PRESETS:
         raise ValueError(f"trainable={preset!r} is not one of {sorted(TRAINABLE_PRESETS)}")
     include, exclude = TRAINABLE_PRESETS[preset]
     inc = [re.compile(p) for p in include]
-    exc = [re.compile(p) for p in exclude]
+    exc = [re.compile(p) for p in (*exclude, *ALWAYS_FROZEN)]
 
     def keep(path, value) -> bool:
         if not isinstance(value, nnx.Param):
