@@ -5,6 +5,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cogito_jax import sharding
@@ -48,6 +49,18 @@ def test_retention_and_fallback_past_damaged_latest(tmp_path, cpu_devices):
     step, restored, data_state, _ = ck.restore(abstract_like(_state(mesh, P(), 0)))
     assert step == 5 and data_state == {"i": 5}
     np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.arange(64).reshape(8, 8) * 5.0)
+    ck.close()
+
+
+def test_all_damaged_raises_instead_of_restarting(tmp_path, cpu_devices):
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, async_save=False)
+    ck.save(1, _state(mesh, P(), 1))
+    ck.wait()
+    sds = jax.ShapeDtypeStruct
+    other = {"params": {"w": sds((8, 8), jnp.float32), "extra": sds((2,), jnp.float32)}}
+    with pytest.raises(RuntimeError, match="no checkpoint in .* can be restored .*step 1"):
+        ck.restore(other)
     ck.close()
 
 

@@ -72,6 +72,7 @@ class Checkpointer:
         are restored straight into their (possibly different) sharded layout.
         """
         candidates = [step] if step is not None else list(reversed(self.steps()))
+        errors = []
         for s in candidates:
             try:
                 out = self.manager.restore(
@@ -85,10 +86,15 @@ class Checkpointer:
             except Exception as e:  # damaged step: fall back to the previous one
                 if step is not None:
                     raise
-                logger.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
-                               s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                errors.append(f"step {s}: {reason}")
+                logger.warning("checkpoint step %d in %s cannot be restored (%s); trying the previous one",
+                               s, self.directory, reason)
                 continue
             return s, out["state"], _from_json_safe(out["data"]["iterator"]), dict(out["meta"])
+        if errors:  # never silently start over on top of checkpoints that exist
+            raise RuntimeError(f"no checkpoint in {self.directory} can be restored ({'; '.join(errors)}); "
+                               "was the model or trainable set changed? use a new workdir or remove them")
         return None
 
     def wait(self) -> None:
