@@ -33,39 +33,14 @@ from flax import nnx
 from cogito_jax import sharding
 from cogito_jax.models import registry
 from cogito_jax.models.audio_lm import AudioLMConfig
-from cogito_jax.models.hf_weights import CONV2D, LINEAR, SAME, stack_names
+from cogito_jax.models.hf_weights import layout_perm, stack_names, to_hf, to_ours
 from cogito_jax.train.optim import path_str
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-# layout -> perm with ours = hf.transpose(perm) (None: same layout)
-LAYOUTS: dict[str, tuple[int, ...] | None] = {
-    SAME: None,
-    LINEAR: (1, 0),  # torch Linear [out, in] -> [in, out]
-    registry.CONV1D: (2, 1, 0),  # torch Conv1d [out, in, k] -> [k, in, out]
-    CONV2D: (2, 3, 1, 0),  # torch Conv2d [out, in, kh, kw] -> [kh, kw, in, out]
-}
-
-
-def _perm(layout: str) -> tuple[int, ...] | None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; expected one of {sorted(LAYOUTS)}")
-    return LAYOUTS[layout]
-
-
-def to_ours(t: np.ndarray, layout: str) -> np.ndarray:
-    perm = _perm(layout)
-    return t if perm is None else t.transpose(perm)
-
-
-def to_hf(t: np.ndarray, layout: str) -> np.ndarray:
-    perm = _perm(layout)
-    return t if perm is None else t.transpose(np.argsort(perm))
-
-
 def _hf_index(index: tuple[slice, ...], layout: str) -> tuple[slice, ...]:
     """The slice of the HF tensor that holds our block ``index``."""
-    perm = _perm(layout)
+    perm = layout_perm(layout)
     return index if perm is None else tuple(index[perm.index(a)] for a in range(len(index)))
 
 
@@ -137,7 +112,7 @@ def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, 
                 errors.append(f"tensor {name!r} (for {p}) is not in the checkpoint")
                 continue
             hf_shape = reader.shape(name)
-            ours = hf_shape if _perm(layout) is None else tuple(hf_shape[a] for a in _perm(layout))
+            ours = hf_shape if layout_perm(layout) is None else tuple(hf_shape[a] for a in layout_perm(layout))
             if ours != tuple(leaf.shape[n:]):
                 errors.append(f"tensor {name!r} has shape {hf_shape}; {p} needs {tuple(leaf.shape[n:])} per "
                               f"tensor in layout {layout!r}")

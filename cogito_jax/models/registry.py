@@ -3,7 +3,7 @@
 A family is recognised from ``config.json``'s ``model_type``. Each family gives a table mapping our
 parameter paths (``"llm/layers/self_attn/q_proj/kernel"``) to the HF on-disk tensor names (with
 ``{i}`` for the layer and ``{e}`` for the expert of a stacked parameter, see ``hf_weights``) and the
-layout change between them (``linear``, ``conv1d``, ``conv2d``, ``same``; ``convert.LAYOUTS``).
+layout change between them (``linear``, ``conv1d``, ``conv2d``, ``same``; ``hf_weights.LAYOUTS``).
 
 qwen2_audio: HF's ``Qwen2AudioForConditionalGeneration`` never ties the LM head to the embeddings
 (its checkpoints always hold ``language_model.lm_head.weight``), whatever
@@ -21,10 +21,9 @@ from flax import nnx
 
 from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
 from cogito_jax.models.decoder import DecoderConfig
-from cogito_jax.models.hf_weights import LINEAR, SAME
+from cogito_jax.models.hf_weights import CONV1D, LINEAR, SAME
 from cogito_jax.models.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 
-CONV1D = "conv1d"  # torch [out, in, k] -> [k, in, out]
 OVERRIDES = ("dtype", "param_dtype", "remat", "attn_impl")  # run-time settings a caller may override
 
 
