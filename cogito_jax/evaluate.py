@@ -7,7 +7,8 @@ per-group accuracy, missing items (counted wrong) and bootstrap 95% CIs, the per
 ``report`` turns one or two score files into report.md and PNG plots. ``run`` answers a benchmark with a
 model (an HF checkpoint folder, or a run trained here) through the sampler, greedy by default with the
 challenge's baseline prompt, optionally self-consistent over N samples, then scores and reports. Bad
-input exits with code 2 and one line on stderr.
+input exits with code 2 and one line on stderr. ``rubrics`` runs the MMAR-Rubrics protocol with a
+judge behind an OpenAI-compatible endpoint or a local checkpoint.
 """
 
 from __future__ import annotations
@@ -163,10 +164,42 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rubrics(args: argparse.Namespace) -> int:
+    """MMAR-Rubrics: the judge grades correctly answered items' reasoning (5 runs, middle-3 mean, CRS)."""
+    from cogito_jax.eval import rubrics
+    from cogito_jax.eval.score import is_correct
+    from cogito_jax.judge import HttpJudge
+
+    if bool(args.judge_url) == bool(args.judge_checkpoint):
+        raise BenchmarkError("give exactly one of --judge-url (OpenAI-compatible) or --judge-checkpoint (local)")
+    meta = [rec for _, rec in benchmarks.read_records(args.meta)]
+    if any("rubric" not in m for m in meta):
+        raise BenchmarkError(f"{args.meta}: MMAR-Rubrics needs a 'rubric' list in every record")
+    predictions = benchmarks.read_predictions(args.predictions)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.judge_url:
+        judge = HttpJudge(args.judge_url, args.judge_model, timeout_s=args.timeout, max_retries=args.retries,
+                          requests_per_s=args.rate, cache_path=out.with_suffix(".judge_cache.jsonl"))
+    else:
+        from cogito_jax.convert import load_hf
+        from cogito_jax.data import tokenizer as toklib
+        from cogito_jax.judge import EngineJudge
+
+        model, mcfg = load_hf(args.judge_checkpoint)
+        judge = EngineJudge(model, toklib.load(args.judge_checkpoint), mcfg.family)
+    result = rubrics.score_rubrics(meta, predictions, judge, is_correct)
+    result["judge_stats"] = judge.stats
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"mmar-rubrics: {result['rubric_score']:.2f} (accuracy {100 * result['accuracy']:.2f}%, CRS "
+          f"{result['crs']:.3f}) over {result['scored']} items; {len(result['failed'])} judge failures reported")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse front end with the ``score``, ``report`` and ``run`` subcommands."""
     p = _Parser(prog="python -m cogito_jax.evaluate", description="Score benchmark predictions and write reports.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{score,report,run}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{score,report,run,rubrics}")
     s = sub.add_parser("score", help="score a prediction file against a benchmark's meta")
     s.add_argument("--benchmark", required=True, help=f"one of {', '.join(benchmarks.BENCHMARKS)}")
     s.add_argument("--meta", required=True, help="benchmark meta (JSONL or JSON array)")
@@ -202,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resamples", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=_run)
+    j = sub.add_parser("rubrics", help="MMAR-Rubrics: an LLM judge grades the reasoning of correct answers")
+    j.add_argument("--meta", required=True, help="MMAR meta with 'rubric' and 'thinking'")
+    j.add_argument("--predictions", required=True, help="JSONL with id, answer_prediction, thinking_prediction")
+    j.add_argument("--out", required=True, help="JSON to write (a judge cache is kept beside it)")
+    j.add_argument("--judge-url", "--judge_url", dest="judge_url", default=None,
+                   help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (key from OPENAI_API_KEY)")
+    j.add_argument("--judge-model", "--judge_model", dest="judge_model", default="gpt-4o-2024-11-20")
+    j.add_argument("--judge-checkpoint", "--judge_checkpoint", dest="judge_checkpoint", default=None,
+                   help="a local HF checkpoint folder to judge with through the sampler")
+    j.add_argument("--timeout", type=float, default=60.0)
+    j.add_argument("--retries", type=int, default=5)
+    j.add_argument("--rate", type=float, default=0.0, help="max requests per second (0 = no limit)")
+    j.set_defaults(fn=_rubrics)
     return p
 
 

@@ -126,3 +126,30 @@ class HttpJudge:
             return payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as e:
             raise JudgeError(f"reply from {self.url} has no choices[0].message.content") from e
+
+
+class EngineJudge:
+    """The same ``complete(messages)`` interface backed by a local model through the sampling engine."""
+
+    def __init__(self, model, tokenizer, family: str, max_new_tokens: int = 256):
+        self.model, self.tokenizer, self.family, self.max_new_tokens = model, tokenizer, family, max_new_tokens
+        self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failures": 0}
+
+    def complete(self, messages: Messages, *, temperature: float = 0.0, max_tokens: int | None = None,
+                 run: int = 0) -> str:
+        import numpy as np
+
+        from cogito_jax.data import chat
+        from cogito_jax.sampling import engine_for
+
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        user = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
+        fmt = chat.chat_format(self.family)
+        ids = chat.encode_prompt(self.tokenizer, fmt, user, 0, system)
+        eos = [self.tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
+        self.stats["calls"] += 1
+        out = engine_for(self.model).generate(
+            np.asarray(ids)[None], max_new_tokens=max_tokens or self.max_new_tokens, temperature=temperature,
+            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, seed=run)
+        toks = [t for t in np.asarray(out.tokens)[0, 0].tolist() if t not in eos]
+        return chat.split_thinking(self.tokenizer.decode(toks, skip_special_tokens=True))[1]

@@ -59,3 +59,45 @@ def test_middle_mean():
     assert rubrics.middle_mean([0.0, 1.0, 0.4, 0.6, 0.2]) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="are not 5 values"):
         rubrics.parse_scores('{"scores": [1, 0]}', 5)
+
+
+def test_rubrics_cli_against_stub(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _reply.count = {}
+    meta = [_meta(i) for i in range(3)]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    preds = [{"id": "q1", "thinking_prediction": "t", "answer_prediction": "dog bark"},
+             {"id": "q2", "thinking_prediction": "t", "answer_prediction": "cat meow"}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    with JudgeStub(_reply, {"Question 1?": ["500"]}) as stub:
+        r = subprocess.run([sys.executable, "-m", "cogito_jax.evaluate", "rubrics", "--meta", str(tmp_path / "meta.jsonl"),
+                            "--predictions", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "rub.json"),
+                            "--judge-url", stub.url, "--judge-model", "stub", "--timeout", "2"],
+                           capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "rub.json").read_text())
+    # q0 unanswered and q2 wrong score 0; q1's five runs give 1..5 points: middle three mean 0.6.
+    assert out["rubric_score"] == pytest.approx(100 * 0.6 / 3)
+    assert out["judge_stats"]["retries"] == 1 and out["failed"] == {}
+    assert (tmp_path / "rub.judge_cache.jsonl").exists()
+
+
+def test_engine_judge_runs_a_local_model(tmp_path):
+    from cogito_jax.convert import load_hf
+    from cogito_jax.data import tokenizer as toklib
+    from cogito_jax.judge import EngineJudge
+    from tests.hf_tiny import save_qwen2_audio
+
+    save_qwen2_audio(tmp_path)
+    model, cfg = load_hf(tmp_path)
+    tok = toklib.train_bpe(["grade the answer: scores 0 1 {}"] * 20, vocab_size=280)
+    judge = EngineJudge(model, tok, cfg.family, max_new_tokens=6)
+    messages = rubrics.judge_prompt(_meta(1), "t", "dog bark")
+    a, b = judge.complete(messages, run=0), judge.complete(messages, run=0)
+    assert isinstance(a, str) and a == b and judge.stats["calls"] == 2
+    # A random model writes no JSON: the item is reported as a judge failure, never scored as zero.
+    out = rubrics.score_rubrics([_meta(1)], {"q1": {"answer_prediction": "dog bark"}}, judge, mmar_rule, runs=1)
+    assert "q1" in out["failed"] and out["scored"] == 0
