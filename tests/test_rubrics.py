@@ -73,10 +73,10 @@ def test_rubrics_cli_against_stub(tmp_path):
              {"id": "q2", "thinking_prediction": "t", "answer_prediction": "cat meow"}]
     (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     with JudgeStub(_reply, {"Question 1?": ["500"]}) as stub:
-        r = subprocess.run([sys.executable, "-m", "cogito_jax.evaluate", "rubrics", "--meta", str(tmp_path / "meta.jsonl"),
-                            "--predictions", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "rub.json"),
-                            "--judge-url", stub.url, "--judge-model", "stub", "--timeout", "2"],
-                           capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+        args = ["rubrics", "--meta", str(tmp_path / "meta.jsonl"), "--predictions", str(tmp_path / "pred.jsonl"),
+                "--out", str(tmp_path / "rub.json"), "--judge-url", stub.url, "--judge-model", "stub", "--timeout", "2"]
+        r = subprocess.run([sys.executable, "-m", "cogito_jax.evaluate", *args], capture_output=True, text=True,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "rub.json").read_text())
     # q0 unanswered and q2 wrong score 0; q1's five runs give 1..5 points: middle three mean 0.6.
