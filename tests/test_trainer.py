@@ -154,3 +154,41 @@ def test_only_trainable_params_change(tmp_path, corpus, preset, trained):
               for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
               if optim.path_str(p) not in saved}
     assert frozen and all(np.array_equal(v, before[k]) for k, v in frozen.items())
+
+
+class TermAfter(CrashAfter):
+    """The process receives SIGTERM while fetching batch ``n + 1`` (a preemption notice)."""
+
+    def __iter__(self):
+        import signal
+
+        inner = super().__iter__()
+        outer = self
+
+        class It:
+            def __next__(self):
+                if inner.count == outer.n:
+                    signal.raise_signal(signal.SIGTERM)
+                    outer.n += 10**9  # only once
+                return next(inner)
+
+            def get_state(self):
+                return inner.get_state()
+
+            def set_state(self, state):
+                inner.set_state(state)
+
+        return It()
+
+
+def test_sigterm_saves_current_step_and_reports_preemption(tmp_path, corpus):
+    root, vocab = corpus
+    spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
+    data = pipeline.make_dataset(records.RecordSource(_ds_dir(root)), tokenizer_dir=str(root / "tok"), spec=spec,
+                                 batch_size=8)
+    cfg = _cfg(**{"checkpoint.every": 100})
+    out = trainer.run(cfg, str(tmp_path), lambda: ToyAudioLM(vocab, N_MELS, rngs=nnx.Rngs(0)), TermAfter(data, 3))
+    assert out["preempted"] is True and out["step"] == 4
+    ck = Checkpointer(tmp_path)
+    assert ck.steps() == [4]
+    ck.close()

@@ -53,6 +53,15 @@ class State:
         tmp.replace(self.path)
 
 
+def _train(*args: Any, **kwargs: Any) -> None:
+    """A training stage; a preempted one stops the whole job (exit 0) so it is never marked done."""
+    from cogito_jax.train.run import train
+
+    if train(*args, **kwargs).get("preempted"):
+        logger.warning("training was preempted: stopping; a restart resumes this stage from its checkpoint")
+        raise SystemExit(0)
+
+
 def _stage_cfg(cfg: Any, steps: int, data_dir: str | None = None) -> Any:
     c = copy.deepcopy(cfg)
     c.train.steps = steps
@@ -130,8 +139,6 @@ def _select(cfg: Any, rows: list[dict], pool: pathlib.Path, out_dir: pathlib.Pat
 
 def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) every stage; returns the ``rounds.json`` content."""
-    from cogito_jax.train.run import train
-
     w = pathlib.Path(workdir)
     w.mkdir(parents=True, exist_ok=True)
     state = State(w / "rounds.json")
@@ -141,7 +148,7 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
     heldout = paths["heldout"]
     pool = prepare.dataset_dir(d.pool_dir) if d.pool_dir else paths["train"]
     if not state.done("train_0"):
-        train(_stage_cfg(cfg, d.sft_steps), str(sft_dir))
+        _train(_stage_cfg(cfg, d.sft_steps), str(sft_dir))
         state.mark("train_0")
     if not state.done("eval_0"):
         state.mark("eval_0", **_evaluate(cfg, sft_dir, heldout, w / "eval_0.jsonl", d.eval_limit))
@@ -168,7 +175,7 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
             from cogito_jax.train.run import load_trained
 
             base_model, _, _ = load_trained(cfg, init)
-            train(rcfg, str(rd / "train"), init_model=base_model)
+            _train(rcfg, str(rd / "train"), init_model=base_model)
             state.mark(f"train_{r}")
         if not state.done(f"eval_{r}"):
             rcfg = _stage_cfg(cfg, d.round_steps, accepted_dirs[-1])

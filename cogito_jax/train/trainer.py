@@ -1,6 +1,7 @@
 """The training loop: sharded state, compiled step, metrics, checkpoints, exact resume, preemption.
 
-``run(cfg, workdir, model_factory, train_data, ...)`` trains until ``cfg.train.steps``. It restarts
+``run(cfg, workdir, model_factory, train_data, ...)`` trains until ``cfg.train.steps`` and returns the
+last logged metrics plus ``preempted`` (True when SIGTERM stopped it early). It restarts
 from the newest checkpoint in ``workdir`` by itself (parameters, optimizer, step, RNG and the input
 iterator's position), so a killed run continues with the next unseen batch and produces the same
 losses it would have without the interruption. SIGTERM (preemption) saves the current step and
@@ -141,7 +142,9 @@ def run(
     finally:  # a crash still records the steps that ran and finishes any async save
         writer.close()
         ckpt.close()
-    return {k: (float(v) if hasattr(v, "item") else v) for k, v in last.items()}
+    out = {k: (float(v) if hasattr(v, "item") else v) for k, v in last.items()}
+    out["preempted"] = preempt.requested  # stopped early by SIGTERM: the run is not finished
+    return out
 
 
 def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: LossFn = lm_loss) -> dict:
