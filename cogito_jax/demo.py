@@ -33,10 +33,11 @@ def run(cfg, workdir: pathlib.Path) -> dict:
     t = time.time()
     pool_size = cfg.experiment.get("pool_size", 0)
     if pool_size:
-        from cogito_jax.data.prepare import _max_seconds, _n_mels
+        from cogito_jax.data.prepare import audio_window
 
+        n_mels, max_seconds = audio_window(cfg)
         pool = build_synthetic(workdir / "pool", pool_size, seed=cfg.data.seed + 17, split="train",
-                               n_mels=_n_mels(cfg), max_seconds=_max_seconds(cfg))
+                               n_mels=n_mels, max_seconds=max_seconds)
         cfg.distill.pool_dir = str(pool)
     times["pool"] = time.time() - t
     t = time.time()

@@ -46,10 +46,11 @@ def ensure_data(cfg: Any, workdir: str | pathlib.Path) -> dict[str, pathlib.Path
         from data_prep.build import build_synthetic
 
         root = workdir / "data"
+        n_mels, max_seconds = audio_window(cfg)
         train = build_synthetic(root / "train", d.num_train, seed=d.seed, split="train",
-                                n_mels=_n_mels(cfg), max_seconds=_max_seconds(cfg))
+                                n_mels=n_mels, max_seconds=max_seconds)
         heldout = build_synthetic(root / "heldout", d.num_heldout, seed=d.seed + 1, split="heldout",
-                                  n_mels=_n_mels(cfg), max_seconds=_max_seconds(cfg)) if d.num_heldout else None
+                                  n_mels=n_mels, max_seconds=max_seconds) if d.num_heldout else None
     else:
         raise ConfigError(f"data.source={d.source!r} must be 'synthetic' or 'records'")
     tok = pathlib.Path(d.tokenizer) if d.tokenizer else workdir / "tokenizer"
@@ -62,13 +63,10 @@ def ensure_data(cfg: Any, workdir: str | pathlib.Path) -> dict[str, pathlib.Path
     return {"train": train, "heldout": heldout, "tokenizer": tok}
 
 
-def _n_mels(cfg: Any) -> int:
+def audio_window(cfg: Any) -> tuple[int, float]:
+    """(mel bins, seconds) the run's audio encoder takes, for extracting features that fit it."""
+    from cogito_jax import audio
     from cogito_jax.models import registry
 
-    return registry.config_for(cfg.model).audio.num_mel_bins
-
-
-def _max_seconds(cfg: Any) -> float:
-    from cogito_jax.models import registry
-
-    return registry.config_for(cfg.model).audio.num_frames * 160 / 16000
+    enc = registry.config_for(cfg.model).audio
+    return enc.num_mel_bins, enc.num_frames * audio.HOP / audio.SAMPLE_RATE

@@ -108,12 +108,10 @@ def _select(cfg: Any, rows: list[dict], pool: pathlib.Path, out_dir: pathlib.Pat
     scfg = ScoreConfig(min_thinking_chars=d.min_thinking_chars, max_thinking_chars=d.max_thinking_chars)
     selcfg = SelectConfig(max_per_prompt=d.max_per_prompt, min_orders_correct=min(2, d.orders),
                           all_right_weight=d.all_right_weight)
-    source = records.RecordSource(pool, "train")
-    by_id = {source[i]["id"]: i for i in range(len(source))}
+    pool_recs = {rec["id"]: rec for rec in records.RecordSource(pool, "train")}  # each record decoded once
     per_prompt: dict[str, list[tuple[dict, Sample]]] = collections.defaultdict(list)
     for j, r in enumerate(rows):
-        rec = source[by_id[r["id"]]]
-        v = score_trace(r["text"], r["choices"], rec["answer"], is_correct, scfg)
+        v = score_trace(r["text"], r["choices"], pool_recs[r["id"]]["answer"], is_correct, scfg)
         per_prompt[r["id"]].append((r, Sample(index=j, verdict=v, order=(r["order"],))))
     kept, stats = [], collections.Counter()
     hist = collections.Counter()
@@ -123,7 +121,7 @@ def _select(cfg: Any, rows: list[dict], pool: pathlib.Path, out_dir: pathlib.Pat
             f.write(json.dumps(dec.to_dict()) + "\n")
             stats[dec.status] += 1
             hist[round(dec.pass_rate, 2)] += 1
-            rec = source[by_id[pid]]
+            rec = pool_recs[pid]
             for r, s in pairs:
                 if s.index in dec.kept:
                     kept.append(records.make_record(
