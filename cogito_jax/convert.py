@@ -96,8 +96,10 @@ def _read_block(reader: _Reader, key: str, layout: str, shape: tuple[int, ...], 
     return np.stack(parts).reshape(*(len(r) for r in ranges), *parts[0].shape)
 
 
-def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, strict: bool, family: str) -> None:
-    """Every parameter has its tensors with the right shapes; with ``strict`` no tensor is left unused."""
+def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, strict: bool, family: str,
+           skipped: tuple[str, ...] = ()) -> None:
+    """Every parameter has its tensors with the right shapes; with ``strict`` no tensor is left unused
+    (except those under the family's ``skipped`` prefixes: parts the models here do not build)."""
     paths = [path_str(p) for p, _ in leaves]
     missing = [p for p in paths if p not in table]
     if missing:
@@ -116,7 +118,7 @@ def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, 
             if ours != tuple(leaf.shape[n:]):
                 errors.append(f"tensor {name!r} has shape {hf_shape}; {p} needs {tuple(leaf.shape[n:])} per "
                               f"tensor in layout {layout!r}")
-    unused = sorted(set(reader.files) - used)
+    unused = sorted(n for n in set(reader.files) - used if not n.startswith(skipped))
     if strict and unused:
         errors.append(f"checkpoint tensors with no parameter (pass strict=False to ignore): {unused[:5]}"
                       + (f" and {len(unused) - 5} more" if len(unused) > 5 else ""))
@@ -151,7 +153,7 @@ def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sha
     table = fam.weights(cfg)
     reader = _Reader(path)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
-    _check(reader, table, leaves, strict, fam.name)
+    _check(reader, table, leaves, strict, fam.name, fam.skipped)
     shardings = (jax.tree_util.tree_leaves(sharding.state_shardings(abs_params, mesh, rules))
                  if mesh is not None else [None] * len(leaves))
     out = []

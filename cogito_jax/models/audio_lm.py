@@ -6,7 +6,9 @@ feature_attention_mask, attention_mask)`` -> logits ``[B, T, V]``. Every audio-p
 encoded audio clips (clips in batch order, each clip's valid frames in time order), as HF's
 ``masked_scatter`` does; prompts must hold one placeholder per valid frame (``chat.num_audio_tokens``;
 HF's legacy single-placeholder expansion is not done). Without ``positions``, positions are ``0..T-1``
-(HF's forward); generation passes ``cumsum(attention_mask) - 1`` (HF's ``generate``).
+(Qwen2-Audio's forward) or, with ``positions_from_mask``, ``cumsum(attention_mask) - 1`` (Qwen3-Omni's
+forward, whose M-RoPE positions for audio and text have three equal components, i.e. plain 1-D rotary);
+generation passes ``cumsum(attention_mask) - 1`` (HF's ``generate``).
 
 For decoding: :meth:`AudioLM.encode_audio` once, :meth:`AudioLM.prefill` the prompt into a
 :class:`KVCache`, then :meth:`AudioLM.decode` one token per row per step.
@@ -15,7 +17,8 @@ Plug-in points: the audio encoder is any module passed to ``AudioLM(cfg, encoder
 ``(input_features [N, mels, frames], feature_attention_mask [N, frames] | None)`` to
 ``(embeddings [N, S, d], valid lengths [N])``, with ``d = cfg.audio.output_dim`` (or
 ``cfg.audio.d_model`` when the config has no ``output_dim``); the projector is one linear layer
-from ``d`` to the LM width. The LM's MLP comes from ``mlp_factory`` (see ``decoder``).
+from ``d`` to the LM width, or none (``projector=False``: the encoder already ends at the LM width).
+The LM's MLP comes from ``mlp_factory`` (see ``decoder``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class AudioLMConfig:
     text: DecoderConfig
     audio_token_id: int
     hf_extra: tuple = ()  # HF config fields kept for a faithful save_hf, as (key, json) pairs
+    projector: bool = True  # a linear audio -> LM projector (Qwen2-Audio); False: the encoder outputs LM width
+    positions_from_mask: bool = False  # forward positions = cumsum(attention_mask) - 1 (Qwen3-Omni's forward)
 
 
 def merge_audio(embeds_btd: jax.Array, input_ids_bt: jax.Array, audio_token_id: int,
@@ -78,8 +83,12 @@ class AudioLM(nnx.Module):
         self.cfg = cfg
         self.audio_encoder = encoder
         audio_dim = getattr(cfg.audio, "output_dim", None) or cfg.audio.d_model
-        self.projector = dense(audio_dim, cfg.text.hidden_size, ("audio_embed", "embed"), bias=True, rngs=rngs,
-                               dtype=dtype_of(cfg.text.dtype), param_dtype=dtype_of(cfg.text.param_dtype))
+        if cfg.projector:
+            self.projector = dense(audio_dim, cfg.text.hidden_size, ("audio_embed", "embed"), bias=True, rngs=rngs,
+                                   dtype=dtype_of(cfg.text.dtype), param_dtype=dtype_of(cfg.text.param_dtype))
+        elif audio_dim != cfg.text.hidden_size:
+            raise ValueError(f"without a projector the audio encoder's width {audio_dim} must equal the LM's "
+                             f"hidden_size {cfg.text.hidden_size}")
         kw = {} if mlp_factory is None else {"mlp_factory": mlp_factory}
         self.llm = Decoder(cfg.text, rngs=rngs, **kw)
 
@@ -87,7 +96,7 @@ class AudioLM(nnx.Module):
                      ) -> tuple[jax.Array, jax.Array]:
         """(projected audio embeddings ``[N, S, d_model]``, valid lengths ``[N]``)."""
         h, lengths = self.audio_encoder(input_features, feature_attention_mask)
-        return self.projector(h), lengths
+        return (self.projector(h) if self.cfg.projector else h), lengths
 
     def embed(self, input_ids, audio=None):
         """Token embeddings ``[B, T, D]`` with the audio frames written over the placeholders."""
@@ -107,7 +116,10 @@ class AudioLM(nnx.Module):
             audio = self.encode_audio(input_features, feature_attention_mask)
         if audio is not None:
             check_audio_tokens(input_ids, self.cfg.audio_token_id, audio[1])
-        if positions is None:
+        if positions is None and self.cfg.positions_from_mask and attention_mask is not None:
+            mask = attention_mask.astype(bool)
+            positions = jnp.where(mask, jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 1)
+        elif positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         out = self.llm(self.embed(input_ids, audio), positions, attention_mask_bt=attention_mask,
                        segment_ids_bt=segment_ids, return_aux=return_aux)

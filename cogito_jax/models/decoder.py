@@ -7,7 +7,8 @@ with ``nnx.scan``, so compile time does not grow with depth. Per-block options: 
 Remat policy by name (``layers.REMAT_POLICIES``): ``none``, ``full``, ``dots``.
 
 Plug-in point for the MLP: ``Decoder(cfg, rngs=..., mlp_factory=f)`` builds each block's MLP as
-``f(cfg, rngs)`` (default :func:`dense_mlp`, a SwiGLU). The module is called as ``mlp(x_btd)`` and
+``f(cfg, rngs)`` (default :func:`default_mlp`: a SwiGLU, or with ``num_experts > 0`` a Qwen3-MoE sparse
+block, :class:`cogito_jax.models.moe.SparseMoE`, in every layer). The module is called as ``mlp(x_btd)`` and
 returns either ``y_btd`` or ``(y_btd, aux)``; ``aux`` (e.g. a mixture-of-experts router's logits for a
 load-balancing loss) is stacked over layers and returned by ``Decoder.__call__(..., return_aux=True)``.
 """
@@ -25,6 +26,7 @@ from flax import nnx
 from cogito_jax import sharding
 from cogito_jax.models.attention import KVCache, attention_mask, check_impl, dot_product_attention
 from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
+from cogito_jax.models.moe import MoEConfig, SparseMoE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,11 @@ class DecoderConfig:
     qkv_bias: bool = True
     qk_norm: bool = False
     tie_embeddings: bool = False
+    num_experts: int = 0  # > 0: every block's MLP is a sparse MoE of this many experts
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    moe_impl: str = "ragged"
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"
@@ -50,6 +57,12 @@ class DecoderConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
+        if self.num_experts:
+            self.moe_config()  # validates top-k and the implementation
+
+    def moe_config(self) -> MoEConfig:
+        return MoEConfig(self.hidden_size, self.moe_intermediate_size, self.num_experts, self.num_experts_per_tok,
+                         self.norm_topk_prob, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.moe_impl)
 
 
 class Attention(nnx.Module):
@@ -87,8 +100,13 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, t, -1)), cache_kv
 
 
+def default_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The default ``mlp_factory``: a sparse MoE when ``num_experts > 0``, else :func:`dense_mlp`."""
+    return SparseMoE(cfg.moe_config(), rngs=rngs) if cfg.num_experts else dense_mlp(cfg, rngs)
+
+
 def dense_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> nnx.Module:
-    """The default ``mlp_factory``: a SwiGLU of width ``intermediate_size``."""
+    """A SwiGLU of width ``intermediate_size``."""
     return SwiGLU(cfg.hidden_size, cfg.intermediate_size, rngs=rngs, dtype=dtype_of(cfg.dtype),
                   param_dtype=dtype_of(cfg.param_dtype))
 
@@ -115,7 +133,7 @@ class Block(nnx.Module):
 class Decoder(nnx.Module):
     """Token embedding, ``num_layers`` scanned blocks, final norm, LM head (tied or not)."""
 
-    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, mlp_factory: Callable = dense_mlp):
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, mlp_factory: Callable = default_mlp):
         pd, dt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
         self.cfg = cfg
         self.embed_tokens = nnx.Embed(

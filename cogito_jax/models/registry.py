@@ -5,6 +5,14 @@ parameter paths (``"llm/layers/self_attn/q_proj/kernel"``) to the HF on-disk ten
 ``{i}`` for the layer and ``{e}`` for the expert of a stacked parameter, see ``hf_weights``) and the
 layout change between them (``linear``, ``conv1d``, ``conv2d``, ``same``; ``hf_weights.LAYOUTS``).
 
+qwen3_omni_thinker (HF model_type ``qwen3_omni_moe_thinker``): the thinker of Qwen3-Omni
+(``Qwen3OmniMoeThinkerForConditionalGeneration``): the AuT encoder (``aut_encoder``), whose ``proj2``
+already ends at the LM width (no projector), and a Qwen3-MoE decoder (QK-RMSNorm, GQA, a sparse MoE in
+every layer). Its M-RoPE gives audio and text tokens three equal position components, which is plain
+1-D rotary; the forward's positions are ``cumsum(attention_mask) - 1``. The vision tower is not built:
+its tensors (``visual.*``) are skipped when loading and absent from what ``save_hf`` writes
+(transformers then initialises it afresh).
+
 qwen2_audio: HF's ``Qwen2AudioForConditionalGeneration`` never ties the LM head to the embeddings
 (its checkpoints always hold ``language_model.lm_head.weight``), whatever
 ``text_config.tie_word_embeddings`` says, so this family is always untied.
@@ -19,6 +27,7 @@ from typing import Any
 
 from flax import nnx
 
+from cogito_jax.models import aut_encoder, moe
 from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
 from cogito_jax.models.decoder import DecoderConfig
 from cogito_jax.models.hf_weights import CONV1D, LINEAR, SAME
@@ -29,11 +38,13 @@ OVERRIDES = ("dtype", "param_dtype", "remat", "attn_impl")  # run-time settings 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    name: str
+    name: str  # ours: the chat format's and ``configs/models/{name}.py``'s
+    model_type: str  # HF config.json's
     from_hf: Callable[[Mapping[str, Any]], AudioLMConfig]
     to_hf: Callable[[AudioLMConfig], dict]
     build: Callable[[AudioLMConfig, nnx.Rngs], nnx.Module]
     weights: Callable[[AudioLMConfig], dict[str, tuple[str, str]]]
+    skipped: tuple[str, ...] = ()  # prefixes of HF tensors of parts not built here
 
 
 def _rope_theta(text: Mapping[str, Any]) -> float:
@@ -62,10 +73,20 @@ def _with_defaults(section: Mapping[str, Any] | None, defaults: Mapping[str, Any
 
 
 
-def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
+def _check_overrides(overrides: Mapping[str, Any]) -> None:
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown model settings {sorted(unknown)}; known: {OVERRIDES}")
+
+
+def _fields_of(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides a config dataclass has fields for (the AuT encoder has no ``remat``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in overrides.items() if k in names}
+
+
+def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
+    _check_overrides(overrides)
     a, t = _with_defaults(hf.get("audio_config"), AUDIO_DEFAULTS), _with_defaults(hf.get("text_config"), TEXT_DEFAULTS)
     audio = WhisperEncoderConfig(
         num_mel_bins=a["num_mel_bins"], d_model=a["d_model"], num_layers=a["encoder_layers"],
@@ -143,17 +164,99 @@ def _qwen2_audio_weights(cfg: AudioLMConfig) -> dict[str, tuple[str, str]]:
     return w
 
 
+# ----------------------------------------------------------------------------- qwen3_omni_thinker
+
+Q3_TEXT_DEFAULTS = dict(vocab_size=152064, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+                        num_key_value_heads=4, head_dim=128, moe_intermediate_size=768, num_experts=128,
+                        num_experts_per_tok=8, norm_topk_prob=True, rms_norm_eps=1e-6, attention_bias=False,
+                        decoder_sparse_step=1, mlp_only_layers=[])
+Q3_AUDIO_DEFAULTS = dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+                         encoder_ffn_dim=5120, output_dim=2048, n_window=50, n_window_infer=800,
+                         downsample_hidden_size=480, max_source_positions=1500, conv_chunksize=500)
+
+
+def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
+    _check_overrides(overrides)
+    t = _with_defaults(hf.get("text_config"), Q3_TEXT_DEFAULTS)
+    a = _with_defaults(hf.get("audio_config"), Q3_AUDIO_DEFAULTS)
+    if t["attention_bias"]:
+        raise NotImplementedError("text_config.attention_bias=True is not supported")
+    if t["decoder_sparse_step"] != 1 or t["mlp_only_layers"]:
+        raise NotImplementedError(f"dense layers among the MoE ones (decoder_sparse_step={t['decoder_sparse_step']}, "
+                                  f"mlp_only_layers={t['mlp_only_layers']}) are not supported")
+    audio = aut_encoder.AuTEncoderConfig.from_hf(a, **_fields_of(aut_encoder.AuTEncoderConfig, overrides))
+    text = DecoderConfig(
+        vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
+        num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"],
+        head_dim=t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"],
+        intermediate_size=t.get("intermediate_size", t["moe_intermediate_size"]), rope_theta=_rope_theta(t),
+        rms_eps=t["rms_norm_eps"], qkv_bias=False, qk_norm=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), num_experts=t["num_experts"],
+        num_experts_per_tok=t["num_experts_per_tok"], moe_intermediate_size=t["moe_intermediate_size"],
+        norm_topk_prob=bool(t["norm_topk_prob"]), **overrides,
+    )
+    token = hf.get("audio_token_id", hf.get("audio_token_index", 151675))
+    return AudioLMConfig("qwen3_omni_thinker", audio, text, int(token),
+                         hf_extra=(("config", json.dumps(dict(hf))),), projector=False, positions_from_mask=True)
+
+
+def _qwen3_omni_to_hf(cfg: AudioLMConfig) -> dict:
+    base = json.loads(dict(cfg.hf_extra).get("config", "{}"))
+    t = cfg.text
+    base.setdefault("architectures", ["Qwen3OmniMoeThinkerForConditionalGeneration"])
+    base["model_type"] = "qwen3_omni_moe_thinker"
+    base["audio_token_id"] = cfg.audio_token_id
+    base["tie_word_embeddings"] = t.tie_embeddings
+    base["audio_config"] = {**base.get("audio_config", {}), **cfg.audio.to_hf()}
+    text = base.get("text_config", {})
+    rope = {**text.get("rope_parameters", {}), "rope_theta": t.rope_theta, "rope_type": "default"}
+    base["text_config"] = {**text, "model_type": "qwen3_omni_moe_text", "vocab_size": t.vocab_size,
+                           "hidden_size": t.hidden_size, "num_hidden_layers": t.num_layers,
+                           "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads,
+                           "head_dim": t.head_dim, "rms_norm_eps": t.rms_eps, "num_experts": t.num_experts,
+                           "num_experts_per_tok": t.num_experts_per_tok, "norm_topk_prob": t.norm_topk_prob,
+                           "moe_intermediate_size": t.moe_intermediate_size, "rope_parameters": rope,
+                           "tie_word_embeddings": t.tie_embeddings}
+    return base
+
+
+def _qwen3_omni_build(cfg: AudioLMConfig, rngs: nnx.Rngs) -> nnx.Module:
+    return AudioLM(cfg, aut_encoder.AuTEncoder(cfg.audio, rngs=rngs), rngs=rngs)
+
+
+def _qwen3_omni_weights(cfg: AudioLMConfig) -> dict[str, tuple[str, str]]:
+    llm = "model"
+    w = {f"audio_encoder/{k}": v for k, v in aut_encoder.hf_weight_table("audio_tower.").items()}
+    w["llm/embed_tokens/embedding"] = (f"{llm}.embed_tokens.weight", SAME)
+    w["llm/norm/weight"] = (f"{llm}.norm.weight", SAME)
+    layer = f"{llm}.layers.{{i}}."
+    for ln in ("input_layernorm", "post_attention_layernorm"):
+        w[f"llm/layers/{ln}/weight"] = (f"{layer}{ln}.weight", SAME)
+    for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        w[f"llm/layers/self_attn/{p}/kernel"] = (f"{layer}self_attn.{p}.weight", LINEAR)
+    for p in ("q_norm", "k_norm"):
+        w[f"llm/layers/self_attn/{p}/weight"] = (f"{layer}self_attn.{p}.weight", SAME)
+    w.update({f"llm/layers/mlp/{k}": v for k, v in moe.hf_weight_table(f"{layer}mlp.").items()})
+    if not cfg.text.tie_embeddings:
+        w["llm/lm_head/kernel"] = ("lm_head.weight", LINEAR)
+    return w
+
+
 FAMILIES: dict[str, Family] = {
-    "qwen2_audio": Family("qwen2_audio", _qwen2_audio_from_hf, _qwen2_audio_to_hf, _qwen2_audio_build,
+    "qwen2_audio": Family("qwen2_audio", "qwen2_audio", _qwen2_audio_from_hf, _qwen2_audio_to_hf, _qwen2_audio_build,
                           _qwen2_audio_weights),
+    "qwen3_omni_thinker": Family("qwen3_omni_thinker", "qwen3_omni_moe_thinker", _qwen3_omni_from_hf,
+                                 _qwen3_omni_to_hf, _qwen3_omni_build, _qwen3_omni_weights, skipped=("visual.",)),
 }
 
 
 def family_of(hf_config: Mapping[str, Any]) -> Family:
     mt = hf_config.get("model_type")
-    if mt not in FAMILIES:
-        raise ValueError(f"config.json model_type={mt!r} is not supported; supported: {sorted(FAMILIES)}")
-    return FAMILIES[mt]
+    for fam in FAMILIES.values():
+        if fam.model_type == mt:
+            return fam
+    raise ValueError(f"config.json model_type={mt!r} is not supported; supported: "
+                     f"{sorted(f.model_type for f in FAMILIES.values())}")
 
 
 def build(cfg: AudioLMConfig, seed: int = 0) -> nnx.Module:
@@ -186,5 +289,5 @@ def config_for(model_section: Mapping[str, Any], *, vocab_size: int | None = Non
         if vocab_size is not None:
             hf["text_config"]["vocab_size"] = vocab_size
         if audio_token_id is not None:
-            hf["audio_token_index"] = audio_token_id
+            hf["audio_token_id" if "audio_token_id" in hf else "audio_token_index"] = audio_token_id
     return family_of(hf).from_hf(hf, **overrides)
