@@ -45,6 +45,7 @@ class AuTEncoderConfig:
     downsample_hidden_size: int = 480
     max_source_positions: int = 1500
     conv_chunksize: int = 500  # HF's conv micro-batch; kept for the config round trip
+    max_frames: int = 3000  # the mel window runs pad audio to (static shapes; 30 s); not an HF field
     dtype: str = "float32"
     param_dtype: str = "float32"
     attn_impl: str = "xla"
@@ -56,6 +57,11 @@ class AuTEncoderConfig:
             raise ValueError(f"n_window_infer={self.n_window_infer} must be >= 2 * n_window = {2 * self.n_window}")
         if self.tokens_per_chunk > self.max_source_positions:
             raise ValueError(f"a chunk gives {self.tokens_per_chunk} tokens > max_source_positions")
+
+    @property
+    def num_frames(self) -> int:
+        """Mel frames per clip in training and sampling batches (the encoder itself takes any length)."""
+        return self.max_frames
 
     @property
     def chunk_frames(self) -> int:
@@ -85,7 +91,7 @@ class AuTEncoderConfig:
             n_window=a.get("n_window", 50), n_window_infer=a.get("n_window_infer", 800),
             downsample_hidden_size=a.get("downsample_hidden_size", 480),
             max_source_positions=a.get("max_source_positions", 1500), conv_chunksize=a.get("conv_chunksize", 500),
-            **overrides,
+            max_frames=a.get("max_frames", 3000), **overrides,
         )
 
     def to_hf(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ encoder (32 layers, d 1280, 20 heads, FFN 5120, 128 mel bins, output 2048, chunk
 attention windows of 800 frames, 480 conv channels) and a 48-layer MoE decoder (d 2048, 32 query / 4
 key-value heads of 128, QK-RMSNorm, 128 experts of width 768, top-8 renormalised, vocabulary 152064,
 M-RoPE theta 1e6 with interleaved sections [24, 20, 20]). The vision tower is listed so the config is
-complete; the models here do not build it.
+complete; the models here do not build it. ``max_frames`` (not an HF field) is the mel window that
+training and sampling batches pad audio to: 30 s, or 4 s for `tiny` (the synthetic clips).
 """
 
 from ml_collections import ConfigDict
@@ -15,7 +16,7 @@ def get_config(arg: str = "tiny") -> ConfigDict:
     if arg == "tiny":
         audio = dict(num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                      output_dim=32, n_window=50, n_window_infer=200, conv_chunksize=500, downsample_hidden_size=8,
-                     max_source_positions=64)
+                     max_source_positions=64, max_frames=400)
         text = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=8, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
                     max_position_embeddings=2048, mrope_section=[2, 1, 1])
