@@ -101,6 +101,7 @@ class AuTEncoderConfig:
             encoder_ffn_dim=self.ffn_dim, output_dim=self.output_dim, n_window=self.n_window,
             n_window_infer=self.n_window_infer, downsample_hidden_size=self.downsample_hidden_size,
             max_source_positions=self.max_source_positions, conv_chunksize=self.conv_chunksize,
+            max_frames=self.max_frames,
         )
 
 
