@@ -30,6 +30,12 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message is one line that names the bad value."""
 
 
+# Input pipeline options (cogito_jax.data.pipeline): packing several examples per row of data.max_len
+# tokens (at most max_clips_per_row audio clips each), and audio_buckets, increasing mel-frame widths
+# that batches of shorter clips are padded to instead of the encoder's full window.
+DATA_PIPELINE_DEFAULTS = dict(packing=False, max_clips_per_row=4, audio_buckets=(), num_workers=0)
+
+
 def base_config() -> ConfigDict:
     """Every key a run may set, with its default and type."""
     c = ConfigDict()
@@ -44,7 +50,8 @@ def base_config() -> ConfigDict:
         dict(num_processes=1, process_id=0, coordinator_address="localhost:12355", auto=False)
     )
     c.model = ConfigDict()
-    c.data = ConfigDict()
+    # The data source owns most data keys (see configs/tiny.py); the input pipeline's options are these.
+    c.data = ConfigDict(dict(DATA_PIPELINE_DEFAULTS))
     c.experiment = ConfigDict()
     c.train = ConfigDict(
         dict(
@@ -73,12 +80,27 @@ def base_config() -> ConfigDict:
             clip_norm=1.0,
         )
     )
+    # LoRA adapters (used when train.trainable="lora"): rank, alpha (the update is alpha / rank * A @ B), dropout
+    # (must be 0: adapters are applied in weight space) and a regex over the base model's parameter paths
+    # ("llm/layers/self_attn/q_proj/kernel", "llm/layers/mlp/gate_proj" for MoE experts) naming the kernels to adapt.
+    c.lora = ConfigDict(dict(rank=16, alpha=32.0, dropout=0.0, targets=r"^llm/layers/self_attn/(q|k|v|o)_proj/kernel$"))
     c.checkpoint = ConfigDict(dict(every=100, keep_last=3, keep_every=0, async_save=True))
-    # Self-distillation rounds (cogito_jax.distill): defaults from STaR / ReST-EM / RFT / R1-AQA.
+    # Self-distillation rounds (python -m cogito_jax.distill): defaults from STaR / ReST-EM / RFT / R1-AQA.
+    # The pool is pool_dir, else synthetic_pool generated questions (data.source=synthetic), else the training
+    # set; pool_size caps it (0 = all). all_wrong: "drop" prompts whose N samples were all wrong, or "hint":
+    # re-sample them once with the key in the prompt (hint_template) and keep correct traces as rationalised.
     c.distill = ConfigDict(dict(
         rounds=2, sft_steps=200, round_steps=200, num_samples=8, orders=2, temperature=1.0, max_new_tokens=96,
-        batch_size=32, pool_size=0, pool_dir="", eval_limit=0, min_thinking_chars=10, max_thinking_chars=4000,
-        max_per_prompt=4, all_right_weight=0.5, include_seed=True, from_base=True,
+        batch_size=32, pool_size=0, pool_dir="", synthetic_pool=0, eval_limit=0, min_thinking_chars=10,
+        max_thinking_chars=4000, max_per_prompt=4, all_right_weight=0.5, include_seed=True, from_base=True,
+        all_wrong="drop", hint_template='{question}\nHint: the correct answer is "{answer}". Reason your way to it.',
+        hint_weight=1.0,
+    ))
+    # python -m cogito_jax.sample: the model comes from model.checkpoint (an HF folder) or, when set,
+    # workdir (a run trained with this config); system is "challenge", "default" (the chat template's) or "none".
+    c.sample = ConfigDict(dict(
+        workdir="", num_samples=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256, batch_size=8, seed=0,
+        system="challenge", length_buckets=(64, 128, 256, 512, 1024, 2048, 4096),
     ))
     c.metrics = ConfigDict(dict(jsonl=True, tensorboard=True, wandb=False, wandb_project="cogito-jax"))
     return c
@@ -171,7 +193,107 @@ def validate(cfg: ConfigDict) -> ConfigDict:
         raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} must be cosine, linear or constant")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if "lora" in cfg:
+        validate_lora(cfg.lora)
+    if "data" in cfg:
+        validate_data(cfg.data)
+    if "sample" in cfg:
+        validate_sample(cfg.sample)
+    if "distill" in cfg:
+        validate_distill(cfg.distill)
     return cfg
+
+
+def validate_lora(lc: ConfigDict) -> None:
+    """Checks the ``lora`` section (adapters of ``train.trainable="lora"``)."""
+    import re
+
+    if lc.rank < 1:
+        raise ConfigError(f"lora.rank={lc.rank} must be >= 1")
+    if lc.alpha <= 0:
+        raise ConfigError(f"lora.alpha={lc.alpha} must be > 0")
+    if lc.dropout:
+        raise ConfigError(f"lora.dropout={lc.dropout}: adapters are merged into the weights, so input dropout is not "
+                          "available; use 0")
+    try:
+        re.compile(lc.targets)
+    except re.error as e:
+        raise ConfigError(f"lora.targets={lc.targets!r} is not a valid regex: {e}") from e
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_data(d: ConfigDict) -> None:
+    """Checks the input pipeline's keys of the ``data`` section (those of them the config sets)."""
+    if "packing" in d and not isinstance(d.packing, bool):
+        raise ConfigError(f"data.packing={d.packing!r} must be True or False")
+    for key, low in (("max_clips_per_row", 1), ("num_workers", 0), ("max_len", 1)):
+        if key in d and (not _is_int(d[key]) or d[key] < low):
+            raise ConfigError(f"data.{key}={d[key]!r} must be an integer >= {low}")
+    if "audio_buckets" in d:
+        b = d.audio_buckets
+        if (not isinstance(b, (tuple, list)) or any(not _is_int(x) or x < 1 for x in b)
+                or list(b) != sorted(set(b))):
+            raise ConfigError(f"data.audio_buckets={b!r} must be increasing positive mel-frame counts, "
+                              "e.g. (500, 1000)")
+
+
+DISTILL_ALL_WRONG = ("drop", "hint")
+
+
+def validate_distill(d: ConfigDict) -> None:
+    """Checks the ``distill`` section (self-distillation rounds)."""
+    for key in ("num_samples", "orders", "max_new_tokens", "batch_size", "max_per_prompt"):
+        if d[key] < 1:
+            raise ConfigError(f"distill.{key}={d[key]} must be >= 1")
+    for key in ("rounds", "sft_steps", "round_steps", "pool_size", "synthetic_pool", "eval_limit",
+                "min_thinking_chars"):
+        if d[key] < 0:
+            raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
+    if d.orders > d.num_samples:
+        raise ConfigError(f"distill.orders={d.orders} must be <= distill.num_samples={d.num_samples} "
+                          "(each choice order gets num_samples // orders samples)")
+    if d.temperature < 0:
+        raise ConfigError(f"distill.temperature={d.temperature} must be >= 0")
+    if d.max_thinking_chars < d.min_thinking_chars:
+        raise ConfigError(f"distill.max_thinking_chars={d.max_thinking_chars} is below "
+                          f"distill.min_thinking_chars={d.min_thinking_chars}")
+    for key in ("all_right_weight", "hint_weight"):
+        if d[key] < 0:
+            raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
+    if d.all_wrong not in DISTILL_ALL_WRONG:
+        raise ConfigError(f"distill.all_wrong={d.all_wrong!r} must be one of {', '.join(DISTILL_ALL_WRONG)}")
+    if d.all_wrong == "hint":
+        try:
+            d.hint_template.format(question="q", answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"distill.hint_template={d.hint_template!r} must use only {{question}} and "
+                              f"{{answer}}: {type(e).__name__}: {e}") from e
+        if "{answer}" not in d.hint_template or "{question}" not in d.hint_template:
+            raise ConfigError(f"distill.hint_template={d.hint_template!r} must contain {{question}} and {{answer}}")
+
+
+SYSTEM_PROMPTS = ("challenge", "default", "none")
+
+
+def validate_sample(s: ConfigDict) -> None:
+    """Checks the ``sample`` section (generation settings of ``python -m cogito_jax.sample``)."""
+    for key in ("num_samples", "max_new_tokens", "batch_size"):
+        if s[key] < 1:
+            raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
+    if s.temperature < 0:
+        raise ConfigError(f"sample.temperature={s.temperature} must be >= 0 (0 = greedy)")
+    if s.top_k < 0:
+        raise ConfigError(f"sample.top_k={s.top_k} must be >= 0 (0 = no top-k)")
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(f"sample.top_p={s.top_p} must be in (0, 1]")
+    if s.system not in SYSTEM_PROMPTS:
+        raise ConfigError(f"sample.system={s.system!r} must be one of {', '.join(SYSTEM_PROMPTS)}")
+    b = list(s.length_buckets)
+    if not b or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in b) or b != sorted(set(b)):
+        raise ConfigError(f"sample.length_buckets={tuple(b)} must be increasing positive integers")
 
 
 def validate_devices(cfg: ConfigDict, num_devices: int, num_slices: int = 1) -> None:

@@ -89,19 +89,13 @@ def _load_model(args: argparse.Namespace):
     """(model, tokenizer, family, max_frames, n_mels) from an HF checkpoint folder or a trained run."""
     if bool(args.checkpoint) == bool(args.workdir):
         raise BenchmarkError("give exactly one of --checkpoint HF_DIR or --workdir RUN (with --config)")
-    if args.checkpoint:
-        from cogito_jax.convert import load_hf
-        from cogito_jax.data import tokenizer as toklib
+    from cogito_jax.config import load_config
+    from cogito_jax.eval.predict import load_model
 
-        model, mcfg = load_hf(args.checkpoint)
-        tok = toklib.load(args.checkpoint)
-    else:
-        from cogito_jax.config import load_config
-        from cogito_jax.train.run import load_trained
-
-        if not args.config:
-            raise BenchmarkError("--workdir needs --config (the run's config file)")
-        model, tok, mcfg = load_trained(load_config(args.config, args.override or ()), args.workdir)
+    if args.workdir and not args.config:
+        raise BenchmarkError("--workdir needs --config (the run's config file)")
+    cfg = load_config(args.config, args.override or ()) if args.workdir else None
+    model, tok, mcfg = load_model(checkpoint=args.checkpoint, workdir=args.workdir, cfg=cfg)
     return model, tok, mcfg.family, mcfg.audio.num_frames, mcfg.audio.num_mel_bins
 
 

@@ -34,6 +34,31 @@ def items_from_records(source: Any, limit: int | None = None, order_seed: int | 
     return out
 
 
+def load_model(*, checkpoint: str | None = None, workdir: str | None = None, cfg: Any = None,
+               dtype: str = "float32", compute_dtype: str | None = None) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, model config) from a run trained here (``workdir`` with its config ``cfg``) or an HF
+    checkpoint folder holding config.json, safetensors and the tokenizer (parameters in ``dtype``)."""
+    if workdir:
+        from cogito_jax.train.run import load_trained
+
+        if cfg is None:
+            raise ValueError(f"loading the run in {workdir!r} needs its config")
+        return load_trained(cfg, workdir)
+    if not checkpoint:
+        raise ValueError("no model: give an HF checkpoint folder or a trained run's workdir")
+    from cogito_jax.convert import load_hf
+    from cogito_jax.data import tokenizer as toklib
+
+    model, mcfg = load_hf(checkpoint, dtype, compute_dtype=compute_dtype)
+    return model, toklib.load(checkpoint), mcfg
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """The end-of-turn and end-of-text ids generation stops on (those the tokenizer has)."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
+    return [i for i in dict.fromkeys(ids) if i is not None and i != tokenizer.unk_token_id]
+
+
 def model_generate_fn(model: Any):
     eng = engine_for(model)
 
@@ -51,8 +76,8 @@ def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out:
     cfg = driver.DriverConfig(family=family, batch_size=batch_size, num_samples=num_samples,
                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, max_frames=max_frames,
                               n_mels=n_mels, system=system, length_buckets=(64, 128, 192, 256, 384, 512, 1024))
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
-    driver.run(items, out, generate_fn=model_generate_fn(model), tokenizer=tokenizer, cfg=cfg, eos_token_ids=eos,
+    driver.run(items, out, generate_fn=model_generate_fn(model), tokenizer=tokenizer, cfg=cfg,
+               eos_token_ids=stop_ids(tokenizer),
                pad_token_id=tokenizer.pad_token_id, progress=progress)
     return driver.merge_outputs(out, [it["id"] for it in items], 1, num_samples)
 

@@ -7,6 +7,11 @@ are appended as soon as a batch finishes and each prompt's lines are written tog
 job resumes by skipping the prompt ids already in the file. In a multi-process job each process
 takes every ``process_count``-th prompt and writes its own file, ``<out>.process<i>-of-<n>``;
 :func:`merge_outputs` joins them and checks every prompt was done exactly once.
+
+An item is a mapping with ``id``, ``question`` and ``choices`` (the challenge's multiple-choice text; with no
+choices the question alone) or ``prompt_text`` (the user text as is), and optionally ``mel`` (float
+``[frames, n_mels]``). An item may also give ``n_frames`` beside ``mel``: then ``mel`` is read only when its
+batch is built, so a mapping that loads features on access keeps none of them in memory.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class DriverConfig:
     n_window: int = 50
     length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
     system: str | None = chat.CHALLENGE_SYSTEM
+
+
+class PromptError(ValueError):
+    """A prompt the driver cannot run (longer than every length bucket, features of the wrong width)."""
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -76,10 +85,15 @@ def resume_file(path: pathlib.Path, num_samples: int) -> set[str]:
 
 def _prepare(item: Mapping[str, Any], tokenizer: Any, cfg: DriverConfig) -> dict[str, Any]:
     fmt = chat.chat_format(cfg.family)
-    mel = item.get("mel")
-    n_frames = 0 if mel is None else min(int(np.asarray(mel).shape[0]), cfg.max_frames)
+    if "mel" in item and item.get("n_frames") is not None:
+        n_frames = int(item["n_frames"])
+    else:
+        mel = item.get("mel")
+        n_frames = 0 if mel is None else int(np.asarray(mel).shape[0])
+    n_frames = min(n_frames, cfg.max_frames)
     n_audio = chat.num_audio_tokens(cfg.family, n_frames, cfg.n_window) if n_frames else 0
-    text = item.get("prompt_text") or chat.mcq_text(item["question"], item["choices"])
+    text = item.get("prompt_text") or (chat.mcq_text(item["question"], item["choices"]) if item.get("choices")
+                                       else item["question"])
     ids = chat.encode_prompt(tokenizer, fmt, text, n_audio, cfg.system)
     return {"item": item, "ids": ids, "n_frames": n_frames}
 
@@ -95,11 +109,16 @@ def _batch_arrays(group: list[dict], cfg: DriverConfig, pad_id: int) -> dict[str
     if any(g["n_frames"] for g in rows):
         feats = np.zeros((b, cfg.n_mels, cfg.max_frames), np.float32)
         fmask = np.zeros((b, cfg.max_frames), np.int32)
-        for i, g in enumerate(rows):
+        for i, g in enumerate(group):
             n = g["n_frames"]
             if n:
-                feats[i, :, :n] = np.asarray(g["item"]["mel"], np.float32)[:n].T
+                mel = np.asarray(g["item"]["mel"], np.float32)
+                if mel.ndim != 2 or mel.shape[1] != cfg.n_mels or mel.shape[0] < n:
+                    raise PromptError(f"prompt {g['item']['id']!r}: audio features of shape {mel.shape}, the model "
+                                      f"takes [frames >= {n}, {cfg.n_mels}]")
+                feats[i, :, :n] = mel[:n].T
                 fmask[i, :n] = 1
+        feats[len(group):], fmask[len(group):] = feats[0], fmask[0]
         out.update(input_features=feats, feature_attention_mask=fmask)
     return out
 
@@ -130,6 +149,10 @@ def run(
     done = resume_file(path, cfg.num_samples)
     mine = [it for i, it in enumerate(items) if i % process_count == process_index and it["id"] not in done]
     prepared = sorted((_prepare(it, tokenizer, cfg) for it in mine), key=lambda g: len(g["ids"]))
+    if prepared and len(prepared[-1]["ids"]) > max(cfg.length_buckets):
+        g = prepared[-1]
+        raise PromptError(f"prompt {g['item']['id']!r} has {len(g['ids'])} tokens, more than the largest length "
+                          f"bucket {max(cfg.length_buckets)}")
     stats = {"prompts": len(prepared), "skipped_done": len(done), "tokens": 0, "seconds": 0.0}
     bar = tqdm(total=len(prepared), desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
     eos = set(int(e) for e in eos_token_ids)
