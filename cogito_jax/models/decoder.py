@@ -90,10 +90,12 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_kv is not None:  # write this step's keys/values at `index`, attend over the whole cache
-            ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
-            cache_kv = (k, v)
+            k_all, v_all, layer = cache_kv  # every layer's cache [L, B, S, K, H]: updated in place
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            cache_kv = (k_all, v_all)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_bts, cfg.head_dim ** -0.5,
                                     cfg.attn_impl)
@@ -189,13 +191,23 @@ class Decoder(nnx.Module):
             index = cache.index
         x = sharding.constrain(x_btd.astype(dtype_of(cfg.dtype)), ("batch", "length", "embed"))
 
-        def body(x, block, kv):
-            x, kv, aux = block(x, cos, sin, mask, kv, index)
-            return x, (kv, aux)
+        if cache is None:
+            def body(x, block):
+                x, _, aux = block(x, cos, sin, mask)
+                return x, aux
 
-        body = remat(body, cfg.remat)
-        kv_in = None if cache is None else (cache.k, cache.v)
-        x, (kv, aux) = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(x, self.layers, kv_in)
-        new_cache = None if cache is None else KVCache(kv[0], kv[1], valid, cache.index + t)
+            x, aux = nnx.scan(remat(body, cfg.remat), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
+            new_cache = None
+        else:
+            # The whole cache rides in the carry and each layer writes only its new slots, so a decode
+            # step never copies the cache; unrolled, the layer index is static and so are the slices.
+            def body(carry, block):
+                x, k_all, v_all, layer = carry
+                x, (k_all, v_all), aux = block(x, cos, sin, mask, (k_all, v_all, layer), index)
+                return (x, k_all, v_all, layer + 1), aux
+
+            (x, k_all, v_all, _), aux = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), unroll=True)(
+                (x, cache.k, cache.v, jnp.int32(0)), self.layers)
+            new_cache = KVCache(k_all, v_all, valid, cache.index + t)
         logits = self.logits(self.norm(x))
         return (logits, new_cache, aux) if return_aux else (logits, new_cache)

@@ -73,10 +73,21 @@ def select_tokens(
     logits_bv = logits_bv.astype(jnp.float32)
     greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     filtered_bv = filtered_logits(logits_bv, params)
-    sampled_b = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(keys_b, filtered_bv).astype(jnp.int32)
+    sampled_b = jax.vmap(sample_categorical)(keys_b, filtered_bv)
     tokens_b = jnp.where(params.temperature_b > 0, sampled_b, greedy_b)
     logprobs_bv = jax.nn.log_softmax(logits_bv, axis=-1)
     return tokens_b, jnp.take_along_axis(logprobs_bv, tokens_b[:, None], axis=-1)[:, 0]
+
+
+def sample_categorical(key: jax.Array, logits_v: jax.Array) -> jax.Array:
+    """One draw from ``softmax(logits_v)`` by inverting the cumulative distribution at one uniform number
+    (one random number per row instead of one per vocabulary entry); ``-inf`` logits are never drawn."""
+    probs_v = jax.nn.softmax(logits_v.astype(jnp.float32))
+    cdf_v = jnp.cumsum(probs_v)
+    u = jax.random.uniform(key, (), jnp.float32) * cdf_v[-1]
+    idx = jnp.searchsorted(cdf_v, u, side="right")
+    last = logits_v.shape[-1] - 1 - jnp.argmax(jnp.flip(probs_v) > 0)  # rounding can push u to the very top
+    return jnp.minimum(idx, last).astype(jnp.int32)
 
 
 def row_keys(seed_key: jax.Array, row_ids_b: jax.Array, step: jax.Array | int) -> jax.Array:
