@@ -14,15 +14,32 @@ and saving are exact: an fp32 or bf16 checkpoint read in its own dtype and saved
 bitwise-identical tensors. Under several processes every process calls it; process 0 writes.
 
 Layouts: a table entry's layout says how one HF tensor becomes ours, ``ours = hf.transpose(perm)``.
+
+Orbax: ``save_orbax(model, config, out_dir)`` writes ``out_dir/params`` (an Orbax checkpoint of the
+parameters as a nested dict keyed by our module paths, each array sharded as in memory) and
+``out_dir/config.json`` (the HF config, as ``save_hf`` writes it, with the parameters' ``dtype``), so
+the folder alone says what model it holds. ``load_orbax`` reads it back (straight into sharded arrays
+with a ``mesh``); ``load`` takes either kind of folder.
+
+CLI::
+
+    python -m cogito_jax.convert hf-to-orbax --hf DIR --out CKPT_DIR [--dtype bfloat16|float32]
+    python -m cogito_jax.convert orbax-to-hf --ckpt CKPT_DIR --out HF_DIR [--dtype ...] [--max-shard-gb 5]
+
+Without ``--dtype`` the parameters keep the checkpoint's own dtype, so HF -> Orbax -> HF is bitwise.
+Parameters are spread over all local devices (``fsdp``), so a model larger than one device fits.
+Bad input exits with code 2 and one line on stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
 import pathlib
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,6 +55,10 @@ from cogito_jax.train.optim import path_str
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+ORBAX_PARAMS = "params"
+_ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
 def _hf_index(index: tuple[slice, ...], layout: str) -> tuple[slice, ...]:
     """The slice of the HF tensor that holds our block ``index``."""
     perm = layout_perm(layout)
@@ -238,3 +259,180 @@ def save_hf(model: nnx.Module, config: AudioLMConfig, out_dir: str | pathlib.Pat
     if writer:
         (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return out
+
+
+# ----------------------------------------------------------------------------- Orbax
+
+
+def checkpoint_dtype(path: str | pathlib.Path) -> str | None:
+    """The one floating dtype of an HF checkpoint's tensors (``"bfloat16"``), or None when they mix dtypes."""
+    reader = _Reader(pathlib.Path(path))
+    found = {reader._slice(k).get_dtype() for k in reader.files}
+    names = {_ST_DTYPES.get(d) for d in found}
+    return names.pop() if len(names) == 1 and None not in names else None
+
+
+def _epath(path: Any):
+    """An absolute ``etils.epath`` path (local or a bucket such as ``gs://``), as Orbax wants it."""
+    from etils import epath
+
+    p = epath.Path(path)
+    return p if "://" in str(path) else epath.Path(pathlib.Path(path).resolve())
+
+
+def save_orbax(model: nnx.Module, config: AudioLMConfig, out_dir: Any, dtype: Any = None) -> Any:
+    """Writes ``out_dir/params`` (Orbax, our parameter tree) and ``out_dir/config.json`` (the HF config).
+
+    Parameters keep their dtype unless ``dtype`` is given; sharded arrays are written by the processes
+    that hold them. Refuses to overwrite an existing ``params`` folder.
+    """
+    import orbax.checkpoint as ocp
+
+    out = _epath(out_dir)
+    if (out / ORBAX_PARAMS).exists():
+        raise FileExistsError(f"{str(out / ORBAX_PARAMS)!r} already exists; choose a new output folder")
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if dtype is not None:
+        pure = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), pure)
+    leaves = jax.tree.leaves(pure)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        ckptr.save(out / ORBAX_PARAMS, pure)
+        ckptr.wait_until_finished()
+    finally:
+        ckptr.close()
+    hf = registry.FAMILIES[config.family].to_hf(config)
+    hf["dtype"] = jnp.dtype(leaves[0].dtype).name if leaves else "float32"
+    hf.pop("torch_dtype", None)
+    if jax.process_index() == 0:
+        (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    return out
+
+
+def is_orbax(path: Any) -> bool:
+    return (_epath(path) / ORBAX_PARAMS).is_dir()
+
+
+def load_orbax(path: Any, dtype: Any = None, *, mesh: jax.sharding.Mesh | None = None,
+               rules: sharding.Rules | None = None, compute_dtype: Any = None,
+               **config_overrides: Any) -> tuple[nnx.Module, AudioLMConfig]:
+    """The model and its config from a :func:`save_orbax` folder, parameters in ``dtype`` (default: as
+    stored). With a ``mesh`` each device reads only its block of every parameter."""
+    import orbax.checkpoint as ocp
+
+    path = _epath(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{str(path / 'config.json')!r} does not exist")
+    hf = json.loads((path / "config.json").read_text())
+    fam = registry.family_of(hf)
+    if not is_orbax(path):
+        raise FileNotFoundError(f"no Orbax parameters ({ORBAX_PARAMS}/) in {str(path)!r}")
+    pdt = jnp.dtype(dtype if dtype is not None else hf.get("dtype") or "float32")
+    cdt = jnp.dtype(compute_dtype if compute_dtype is not None else pdt)
+    cfg = fam.from_hf(hf, **{"param_dtype": pdt.name, "dtype": cdt.name, **config_overrides})
+    abstract = sharding.abstract_model(lambda: fam.build(cfg, nnx.Rngs(0)))
+    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree_util.tree_leaves(rest):
+        raise ValueError(f"family {fam.name} has non-parameter state that load_orbax cannot fill")
+    if mesh is not None:
+        shardings = nnx.to_pure_dict(sharding.state_shardings(abs_params, mesh, rules))
+    else:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: one, nnx.to_pure_dict(abs_params))
+    target = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          nnx.to_pure_dict(abs_params), shardings)
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        stored = ckptr.metadata(path / ORBAX_PARAMS)
+        stored = getattr(stored, "item_metadata", stored)
+        want = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+        have = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        if want != have:
+            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            raise ValueError(f"Orbax parameters in {str(path)!r} do not fit its config.json (family {fam.name}): "
+                             + ", ".join(f"{k}: stored {have.get(k)}, model {want.get(k)}" for k in diff[:5]))
+        restored = ckptr.restore(path / ORBAX_PARAMS, target)
+    finally:
+        ckptr.close()
+    nnx.replace_by_pure_dict(abs_params, restored)
+    return nnx.merge(graphdef, abs_params, rest), cfg
+
+
+def load(path: Any, dtype: Any = None, **kwargs: Any) -> tuple[nnx.Module, AudioLMConfig]:
+    """``load_orbax`` for a :func:`save_orbax` folder, else ``load_hf`` (``dtype`` default: as stored / fp32)."""
+    if is_orbax(path):
+        return load_orbax(path, dtype, **kwargs)
+    return load_hf(path, dtype if dtype is not None else jnp.float32, **kwargs)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _local_mesh() -> jax.sharding.Mesh:
+    return sharding.make_mesh({"fsdp": -1}, jax.local_devices())
+
+
+def _hf_to_orbax(args: argparse.Namespace) -> int:
+    src = pathlib.Path(args.hf)
+    if not src.is_dir():
+        raise FileNotFoundError(f"--hf folder {str(src)!r} does not exist")
+    registry.family_of(read_config(src))  # unknown model_type: fail before reading any tensor
+    if (_epath(args.out) / ORBAX_PARAMS).exists():
+        raise FileExistsError(f"{str(_epath(args.out) / ORBAX_PARAMS)!r} already exists; choose a new --out")
+    dtype = args.dtype or checkpoint_dtype(src) or "float32"
+    model, cfg = load_hf(src, dtype, mesh=_local_mesh(), rules=sharding.resolve_rules("fsdp"))
+    out = save_orbax(model, cfg, args.out)
+    print(f"wrote {cfg.family} ({dtype}) to {out}")
+    return 0
+
+
+def _orbax_to_hf(args: argparse.Namespace) -> int:
+    src = _epath(args.ckpt)
+    if not src.is_dir():
+        raise FileNotFoundError(f"--ckpt folder {args.ckpt!r} does not exist")
+    model, cfg = load_orbax(src, args.dtype, mesh=_local_mesh(), rules=sharding.resolve_rules("fsdp"))
+    out = save_hf(model, cfg, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    print(f"wrote {cfg.family} ({cfg.text.param_dtype}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cogito_jax.config import usage_error
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:
+            usage_error(message)
+
+    p = Parser(prog="python -m cogito_jax.convert", description="Convert between HF safetensors and Orbax.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    dtypes = ("float32", "bfloat16", "float16")
+    a = sub.add_parser("hf-to-orbax", help="an HF checkpoint folder -> an Orbax folder (params/ + config.json)")
+    a.add_argument("--hf", required=True, help="HF folder: config.json + *.safetensors")
+    a.add_argument("--out", required=True, help="new Orbax folder")
+    a.add_argument("--dtype", choices=dtypes, default=None, help="parameter dtype (default: the checkpoint's)")
+    a.set_defaults(fn=_hf_to_orbax)
+    b = sub.add_parser("orbax-to-hf", help="an Orbax folder written by hf-to-orbax -> an HF checkpoint folder")
+    b.add_argument("--ckpt", required=True, help="Orbax folder: params/ + config.json")
+    b.add_argument("--out", required=True, help="HF output folder")
+    b.add_argument("--dtype", choices=dtypes, default=None, help="tensor dtype (default: as stored)")
+    b.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size (an index above it)")
+    b.set_defaults(fn=_orbax_to_hf)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` and converts; bad input -> one line on stderr and exit code 2."""
+    from cogito_jax.config import usage_error
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, NotImplementedError) as e:
+        usage_error(" ".join(str(e).split()))
+    except OSError as e:
+        usage_error(" ".join(str(e).split()) if not e.strerror else f"{e.filename or ''}: {e.strerror}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

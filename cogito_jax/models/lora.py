@@ -8,10 +8,20 @@ layout (scanned layers included) without touching the model's code; freshly adde
 output unchanged. With the optimizer's ``trainable="lora"`` preset only ``lora_*`` parameters train.
 ``merge()`` returns the base model with the adapters folded in (for export). Input dropout on the
 adapter path is not part of this weight-space formulation (``dropout`` must be 0).
+
+``save_peft(lora, config, out_dir)`` writes the adapters in PEFT's layout (``adapter_config.json`` +
+``adapter_model.safetensors``) for the HF model of ``config``'s family, so PyTorch users load them with
+``peft.PeftModel.from_pretrained(hf_model, out_dir)``. Tensor keys are
+``base_model.model.<module>.lora_A.weight [r, in]`` / ``lora_B.weight [out, r]`` with ``<module>`` the
+transformers module name of the adapted Linear: the family's weight table gives its checkpoint name
+(one module per stacked layer), ``MODULE_PREFIXES`` the module tree transformers (>= 5) builds around
+it. ``target_modules`` is a regular expression that matches exactly the adapted modules.
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 from typing import Any
 
@@ -46,7 +56,7 @@ class LoRA(nnx.Module):
         if not found:
             raise ValueError(f"LoRA targets={targets!r} match no 2-D (or stacked) kernel of the model")
         self.base = base
-        self.rank, self.scale = rank, alpha / rank
+        self.rank, self.alpha, self.scale = rank, float(alpha), alpha / rank
         self.names = tuple(sorted(found))
         a, b = {}, {}
         for name in self.names:
@@ -95,3 +105,95 @@ class LoRA(nnx.Module):
 
 def _annotate(init, axes):
     return nnx.with_partitioning(init, axes) if axes else init
+
+
+# ----------------------------------------------------------------------------- PEFT export
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+
+
+# transformers (>= 5) module names of the HF checkpoint names, per family: (checkpoint prefix, module prefix),
+# first match wins. PEFT adapters are keyed by module names (what ``PeftModel.save_pretrained`` writes).
+MODULE_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "qwen2_audio": (("language_model.model.", "model.language_model."), ("language_model.lm_head", "lm_head"),
+                    ("audio_tower.", "model.audio_tower."), ("multi_modal_projector.", "model.multi_modal_projector.")),
+    "qwen3_omni_thinker": (("model.", "model.language_model."), ("audio_tower.", "model.audio_tower."),
+                           ("lm_head", "lm_head")),
+}
+
+
+def hf_module_name(family: str, checkpoint_name: str) -> str:
+    """The transformers module name of a checkpoint module name (``language_model.model.layers.0.mlp.up_proj``
+    -> ``model.language_model.layers.0.mlp.up_proj`` for qwen2_audio); unchanged for families not listed."""
+    for old, new in MODULE_PREFIXES.get(family, ()):
+        if checkpoint_name.startswith(old):
+            return new + checkpoint_name[len(old):]
+    return checkpoint_name
+
+
+def _modules_regex(modules: list[str]) -> str:
+    """A regex that fully matches exactly the given module names (``{i}``: any layer)."""
+    alts = (r"\.".join(r"\d+" if p == "{i}" else re.escape(p) for p in m.split(".")) for m in modules)
+    return "^(?:" + "|".join(dict.fromkeys(alts)) + ")$"
+
+
+def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_model_name_or_path: str | None = None,
+              task_type: str | None = "CAUSAL_LM", dtype: Any = None) -> pathlib.Path:
+    """Writes ``lora``'s adapters as a PEFT LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
+    for the HF model of ``config`` (the ``AudioLMConfig`` of ``lora.base``).
+
+    Every adapted kernel must be a Linear weight of the family's HF checkpoint (one per layer for stacked
+    layers); adapters on stacked experts or convolutions have no PEFT module and raise ``ValueError``.
+    Tensors keep the adapters' dtype unless ``dtype`` is given. Under several processes every process calls
+    it; process 0 writes.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from cogito_jax.convert import _host
+    from cogito_jax.models import registry
+    from cogito_jax.models.hf_weights import LINEAR, stack_names
+
+    fam = registry.FAMILIES[config.family]
+    table = fam.weights(config)
+    tensors: dict[str, np.ndarray] = {}
+    patterns: list[str] = []
+    linear = {hf_module_name(fam.name, key.removesuffix(".weight")) for key, layout in table.values()
+              if layout == LINEAR and key.endswith(".weight") and stack_names(key) in ([], ["i"])}
+    for name, (a, b) in lora.adapters().items():
+        if name not in table:
+            raise ValueError(f"adapted parameter {name!r} has no HF tensor in family {fam.name}")
+        key, layout = table[name]
+        stacked = stack_names(key)
+        if layout != LINEAR or not key.endswith(".weight") or stacked not in ([], ["i"]):
+            raise ValueError(f"adapter on {name!r} ({key}, layout {layout}) has no PEFT Linear module; "
+                             "PEFT export covers Linear weights of unstacked or per-layer modules")
+        module = hf_module_name(fam.name, key.removesuffix(".weight"))
+        patterns.append(module)
+        out_dtype = np.dtype(dtype if dtype is not None else a.dtype)
+        a_np, b_np = _host(a).astype(out_dtype), _host(b).astype(out_dtype)
+        layers = range(a_np.shape[0]) if stacked else [None]
+        for i in layers:
+            mod = module.format(i=i) if stacked else module
+            ai, bi = (a_np[i], b_np[i]) if stacked else (a_np, b_np)
+            tensors[f"base_model.model.{mod}.lora_A.weight"] = np.ascontiguousarray(ai.T)  # [r, in]
+            tensors[f"base_model.model.{mod}.lora_B.weight"] = np.ascontiguousarray(bi.T)  # [out, r]
+    # PEFT turns a regex into the adapted modules' last names for MoE models (whose experts it converts), so
+    # the modules that share such a name but have no adapter are excluded explicitly.
+    leaves = {m.rsplit(".", 1)[-1] for m in patterns}
+    others = sorted(m for m in linear - set(patterns) if m.rsplit(".", 1)[-1] in leaves)
+    peft_config = {
+        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": 0.0,
+        "target_modules": _modules_regex(patterns), "exclude_modules": _modules_regex(others) if others else None,
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    out = pathlib.Path(out_dir)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
+        (out / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2) + "\n")
+    return out
