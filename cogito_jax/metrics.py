@@ -3,12 +3,20 @@
 The training loop hands :meth:`MetricsWriter.write` device arrays and moves on; values are pulled to
 the host one step later (``write`` keeps the previous step pending), so logging never makes the host
 wait for the device. Only process 0 writes unless ``all_processes=True``.
+
+The workdir is an ``etils.epath`` path, local or ``gs://`` (epath's fsspec backend: ``gcsfs`` installed).
+Object stores cannot append, and a buffered remote file is only visible once closed, so for a remote
+workdir ``metrics.jsonl`` is kept in memory and the whole object rewritten at most every
+``remote_flush_s`` seconds, on :meth:`MetricsWriter.flush` with ``durable=True`` (the trainer's call before
+each checkpoint) and on close. Locally every line is appended and flushed at once. TensorBoard event
+files go through tensorboardX, which writes ``gs://`` with ``google-cloud-storage``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +37,33 @@ def _to_python(v: Any) -> Any:
     return v
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for an object-store URI (``gs://``, ``s3://``, ...), False for a local path."""
+    return "://" in os.fspath(path)
+
+
+class _ObjectLines:
+    """An append-only text object on storage without appends: the text is kept in memory and the object
+    rewritten whole (at most every ``interval_s`` seconds unless forced)."""
+
+    def __init__(self, path: epath.Path, interval_s: float):
+        self.path, self.interval_s = path, interval_s
+        self.text = path.read_text() if path.exists() else ""
+        self._dirty, self._last = False, time.monotonic()
+
+    def write(self, s: str) -> None:
+        self.text += s
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        if self._dirty and (force or time.monotonic() - self._last >= self.interval_s):
+            self.path.write_text(self.text)
+            self._dirty, self._last = False, time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
 class MetricsWriter:
     """Appends ``{"step": s, ...}`` lines to ``workdir/metrics.jsonl`` and scalars to TensorBoard."""
 
@@ -43,6 +78,7 @@ class MetricsWriter:
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         all_processes: bool = False,
+        remote_flush_s: float = 30.0,
     ):
         self.workdir = epath.Path(workdir)
         self.active = all_processes or is_main_process()
@@ -55,10 +91,13 @@ class MetricsWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if jsonl:
             path = self.workdir / "metrics.jsonl"
-            text = path.read_text() if path.exists() else ""
-            torn = bool(text) and not text.endswith("\n")
-            self._jsonl = path.open("a")
-            if torn:  # a crash cut the last line short: end it so the next record stays readable
+            if is_remote(path):
+                self._jsonl = _ObjectLines(path, remote_flush_s)
+                text = self._jsonl.text
+            else:
+                text = path.read_text() if path.exists() else ""
+                self._jsonl = path.open("a")
+            if text and not text.endswith("\n"):  # a crash cut the last line short: end it so the next one reads
                 self._jsonl.write("\n")
         if tensorboard:
             try:
@@ -85,11 +124,14 @@ class MetricsWriter:
         self.flush()
         self._emit(int(step), dict(metrics))
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
+        """Writes the pending step; ``durable`` also uploads a remote ``metrics.jsonl`` now."""
         if self._pending is not None:
             step, metrics = self._pending
             self._pending = None
             self._emit(step, metrics)
+        if durable and isinstance(self._jsonl, _ObjectLines):
+            self._jsonl.flush(force=True)
 
     def _emit(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:

@@ -343,3 +343,22 @@ def maybe_initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> b
         jax.distributed.initialize()
     logger.info("joined JAX job: process %d of %d", jax.process_index(), jax.process_count())
     return True
+
+
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[None]:
+    """Runs the body on process 0 first and on the others once it has finished (a barrier in between).
+
+    For work on shared storage that the first process does and the others then reuse (generating a
+    dataset, training a tokenizer): without it, N processes would write the same files at once.
+    """
+    if jax.process_count() == 1:
+        yield
+        return
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() != 0:
+        multihost_utils.sync_global_devices(f"{name}: process 0 done")
+    yield
+    if jax.process_index() == 0:
+        multihost_utils.sync_global_devices(f"{name}: process 0 done")

@@ -18,8 +18,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model = ConfigDict(dict(family=arg or "qwen2_audio", size="tiny", checkpoint="", dtype="float32",
                               param_dtype="float32", remat="none", attn_impl="xla"))
     # source: "synthetic" (generated into the workdir) or "records" (a dataset written by data_prep.build).
-    c.data = ConfigDict(dict(source="synthetic", num_train=256, num_heldout=64, seed=0, dir="", tokenizer="",
-                             vocab_size=512, max_len=192, use_thinking=True, num_workers=0))
+    c.data.update(dict(source="synthetic", num_train=256, num_heldout=64, seed=0, dir="", tokenizer="",
+                       vocab_size=512, max_len=192, use_thinking=True, num_workers=0))
     c.train.steps = 20
     c.train.batch_size = 8
     c.train.log_every = 1

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import shlex
 import subprocess
 import sys
+
+from etils import epath
 
 from cogito_jax.sweeps import load_sweep, run_name
 
@@ -32,7 +33,7 @@ def summarize(workdir: str, names: list[str], keys: tuple[str, ...] = ("step", "
     """A markdown table of each run's last logged value of ``keys`` (from its metrics.jsonl)."""
     rows = []
     for name in names:
-        path = pathlib.Path(workdir) / name / "metrics.jsonl"
+        path = epath.Path(workdir) / name / "metrics.jsonl"  # local or gs://
         last: dict = {}
         if path.exists():
             for line in path.read_text().splitlines():
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.print_only:
         return 0
     table = summarize(a.workdir, [n for n, _ in runs])
-    pathlib.Path(a.workdir, "sweep_summary.md").write_text(table)
+    (epath.Path(a.workdir) / "sweep_summary.md").write_text(table)
     print(table)
     if failed:
         print(f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -76,7 +76,8 @@ def setup_command(a: argparse.Namespace) -> str:
     return ("set -e; if [ -d cogito-jax ]; then git -C cogito-jax fetch -q origin; "
             f"else git clone -q {repo} cogito-jax; fi; "
             f"git -C cogito-jax checkout -q {ref}; cd cogito-jax; python3 -m venv .venv; "
-            ".venv/bin/pip install -q -r requirements.txt 'jax[tpu]'; .venv/bin/pip install -q --no-deps -e .")
+            ".venv/bin/pip install -q -r requirements.txt -r launch/requirements-tpu.txt 'jax[tpu]'; "
+            ".venv/bin/pip install -q --no-deps -e .")
 
 
 def run_command(cmd: Sequence[str]) -> str:

@@ -101,3 +101,106 @@ def test_sweep_print_only_and_summary(tmp_path):
                                                   json.dumps({"step": 2, "loss": 1.25}) + "\n")
     table = sweep_mod.summarize(str(tmp_path), ["a", "missing"])
     assert "| a | 2 | 1.25 | - |" in table and "| missing | - | - | - |" in table
+
+
+@pytest.mark.slow
+def test_sweep_runs_four_tiny_runs_and_summarises(tmp_path):
+    from cogito_jax import config as cfglib
+    from cogito_jax.data import prepare
+
+    # One generated corpus and tokenizer for the four runs (the sweep passes extra flags to every run).
+    paths = prepare.ensure_data(cfglib.load_config("configs/tiny.py", ["data.num_train=32", "data.num_heldout=0"]),
+                                tmp_path / "shared")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "launch/sweep.py", "--sweep", "configs/sweeps/tiny_lr.py", "--config",
+                        "configs/tiny.py", "--workdir", str(runs), "--config.train.steps=3",
+                        "--config.data.source=records", f"--config.data.dir={paths['train']}",
+                        f"--config.data.tokenizer={paths['tokenizer']}", "--config.checkpoint.every=100"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    names = ["lr=0.001,warmup_steps=0", "lr=0.001,warmup_steps=2", "lr=0.003,warmup_steps=0",
+             "lr=0.003,warmup_steps=2"]
+    table = (runs / "sweep_summary.md").read_text()
+    assert table in r.stdout
+    rows = [ln.strip("| ").split(" | ") for ln in table.splitlines()[2:]]
+    assert [row[0] for row in rows] == names
+    finals = {}
+    for name, step, loss, eval_loss in rows:
+        last = [json.loads(ln) for ln in (runs / name / "metrics.jsonl").read_text().splitlines()][-1]
+        assert step == "3" and last["step"] == 3 and eval_loss == "-"
+        assert loss == f"{last['loss']:.4g}"
+        finals[name] = last["loss"]
+    assert len(set(finals.values())) == 4  # each run trained with its own settings
+    assert finals["lr=0.003,warmup_steps=0"] < finals["lr=0.001,warmup_steps=2"]
+
+
+def _aot(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "launch/aot_compile.py", "--config", "configs/tiny.py", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_aot_compile_reports_memory_and_fails_when_it_does_not_fit():
+    # The TPU check needs libtpu (opt-in); cpu:N runs the same code path on local CPU devices.
+    r = _aot("--topology", "cpu:8", "--hbm_gib", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mesh data=8 x fsdp=1 x expert=1 x tensor=1 (8 devices)" in r.stdout
+    assert "parameters: 251,520 (238,720 trainable, train.trainable=full)" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("peak per chip"))
+    peak = float(line.split(" = ")[-1].split()[0])
+    assert 0 < peak < 1 and r.stdout.rstrip().endswith("fits")
+    r = _aot("--topology", "cpu:8", "--hbm_gib", "0.001", "--config.train.trainable=lora", "--config.mesh.data=2",
+             "--config.mesh.fsdp=4")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "mesh data=2 x fsdp=4 x expert=1 x tensor=1 (8 devices)" in r.stdout
+    assert "train.trainable=lora" in r.stdout and "DOES NOT FIT" in r.stderr
+    r = _aot("--topology", "cpu:8", "--hbm_gib", "1", "--config.train.batch_size=4")
+    assert r.returncode == 2 and "not divisible by the 8 data-parallel shards" in r.stderr
+    r = _aot("--topology", "v9:2x2")
+    assert r.returncode == 2 and "no HBM size known for 'v9:2x2'" in r.stderr
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """`gs://` paths served by fsspec's in-memory file system through epath's fsspec backend (no network)."""
+    import importlib
+
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}
+        pseudo_dirs = [""]
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", FakeGCS)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    yield FakeGCS
+    backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def test_metrics_writer_on_a_gs_workdir(fake_gcs):
+    from etils import epath
+
+    from cogito_jax.metrics import MetricsWriter, is_remote, read_jsonl
+
+    work = epath.Path("gs://bucket/run")
+    assert is_remote(work) and not is_remote(epath.Path("/tmp/run"))
+    w = MetricsWriter(work, tensorboard=False, remote_flush_s=3600)
+    w.write(1, {"loss": 2.0})
+    w.write(2, {"loss": 1.5})  # step 1 is emitted, but the object is rewritten at most hourly here
+    assert not (work / "metrics.jsonl").exists()
+    w.flush(durable=True)  # the trainer's call before a checkpoint
+    assert [r["loss"] for r in read_jsonl(work / "metrics.jsonl")] == [2.0, 1.5]
+    w.write(3, {"loss": 1.25})
+    w.close()
+    assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == [1, 2, 3]
+    # A resumed run keeps the lines already there (a torn last line is ended, not glued to the next one).
+    (work / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text() + '{"step": 4, "lo')
+    with MetricsWriter(work, tensorboard=False) as w:
+        w.write(4, {"loss": 1.0})
+    assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert "gs://bucket/run/metrics.jsonl" in fake_gcs.store  # it went through the (fake) gs:// file system

@@ -153,3 +153,26 @@ def test_parameter_count_of_the_released_config_equals_transformers():
     theirs = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith(("visual.", "model.visual.")))
     assert ours == theirs
     assert 30.0e9 < ours < 32.0e9
+
+
+def test_training_loss_with_router_aux_loss_equals_transformers(hf_dir, model):
+    """Token-mean cross-entropy + router_aux_loss_coef x load-balancing loss, as HF's loss with labels."""
+    from cogito_jax.train.step import lm_loss
+
+    _, hf = hf_dir
+    ids, feats, fmask, am = make_batch(seed=5)
+    # Targets predicted from a real position only (a left-padding position's output is not HF's).
+    prev_real = np.concatenate([np.zeros_like(am[:, :1]), am[:, :-1]], axis=1) == 1
+    labels = np.where((am == 1) & prev_real, ids, -100)
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), input_features=torch.tensor(feats),
+                 feature_attention_mask=torch.tensor(fmask), attention_mask=torch.tensor(am),
+                 labels=torch.tensor(labels), output_router_logits=True)
+    assert model.cfg.text.router_aux_loss_coef == pytest.approx(0.001)
+    targets = np.concatenate([ids[:, 1:], np.zeros_like(ids[:, :1])], axis=1)
+    loss_mask = np.concatenate([labels[:, 1:] != -100, np.zeros_like(ids[:, :1], bool)], axis=1)
+    batch = {k: jnp.asarray(v) for k, v in dict(input_ids=ids, input_features=feats, feature_attention_mask=fmask,
+                                                attention_mask=am, targets=targets, loss_mask=loss_mask).items()}
+    total, count = nnx.jit(lm_loss)(model, batch)
+    assert float(total / count) == pytest.approx(float(out.loss), rel=1e-5)
+    assert float(out.aux_loss) > 1.0  # the aux term is really in there: 8 experts, top-2 -> about 2

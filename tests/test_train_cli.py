@@ -1,5 +1,6 @@
-"""`python -m cogito_jax.train` (contract 5): kill -9 and resume gives the same per-step losses and
-examples as an uninterrupted run; SIGTERM saves the current step and exits 0."""
+"""`python -m cogito_jax.train` (contract 5): kill -9 and resume, with 2 Grain worker processes, gives the
+same per-step losses and examples as an uninterrupted run without workers; SIGTERM saves the current step
+and exits 0."""
 
 import json
 import os
@@ -13,7 +14,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--config", "configs/tiny.py", "--config.data.num_train=64", "--config.data.num_heldout=0",
-        "--config.checkpoint.every=3", "--config.checkpoint.async_save=False", "--config.train.steps=12"]
+        "--config.checkpoint.every=4", "--config.checkpoint.async_save=False", "--config.train.steps=8"]
+WORKERS = "--config.data.num_workers=2"
 
 
 def _start(workdir, *extra, data=None):
@@ -37,14 +39,14 @@ def _rows(workdir):
     return dict(sorted(rows.items()))
 
 
-def _wait_for_step(workdir, step, proc, timeout=300):
+def _wait_for_step(workdir, step, proc, timeout=300, poll=0.2):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if (workdir / "metrics.jsonl").exists() and max(_rows(workdir), default=0) >= step:
             return
         if proc.poll() is not None:
             raise AssertionError(proc.stdout.read())
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"step {step} not reached")
 
 
@@ -59,17 +61,18 @@ def reference(tmp_path_factory):
 
 @pytest.mark.slow
 def test_kill9_and_resume_is_exact(reference, tmp_path):
-    ref_dir, ref = reference
-    assert list(ref) == list(range(1, 13))
-    assert ref[12][0] < ref[1][0]
-    p = _start(tmp_path, data=ref_dir)
-    _wait_for_step(tmp_path, 8, p)
+    ref_dir, ref = reference  # 2N = 8 steps in one go, no workers
+    assert list(ref) == list(range(1, 9))
+    assert ref[8][0] < ref[1][0]
+    p = _start(tmp_path, WORKERS, data=ref_dir)
+    _wait_for_step(tmp_path, 5, p, poll=0.01)  # the checkpoint at N = 4 is written before step 5 starts
     p.send_signal(signal.SIGKILL)
     p.wait()
-    p = _start(tmp_path, data=ref_dir)
+    assert max(_rows(tmp_path)) < 8, "the run finished before it was killed"
+    p = _start(tmp_path, WORKERS, data=ref_dir)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
-    assert "resumed from step" in out
+    assert "resumed from step 4" in out
     assert _rows(tmp_path) == ref  # same loss bitwise and the same examples at every step
 
 
@@ -84,3 +87,23 @@ def test_sigterm_saves_and_exits_zero(reference, tmp_path):
     steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert steps and 4 <= steps[-1] < 500
     assert max(_rows(tmp_path)) == steps[-1]  # the checkpoint is at the step it stopped on
+
+
+def test_init_from_checkpoint_takes_the_runs_model_settings(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from cogito_jax import config as cfglib, sharding
+    from cogito_jax.convert import save_hf
+    from cogito_jax.models import registry
+    from cogito_jax.train import run
+
+    mcfg = registry.config_for({"family": "qwen2_audio", "size": "tiny"})
+    save_hf(registry.build(mcfg), mcfg, tmp_path / "hf")
+    cfg = cfglib.load_config("configs/tiny.py", {"model.dtype": "bfloat16", "model.param_dtype": "float32",
+                                                 "model.remat": "full", "model.attn_impl": "dot_product_attention"})
+    model, loaded = run.load_init(cfg, str(tmp_path / "hf"), sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+    for c in (loaded.text, loaded.audio, model.llm.cfg):
+        assert (c.dtype, c.param_dtype, c.remat, c.attn_impl) == ("bfloat16", "float32", "full",
+                                                                  "dot_product_attention")
+    assert model.llm.embed_tokens.embedding[...].dtype == jnp.float32

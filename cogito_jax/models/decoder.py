@@ -48,6 +48,7 @@ class DecoderConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
     moe_impl: str = "ragged"
+    router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in the training loss
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"

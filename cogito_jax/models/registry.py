@@ -193,7 +193,8 @@ def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
         rms_eps=t["rms_norm_eps"], qkv_bias=False, qk_norm=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), num_experts=t["num_experts"],
         num_experts_per_tok=t["num_experts_per_tok"], moe_intermediate_size=t["moe_intermediate_size"],
-        norm_topk_prob=bool(t["norm_topk_prob"]), **overrides,
+        norm_topk_prob=bool(t["norm_topk_prob"]), router_aux_loss_coef=float(t.get("router_aux_loss_coef", 0.001)),
+        **overrides,
     )
     token = hf.get("audio_token_id", hf.get("audio_token_index", 151675))
     return AudioLMConfig("qwen3_omni_thinker", audio, text, int(token),
@@ -216,6 +217,7 @@ def _qwen3_omni_to_hf(cfg: AudioLMConfig) -> dict:
                            "head_dim": t.head_dim, "rms_norm_eps": t.rms_eps, "num_experts": t.num_experts,
                            "num_experts_per_tok": t.num_experts_per_tok, "norm_topk_prob": t.norm_topk_prob,
                            "moe_intermediate_size": t.moe_intermediate_size, "rope_parameters": rope,
+                           "router_aux_loss_coef": t.router_aux_loss_coef,
                            "tie_word_embeddings": t.tie_embeddings}
     return base
 

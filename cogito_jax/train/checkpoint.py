@@ -1,7 +1,10 @@
 """Orbax checkpointing of everything a run needs to continue exactly where it stopped.
 
 A checkpoint at step ``s`` holds ``state`` (parameters that train, optimizer state, step, RNG key
-data), ``data`` (the input iterator's state, JSON) and ``meta`` (the config and free-form JSON).
+data), ``iterators`` (every process's input-iterator state, one JSON file per process: each process reads
+its own slice of the data, so their positions differ), ``data`` (process 0's iterator state, as older
+checkpoints have it) and ``meta`` (the config and free-form JSON). Every file goes through
+``etils.epath`` and Orbax, so a ``gs://`` workdir takes the same code path as a local one.
 Orbax writes each step into a temporary folder and renames it when complete, so a crash never
 leaves a half-written step behind; a step that fails to restore (e.g. its files were damaged) is
 skipped with a warning and the previous one is used.
@@ -9,6 +12,7 @@ skipped with a warning and the previous one is used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +38,43 @@ def _from_json_safe(state: Any) -> Any:
     return state
 
 
+def _process_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+class ProcessJsonHandler(ocp.CheckpointHandler):
+    """One JSON file per process (``process_{i}-of-{n}.json``); Orbax's JSON handler writes process 0's only."""
+
+    def save(self, directory: epath.Path, args: ProcessJsonSave) -> None:
+        (epath.Path(directory) / _process_file()).write_text(json.dumps(args.item))
+
+    def restore(self, directory: epath.Path, args: ProcessJsonRestore | None = None) -> Any:
+        """This process's value, or None when the checkpoint was written by a different number of processes."""
+        path = epath.Path(directory) / _process_file()
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessJsonSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(ProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessJsonRestore(ocp.args.CheckpointArgs):
+    pass
+
+
 class Checkpointer:
     """Keep-last-K plus keep-every-M checkpoints under ``workdir/checkpoints``; async saves."""
 
@@ -46,7 +87,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "iterators", "meta"))
 
     def save(self, step: int, state: Any, data_state: Any = None, meta: Mapping[str, Any] | None = None,
              force: bool = False) -> bool:
@@ -54,6 +96,7 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave({"iterator": _json_safe(data_state)}),
+            iterators=ProcessJsonSave({"iterator": _json_safe(data_state)}),
             meta=ocp.args.JsonSave(json.loads(json.dumps(dict(meta or {}), default=str))),
         )
         return self.manager.save(step, args=args, force=force)
@@ -91,11 +134,24 @@ class Checkpointer:
                 logger.warning("checkpoint step %d in %s cannot be restored (%s); trying the previous one",
                                s, self.directory, reason)
                 continue
-            return s, out["state"], _from_json_safe(out["data"]["iterator"]), dict(out["meta"])
+            return s, out["state"], self._iterator_state(s, out["data"]["iterator"]), dict(out["meta"])
         if errors:  # never silently start over on top of checkpoints that exist
             raise RuntimeError(f"no checkpoint in {self.directory} can be restored ({'; '.join(errors)}); "
                                "was the model or trainable set changed? use a new workdir or remove them")
         return None
+
+    def _iterator_state(self, step: int, process0: Any) -> Any:
+        """This process's iterator state at ``step``; process 0's for checkpoints without per-process states."""
+        own = None
+        if (self.directory / str(step) / "iterators").exists():
+            own = self.manager.restore(step, args=ocp.args.Composite(iterators=ProcessJsonRestore()))["iterators"]
+        if own is not None:
+            return _from_json_safe(own["iterator"])
+        if jax.process_count() > 1:
+            logger.warning("checkpoint step %d has no input-iterator state for process %d of %d; using process 0's, "
+                           "so this process's data order does not continue exactly", step, jax.process_index(),
+                           jax.process_count())
+        return _from_json_safe(process0)
 
     def wait(self) -> None:
         """Blocks until any async save has been committed."""

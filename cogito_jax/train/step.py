@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cogito_jax.models.moe import load_balancing_loss
+
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array]]  # -> (sum of token losses, token count)
 
@@ -40,15 +42,49 @@ def token_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: j
     return jnp.sum((lse_bt - target_logit_bt) * mask_bt), jnp.sum(mask_bt)
 
 
+def model_inputs(batch: Batch) -> dict[str, Any]:
+    """Keyword arguments of the model call for a pipeline batch.
+
+    Packed batches (``cogito_jax.data.pipeline``) hold ``[B, clips, n_mels, frames]`` audio: the clips are
+    flattened rows-then-clips, the order in which the model fills audio placeholder tokens, and
+    ``positions`` / ``segment_ids`` are passed on. Unpacked batches give the model its four HF arguments.
+    """
+    feats, fmask = batch.get("input_features"), batch.get("feature_attention_mask")
+    if feats is not None and feats.ndim == 4:
+        feats = feats.reshape((-1,) + feats.shape[2:])
+        fmask = fmask.reshape((-1, fmask.shape[-1]))
+    kw = dict(input_features=feats, feature_attention_mask=fmask, attention_mask=batch.get("attention_mask"))
+    kw.update({k: batch[k] for k in ("positions", "segment_ids") if k in batch})
+    return kw
+
+
+def lm_logits(model: nnx.Module, batch: Batch) -> jax.Array:
+    """Logits ``[B, T, V]`` of an audio LM on a pipeline batch (packed or not)."""
+    return model(batch["input_ids"], **model_inputs(batch))
+
+
+def _text_config(model: nnx.Module) -> Any:
+    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "base", None), "cfg", None)  # LoRA wraps `base`
+    return getattr(cfg, "text", None)
+
+
 def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Next-token loss of an audio LM on a pipeline batch (see ``cogito_jax.data.pipeline``)."""
-    logits = model(
-        batch["input_ids"],
-        input_features=batch.get("input_features"),
-        feature_attention_mask=batch.get("feature_attention_mask"),
-        attention_mask=batch.get("attention_mask"),
-    )
-    return token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    """Next-token loss of an audio LM on a pipeline batch (see ``cogito_jax.data.pipeline``).
+
+    For a mixture-of-experts LM with ``router_aux_loss_coef > 0`` the load-balancing loss over the real
+    tokens is added with that weight, as in HF's training loss (it enters the sum as ``coef * aux *
+    count``, so the token mean carries ``coef * aux``).
+    """
+    text = _text_config(model)
+    if text is None or not getattr(text, "num_experts", 0) or not text.router_aux_loss_coef:
+        return token_cross_entropy(lm_logits(model, batch), batch["targets"], batch["loss_mask"])
+    logits, router_logits = model(batch["input_ids"], **model_inputs(batch), return_aux=True)
+    total, count = token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    real = batch.get("attention_mask")
+    if "segment_ids" in batch:
+        real = batch["segment_ids"] != 0
+    aux = load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, real)
+    return total + text.router_aux_loss_coef * aux * count, count
 
 
 def _split_micro(batch: Batch, n: int) -> Batch:

@@ -6,23 +6,31 @@ from the newest checkpoint in ``workdir`` by itself (parameters, optimizer, step
 iterator's position), so a killed run continues with the next unseen batch and produces the same
 losses it would have without the interruption. SIGTERM (preemption) saves the current step and
 returns normally.
+
+The compiled step comes from :func:`compile_train_step` over a :func:`prepare`d model (what trains, what
+stays frozen, the optimizer state and every sharding); ``launch/aot_compile.py`` compiles the same step
+for a TPU topology from an abstract model. With ``train.trainable="lora"`` the model is wrapped in
+``cogito_jax.models.lora.LoRA`` (:func:`for_training`): only the adapters train and are checkpointed.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 from etils import epath
 from flax import nnx
 
 from cogito_jax import config as cfglib, metrics as metricslib, sharding
-from cogito_jax.data.pipeline import global_batch
+from cogito_jax.data.pipeline import BOOKKEEPING, global_batch
 from cogito_jax.log import logger
+from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
 from cogito_jax.train.step import LossFn, TrainState, lm_loss, make_eval_step, make_train_step
@@ -55,6 +63,110 @@ def _replicated(mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+# ----------------------------------------------------------------------------- what trains and how it is laid out
+
+
+def for_training(cfg: Any, model: nnx.Module) -> nnx.Module:
+    """The module that trains: ``model`` wrapped in LoRA adapters (``cfg.lora``) when ``train.trainable="lora"``.
+
+    Works on a real or an abstract (``nnx.eval_shape``) model; the adapters carry logical-axis metadata, so
+    they are sharded like the kernels they adapt.
+    """
+    if cfg.train.trainable != "lora" or isinstance(model, LoRA):
+        return model
+    lc = cfg.lora
+    with nnx.use_eager_sharding(False):
+        return LoRA(model, rank=lc.rank, alpha=lc.alpha, targets=lc.targets, dropout=lc.dropout,
+                    rngs=nnx.Rngs(params=cfg.seed + 1))
+
+
+def unwrap(model: nnx.Module) -> nnx.Module:
+    """The plain model of a trained one (LoRA adapters folded into the base kernels), for sampling and export."""
+    return model.merge() if isinstance(model, LoRA) else model
+
+
+def abstract_sharded(factory: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
+                     rules: sharding.Rules | None = None) -> nnx.Module:
+    """``factory()``'s shapes and dtypes with the shardings ``sharding.create_sharded`` would give it (no arrays)."""
+    graphdef, abs_state = nnx.split(sharding.abstract_model(factory))
+    shardings = sharding.state_shardings(abs_state, mesh, rules)
+    state = jax.tree.map(
+        lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s.get_value()))
+        if isinstance(v, nnx.Variable) else v,
+        abs_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return nnx.merge(graphdef, state)
+
+
+class Prepared(NamedTuple):
+    """A model split for training, its first state and every sharding the compiled step uses.
+
+    ``state`` and ``frozen`` hold arrays, or ``jax.ShapeDtypeStruct``s with shardings when prepared from an
+    abstract model (ahead-of-time compilation).
+    """
+
+    graphdef: nnx.GraphDef
+    state: TrainState
+    frozen: Any
+    state_sh: TrainState
+    frozen_sh: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: jax.sharding.Mesh
+    rules: sharding.Rules
+
+
+def prepare(cfg: Any, model: nnx.Module, mesh: jax.sharding.Mesh, rules: sharding.Rules) -> Prepared:
+    """Splits ``model`` (already wrapped by :func:`for_training` and sharded, or abstract with shardings) into
+    what trains and what stays frozen, and builds the optimizer state at step 0 with its shardings."""
+    graphdef, params, frozen = nnx.split(model, optim.trainable_filter(cfg.train.trainable), ...)
+    abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+    tx, schedule = optim.make_tx(cfg.optim, cfg.train.steps)
+    params_sh = jax.tree.map(lambda x: x.sharding, params)
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+    rep = _replicated(mesh)
+    # Moments are laid out like their parameters, scalars replicated (a plain jit(tx.init) would replicate the
+    # zeros it creates on every device).
+    abstract_opt = jax.eval_shape(tx.init, params)
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, params_sh,
+                                   transform_non_params=lambda node: jax.tree.map(lambda _: rep, node))
+    if abstract:
+        opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_opt,
+                                 opt_sh)
+        rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        state = TrainState(params, opt_state, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+                           jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rep))
+    else:
+        with jax.set_mesh(mesh):
+            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        state = TrainState(params, opt_state, jax.device_put(jnp.int32(0), rep),
+                           jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), rep))
+    return Prepared(graphdef, state, frozen, TrainState(params_sh, opt_sh, rep, rep), frozen_sh, tx, schedule, mesh,
+                    rules)
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: jax.sharding.Mesh, rules: sharding.Rules) -> dict:
+    """The layout of a global batch (rows over the data-parallel axes), as ``pipeline.global_batch`` makes it."""
+    return {k: jax.sharding.NamedSharding(
+        mesh, sharding.logical_to_spec(("batch",) + (None,) * (len(v.shape) - 1), rules, mesh))
+        for k, v in batch.items()}
+
+
+def compile_train_step(p: Prepared, batch: Mapping[str, Any], loss_fn: LossFn = lm_loss, grad_accum: int = 1):
+    """The train step jitted with explicit in/out shardings (state donated), lowered for ``batch`` (arrays or
+    ShapeDtypeStructs) and compiled: the one place the trainer and ``launch/aot_compile.py`` get it from."""
+    batch_sh = batch_shardings(batch, p.mesh, p.rules)
+    step_fn = make_train_step(p.graphdef, p.tx, loss_fn, grad_accum)
+    jitted = jax.jit(step_fn, in_shardings=(p.state_sh, p.frozen_sh, batch_sh),
+                     out_shardings=(p.state_sh, _replicated(p.mesh)), donate_argnums=0)
+    with jax.set_mesh(p.mesh), sharding.use_rules(p.rules):
+        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k]) for k, v in batch.items()}
+        return jitted.lower(p.state, p.frozen, abstract_batch).compile()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
 def run(
     cfg: Any,
     workdir: str,
@@ -66,7 +178,11 @@ def run(
     mesh: jax.sharding.Mesh | None = None,
     model: nnx.Module | None = None,
 ) -> dict[str, Any]:
-    """Trains; returns the last logged metrics. ``train_data`` is a checkpointable Grain IterDataset."""
+    """Trains; returns the last logged metrics. ``train_data`` is a checkpointable Grain IterDataset.
+
+    ``model`` (or ``model_factory()``) is the base model; with ``train.trainable="lora"`` it is wrapped in
+    adapters here (:func:`for_training`), so only the adapters train and are checkpointed.
+    """
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or sharding.make_mesh(cfg.mesh)
@@ -77,24 +193,17 @@ def run(
 
     with sharding.use_rules(rules):
         if model is None:
-            model = sharding.create_sharded(model_factory, mesh, rules)
+            model = sharding.create_sharded(lambda: for_training(cfg, model_factory()), mesh, rules)
         else:
-            model = sharding.place(model, mesh, rules)
-    graphdef, params, frozen = nnx.split(model, optim.trainable_filter(cfg.train.trainable), ...)
-    n_train = sum(x.size for x in jax.tree.leaves(params))
+            model = sharding.place(for_training(cfg, model), mesh, rules)
+    p = prepare(cfg, model, mesh, rules)
+    state, frozen = p.state, p.frozen
+    n_train = sum(x.size for x in jax.tree.leaves(state.params))
     n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))
     logger.info("parameters: %s trainable of %s", f"{n_train:,}", f"{n_all:,}")
-
-    tx, schedule = optim.make_tx(cfg.optim, cfg.train.steps)
-    params_sh = jax.tree.map(lambda x: x.sharding, params)
-    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-    with jax.set_mesh(mesh):
-        opt_state = jax.jit(tx.init)(params)
-    opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
-    rep = _replicated(mesh)
-    state = TrainState(params, opt_state, jax.device_put(jnp.int32(0), rep),
-                       jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), rep))
-    state_sh = TrainState(params_sh, opt_sh, rep, rep)
+    meta = {"config": cfg.to_dict(), "trainable_parameters": n_train}
+    if isinstance(model, LoRA):
+        meta["lora_targets"] = list(model.names)
 
     ckpt = Checkpointer(workdir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every, cfg.checkpoint.async_save)
     data_iter = iter(train_data)
@@ -107,36 +216,37 @@ def run(
         logger.info("resumed from step %d in %s", step0, ckpt.directory)
     start = int(state.step)
 
-    step_fn = make_train_step(graphdef, tx, loss_fn, cfg.train.grad_accum)
     writer = metricslib.from_config(workdir, cfg)
+    index_sum = jax.jit(jnp.sum, out_shardings=_replicated(mesh))
     last: dict[str, Any] = {}
-    compiled = None
+    compiled_by_shape: dict[tuple, Any] = {}  # one executable per batch shape (audio buckets)
     t_last = time.time()
     try:
         with _Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
             for step in range(start, cfg.train.steps):
                 local = next(data_iter)
-                # Which examples this step consumed (this process's rows), to audit resumption.
-                consumed = int(local["index"].sum()) if "index" in local else -1
                 batch = global_batch(_model_inputs(local), mesh)
+                # Which examples this step consumed (all processes' rows, summed on device), to audit resumption.
+                positions = _positions(local)
+                consumed = -1 if positions is None else index_sum(global_batch({"index": positions}, mesh)["index"])
+                key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+                compiled = compiled_by_shape.get(key)
                 if compiled is None:
-                    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-                    jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                                     out_shardings=(state_sh, rep), donate_argnums=0)
-                    compiled = jitted.lower(state, frozen, batch).compile()
+                    compiled = compiled_by_shape[key] = compile_train_step(p, batch, loss_fn, cfg.train.grad_accum)
                     _log_memory(compiled)
                 state, metrics = compiled(state, frozen, batch)
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                     now = time.time()
-                    writer.write(done, {**metrics, "lr": schedule(step), "step_time": (now - t_last),
+                    writer.write(done, {**metrics, "lr": p.schedule(step), "step_time": (now - t_last),
                                         "data_index_sum": consumed})
                     t_last = now
                     last = {"step": done, **metrics}
                 if cfg.train.eval_every and eval_data is not None and done % cfg.train.eval_every == 0:
-                    writer.write_now(done, evaluate(graphdef, state.params, frozen, eval_data(), mesh, loss_fn))
+                    writer.write_now(done, evaluate(p.graphdef, state.params, frozen, eval_data(), mesh, loss_fn))
                 if done % cfg.checkpoint.every == 0 or done == cfg.train.steps or preempt.requested:
-                    ckpt.save(done, state, data_iter.get_state(), {"config": cfg.to_dict()}, force=True)
+                    writer.flush(durable=True)  # metrics.jsonl holds every step up to a checkpoint before it
+                    ckpt.save(done, state, data_iter.get_state(), meta, force=True)
                 if preempt.requested:
                     break
     finally:  # a crash still records the steps that ran and finishes any async save
@@ -160,7 +270,15 @@ def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: L
 
 def _model_inputs(local: dict) -> dict:
     """A pipeline batch without its bookkeeping fields."""
-    return {k: v for k, v in local.items() if k != "index"}
+    return {k: v for k, v in local.items() if k not in BOOKKEEPING}
+
+
+def _positions(local: dict) -> np.ndarray | None:
+    """The stream positions of a batch's examples (0 for empty packed clip slots, which hold -1); None if unknown."""
+    if "index" not in local:
+        return None
+    index = np.asarray(local["index"])
+    return np.where(index >= 0, index, 0).astype(np.int32)
 
 
 def _log_memory(compiled) -> None:

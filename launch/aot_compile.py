@@ -1,0 +1,154 @@
+"""Ahead-of-time compile check: does a config's train step fit a TPU slice's HBM?
+
+    python launch/aot_compile.py --config configs/audio_cogito.py --topology v5p:4x4x4 [--config.a.b=v ...]
+
+Compiles the train step exactly as the trainer does (``cogito_jax.train.trainer.prepare`` and
+``compile_train_step``: same LoRA wrapping, trainable split, optimizer state, shardings, donation) for
+the devices of a TPU topology, on any machine with libtpu installed and no TPU attached: the model is
+abstract (``nnx.eval_shape``, no weights), the mesh is the run's ``mesh`` config over the topology's
+chips. Prints XLA's ``memory_analysis()`` of the compiled SPMD program (every chip runs the same
+program, so the numbers are per chip) and exits 1 if the peak does not fit the chip's HBM (``HBM_GIB``,
+or ``--hbm_gib``), 0 if it fits.
+
+libtpu is not a dependency of the project: ``pip install 'libtpu==0.0.42.*'`` (the version jax 0.10.2's
+``tpu`` extra pins; other jax versions pin their own), or put an unpacked wheel on ``PYTHONPATH``.
+``--topology cpu:N`` compiles for N local CPU devices instead (no libtpu; a check of this script).
+Topology names: ``v5p:2x4x4`` is a v5p-64 slice (32 chips, v5p accelerator types count TensorCores),
+``v5p:4x4x4`` a v5p-128 (64 chips), ``v6e:8x8`` a v6e-64, ``v5e:8x8`` a v5litepod-64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# HBM per chip, GiB.
+HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="launch/aot_compile.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="config file, path.py[:arg]")
+    p.add_argument("--topology", required=True, help="TPU topology (v5p:4x4x4, v6e:8x8, ...) or cpu:N")
+    p.add_argument("--hbm_gib", type=float, default=None, help="memory per chip to check against (default: table)")
+    a, rest = p.parse_known_args(argv)
+    bad = [x for x in rest if not x.startswith("--config.") or "=" not in x]
+    if bad:
+        p.error(f"unrecognised arguments {bad}; config overrides look like --config.a.b=value")
+    if a.topology.startswith("cpu:"):
+        if not a.topology[4:].isdigit():
+            p.error(f"--topology {a.topology!r}: use cpu:N with N devices")
+    elif a.hbm_gib is None and a.topology.split(":")[0] not in HBM_GIB:
+        p.error(f"no HBM size known for {a.topology!r} (known: {sorted(HBM_GIB)}); pass --hbm_gib")
+    if a.topology.startswith("cpu:") and a.hbm_gib is None:
+        p.error("--topology cpu:N needs --hbm_gib")
+    return a, rest
+
+
+def devices_for(topology: str) -> list:
+    """The devices of ``topology``: a TPU topology description's (needs libtpu) or N local CPU devices."""
+    import jax
+
+    if topology.startswith("cpu:"):
+        n = int(topology[4:])
+        devices = jax.devices("cpu")
+        if len(devices) < n:
+            raise SystemExit(f"aot_compile: error: {n} CPU devices asked for, {len(devices)} present")
+        return devices[:n]
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        raise SystemExit(f"aot_compile: error: no TPU topology {topology!r} ({why}); is libtpu installed "
+                         "(pip install 'libtpu==0.0.42.*')?") from e
+
+
+def abstract_batch(cfg, mcfg) -> dict:
+    """ShapeDtypeStructs of the largest global batch ``cogito_jax.data.pipeline`` makes for the run: padded
+    rows, or packed rows (``data.packing``: segment ids, positions and ``max_clips_per_row`` clips per row);
+    audio at the encoder's full window (the last audio bucket)."""
+    import jax
+    import jax.numpy as jnp
+
+    b, t = cfg.train.batch_size, cfg.data.max_len
+    mels, frames = mcfg.audio.num_mel_bins, mcfg.audio.num_frames
+    sds = jax.ShapeDtypeStruct
+    batch = {"input_ids": sds((b, t), jnp.int32), "targets": sds((b, t), jnp.int32),
+             "loss_mask": sds((b, t), jnp.float32), "attention_mask": sds((b, t), jnp.int32),
+             "input_features": sds((b, mels, frames), jnp.float32),
+             "feature_attention_mask": sds((b, frames), jnp.int32)}
+    if cfg.data.get("packing"):
+        c = cfg.data.max_clips_per_row
+        batch.update(segment_ids=sds((b, t), jnp.int32), positions=sds((b, t), jnp.int32),
+                     input_features=sds((b, c, mels, frames), jnp.float32),
+                     feature_attention_mask=sds((b, c, frames), jnp.int32))
+    return batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, overrides = _parse(argv)
+    if a.topology.startswith("cpu:"):
+        flag = f"--xla_force_host_platform_device_count={a.topology[4:]}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    from cogito_jax import config as cfglib, log, sharding
+    from cogito_jax.models import registry
+    from cogito_jax.train import trainer
+    from cogito_jax.train.step import lm_loss
+
+    log.setup()
+    try:
+        cfg = cfglib.load_config(a.config, overrides)
+        devices = devices_for(a.topology)
+        cfglib.validate_devices(cfg, len(devices))
+    except cfglib.ConfigError as e:
+        print(f"aot_compile: error: {e}", file=sys.stderr)
+        return 2
+    hbm = a.hbm_gib if a.hbm_gib is not None else HBM_GIB[a.topology.split(":")[0]]
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    rules = sharding.resolve_rules(cfg.sharding.rules)
+    mcfg = registry.config_for(cfg.model)
+    print(f"topology {a.topology}: {len(devices)} x {devices[0].device_kind}, mesh {sharding.describe(mesh)}, "
+          f"rules {cfg.sharding.rules}", flush=True)
+
+    t0 = time.time()
+    with sharding.use_rules(rules):
+        model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(mcfg, cfg.seed)), mesh,
+                                         rules)
+    p = trainer.prepare(cfg, model, mesh, rules)
+    n_train = sum(x.size for x in jax.tree.leaves(p.state.params))
+    n_all = n_train + sum(x.size for x in jax.tree.leaves(p.frozen))
+    print(f"parameters: {n_all:,} ({n_train:,} trainable, train.trainable={cfg.train.trainable}); "
+          f"abstract model and optimizer state in {time.time() - t0:.1f} s", flush=True)
+    batch = abstract_batch(cfg, mcfg)
+    print("batch: " + ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in batch.items()), flush=True)
+    t0 = time.time()
+    compiled = trainer.compile_train_step(p, batch, lm_loss, cfg.train.grad_accum)
+    print(f"lowered and compiled the train step in {time.time() - t0:.1f} s", flush=True)
+
+    mem = compiled.memory_analysis()
+    if mem is None:
+        print("aot_compile: error: this backend reports no memory analysis", file=sys.stderr)
+        return 2
+    gib = 2.0**30
+    fields = ("argument", "output", "alias", "temp", "generated_code")
+    sizes = {f: getattr(mem, f"{f}_size_in_bytes") / gib for f in fields}
+    peak = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"] + sizes["generated_code"]
+    print("memory_analysis() per chip (GiB): " + ", ".join(f"{f} {v:.3f}" for f, v in sizes.items()))
+    print(f"peak per chip = arguments + outputs - aliased (donated) + temporaries + code = {peak:.2f} GiB "
+          f"of {hbm:g} GiB HBM ({100 * peak / hbm:.0f} %)")
+    if peak > hbm:
+        print(f"DOES NOT FIT: {peak:.2f} GiB > {hbm:g} GiB per chip", file=sys.stderr)
+        return 1
+    print("fits")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
