@@ -192,3 +192,43 @@ def test_sigterm_saves_current_step_and_reports_preemption(tmp_path, corpus):
     ck = Checkpointer(tmp_path)
     assert ck.steps() == [4]
     ck.close()
+
+
+class PoisonAfter(CrashAfter):
+    """Batches after the first ``n`` carry NaN audio features, so the loss turns NaN."""
+
+    def __iter__(self):
+        it, n = iter(self.ds), self.n
+
+        class It:
+            count = 0
+
+            def __next__(self):
+                self.count += 1
+                batch = dict(next(it))
+                if self.count > n:
+                    batch["input_features"] = np.full_like(batch["input_features"], np.nan)
+                return batch
+
+            def get_state(self):
+                return it.get_state()
+
+            def set_state(self, state):
+                it.set_state(state)
+
+        return It()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    root, vocab = corpus
+    cfg = _cfg()
+    spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
+    data = PoisonAfter(pipeline.make_dataset(records.RecordSource(_ds_dir(root)), tokenizer_dir=str(root / "tok"),
+                                             spec=spec, batch_size=cfg.train.batch_size, seed=cfg.seed), 5)
+    with pytest.raises(trainer.NonFiniteLoss, match=r"loss is nan at step 6: .*checkpoint \(step 4\) is kept"):
+        trainer.run(cfg, str(tmp_path), lambda: ToyAudioLM(vocab, N_MELS, rngs=nnx.Rngs(0)), data)
+    ck = Checkpointer(tmp_path)
+    try:
+        assert ck.steps() == [4]
+    finally:
+        ck.close()

@@ -6,6 +6,8 @@ continues from the newest checkpoint in `W` by itself (`--config.train.steps=N` 
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 
 from cogito_jax import config as cfglib
@@ -19,7 +21,13 @@ def main(cfg) -> int:
 
     if not _WORKDIR.value:
         cfglib.usage_error("--workdir is required")
-    last = train(cfg, _WORKDIR.value)
+    from cogito_jax.train.trainer import NonFiniteLoss
+
+    try:
+        last = train(cfg, _WORKDIR.value)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"done: {last}")
     return 0
 

@@ -15,6 +15,7 @@ for a TPU topology from an abstract model. With ``train.trainable="lora"`` the m
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -237,6 +238,7 @@ def run(
                 state, metrics = compiled(state, frozen, batch)
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                    _check_finite(metrics["loss"], done, ckpt)
                     now = time.time()
                     writer.write(done, {**metrics, "lr": p.schedule(step), "step_time": (now - t_last),
                                         "data_index_sum": consumed})
@@ -245,6 +247,7 @@ def run(
                 if cfg.train.eval_every and eval_data is not None and done % cfg.train.eval_every == 0:
                     writer.write_now(done, evaluate(p.graphdef, state.params, frozen, eval_data(), mesh, loss_fn))
                 if done % cfg.checkpoint.every == 0 or done == cfg.train.steps or preempt.requested:
+                    _check_finite(metrics["loss"], done, ckpt)  # a NaN state is never saved
                     writer.flush(durable=True)  # metrics.jsonl holds every step up to a checkpoint before it
                     ckpt.save(done, state, data_iter.get_state(), meta, force=True)
                 if preempt.requested:
@@ -255,6 +258,18 @@ def run(
     out = {k: (float(v) if hasattr(v, "item") else v) for k, v in last.items()}
     out["preempted"] = preempt.requested  # stopped early by SIGTERM: the run is not finished
     return out
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops without saving that state."""
+
+
+def _check_finite(loss: Any, step: int, ckpt: Any) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        last = ckpt.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was saved"
+        raise NonFiniteLoss(f"loss is {value} at step {step}: training stopped; {kept}")
 
 
 def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: LossFn = lm_loss) -> dict:
