@@ -154,6 +154,19 @@ def read_config(path: str | pathlib.Path) -> dict:
     return json.loads(p.read_text())
 
 
+def _abstract(hf: Mapping[str, Any], pdt: Any, compute_dtype: Any, overrides: Mapping[str, Any], who: str):
+    """(family, config, graphdef, abstract params, rest) of an HF config with parameters in ``pdt`` and
+    compute in ``compute_dtype`` (default ``pdt``); raises if the model has state beyond parameters."""
+    fam = registry.family_of(hf)
+    cdt = jnp.dtype(compute_dtype if compute_dtype is not None else pdt)
+    cfg = fam.from_hf(hf, **{"param_dtype": jnp.dtype(pdt).name, "dtype": cdt.name, **overrides})
+    abstract = sharding.abstract_model(lambda: fam.build(cfg, nnx.Rngs(0)))
+    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree_util.tree_leaves(rest):
+        raise ValueError(f"family {fam.name} has non-parameter state that {who} cannot fill")
+    return fam, cfg, graphdef, abs_params, rest
+
+
 def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
             rules: sharding.Rules | None = None, compute_dtype: Any = None, strict: bool = True,
             **config_overrides: Any) -> tuple[nnx.Module, AudioLMConfig]:
@@ -162,15 +175,9 @@ def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sha
     ``config_overrides``: run-time settings (``remat``, ``attn_impl``; ``registry.OVERRIDES``).
     """
     path = pathlib.Path(path)
-    hf = read_config(path)
-    fam = registry.family_of(hf)
     pdt = jnp.dtype(dtype)
-    cdt = jnp.dtype(compute_dtype if compute_dtype is not None else dtype)
-    cfg = fam.from_hf(hf, **{"param_dtype": pdt.name, "dtype": cdt.name, **config_overrides})
-    abstract = sharding.abstract_model(lambda: fam.build(cfg, nnx.Rngs(0)))
-    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree_util.tree_leaves(rest):
-        raise ValueError(f"family {fam.name} has non-parameter state that load_hf cannot fill")
+    fam, cfg, graphdef, abs_params, rest = _abstract(read_config(path), pdt, compute_dtype, config_overrides,
+                                                     "load_hf")
     table = fam.weights(cfg)
     reader = _Reader(path)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abs_params)
@@ -324,16 +331,11 @@ def load_orbax(path: Any, dtype: Any = None, *, mesh: jax.sharding.Mesh | None =
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{str(path / 'config.json')!r} does not exist")
     hf = json.loads((path / "config.json").read_text())
-    fam = registry.family_of(hf)
+    registry.family_of(hf)  # an unknown model_type fails before the missing-parameters check
     if not is_orbax(path):
         raise FileNotFoundError(f"no Orbax parameters ({ORBAX_PARAMS}/) in {str(path)!r}")
     pdt = jnp.dtype(dtype if dtype is not None else hf.get("dtype") or "float32")
-    cdt = jnp.dtype(compute_dtype if compute_dtype is not None else pdt)
-    cfg = fam.from_hf(hf, **{"param_dtype": pdt.name, "dtype": cdt.name, **config_overrides})
-    abstract = sharding.abstract_model(lambda: fam.build(cfg, nnx.Rngs(0)))
-    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree_util.tree_leaves(rest):
-        raise ValueError(f"family {fam.name} has non-parameter state that load_orbax cannot fill")
+    fam, cfg, graphdef, abs_params, rest = _abstract(hf, pdt, compute_dtype, config_overrides, "load_orbax")
     if mesh is not None:
         shardings = nnx.to_pure_dict(sharding.state_shardings(abs_params, mesh, rules))
     else:
