@@ -90,3 +90,19 @@ def rel_err(out, ref, mask=None) -> float:
     if mask is not None:
         out, ref = out[np.asarray(mask, bool)], ref[np.asarray(mask, bool)]
     return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+def mesh_forward(graphdef, state, mesh, rules, *batch) -> np.ndarray:
+    """Logits of a model split into (``graphdef``, sharded ``state``), jitted under ``mesh`` and ``rules``."""
+    import jax
+    from flax import nnx
+
+    from cogito_jax import sharding
+
+    @jax.jit
+    def fwd(state, *batch):
+        with sharding.use_rules(rules):
+            return nnx.merge(graphdef, state)(*batch)
+
+    with jax.set_mesh(mesh):
+        return np.asarray(fwd(state, *batch))

@@ -13,7 +13,15 @@ from cogito_jax import sharding
 from cogito_jax.convert import load_hf
 from cogito_jax.models import registry
 from cogito_jax.models.decoder import Decoder, DecoderConfig, dense_mlp
-from tests.hf_tiny import AUDIO_TOKEN, hf_logits, make_batch, qwen2_audio_config, rel_err, tiny_qwen2_audio
+from tests.hf_tiny import (
+    AUDIO_TOKEN,
+    hf_logits,
+    make_batch,
+    mesh_forward,
+    qwen2_audio_config,
+    rel_err,
+    tiny_qwen2_audio,
+)
 
 
 @pytest.fixture(scope="session")
@@ -150,14 +158,7 @@ def test_create_sharded_forward_equals_single_device(cpu_devices):
     single = nnx.merge(graphdef, jax.device_put(jax.device_get(state), jax.devices()[0]))
     batch = [jnp.asarray(x) for x in make_batch(seed=9, lengths=(32, 19, 7, 32), left_pad=(0, 3, 1, 2))]
     ref = np.asarray(forward(single, *batch))
-
-    @jax.jit
-    def fwd(state, *batch):
-        with sharding.use_rules(rules):
-            return nnx.merge(graphdef, state)(*batch)
-
-    with jax.set_mesh(mesh):
-        out = np.asarray(fwd(state, *batch))
+    out = mesh_forward(graphdef, state, mesh, rules, *batch)
     np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
 
 

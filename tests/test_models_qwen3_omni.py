@@ -16,7 +16,7 @@ from cogito_jax.data.chat import num_audio_tokens
 from cogito_jax.models import registry
 from cogito_jax.sampling import generate
 from configs.models.qwen3_omni_thinker import get_config
-from tests.hf_tiny import hf_logits, rel_err
+from tests.hf_tiny import hf_logits, mesh_forward, rel_err
 from tests.hf_tiny_qwen3_omni import save_thinker
 
 AUDIO_TOKEN, N_MELS, FRAMES = 500, 16, 450
@@ -129,14 +129,7 @@ def test_sharded_forward_equals_single_device(cpu_devices, hf_dir, model, axes, 
     graphdef, state = nnx.split(sharded)
     batch = [jnp.asarray(x) for x in make_batch(seed=4, lengths=(437, 100, 73, 250), left_pad=(0, 5, 11, 2))]
     ref = jax_logits(model, *batch)
-
-    @jax.jit
-    def fwd(state, *batch):
-        with sharding.use_rules(rules):
-            return nnx.merge(graphdef, state)(*batch)
-
-    with jax.set_mesh(mesh):
-        out = np.asarray(fwd(state, *batch))
+    out = mesh_forward(graphdef, state, mesh, rules, *batch)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
