@@ -19,17 +19,7 @@ from cogito_jax.distill.select import (
     select,
     select_rationalised,
 )
-
-CHOICES = ["two beeps", "three beeps", "four beeps"]
-
-
-def mmar_rule(prediction, answer, choices):
-    tok = lambda s: set(re.findall(r"\b\w+\b", s.lower()))  # noqa: E731
-    p, a = tok(prediction), tok(answer)
-    if not p:
-        return False
-    wrong = set().union(*[tok(c) - a for c in choices if tok(c) != a])
-    return a <= p and not (p & wrong)
+from tests.test_distill_scoring import CHOICES, mmar_rule
 
 
 def trace(thinking, answer):
