@@ -79,29 +79,69 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from cogito_jax import audio
-    from data_prep import filters
-
     cache = StageCache(out / "cache" / "audio.jsonl")
     mel_dir = out / "cache" / "mel"
     mel_dir.mkdir(parents=True, exist_ok=True)
-    fcfg = filters.FilterConfig(**{k: v for k, v in cfg.filters.to_dict().items()
-                                   if k in filters.FilterConfig.__dataclass_fields__})
+    fcfg = filter_config(cfg)
     todo = [it for it in items if it["id"] not in cache]
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
-        result = filters.check_file(item["id"], item["audio_path"], fcfg)
-        if result.rejection is not None:
-            r = result.rejection
-            cache.add({"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason})
-            continue
-        wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
-        mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
-        n = mel_mf.shape[1]
-        np.save(mel_dir / f"{item['id']}.npy", mel_mf.T.astype(np.float16))
-        cache.add({"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
-                   "n_frames": n})
+        row, mel = process_clip(item, cfg, fcfg)
+        if mel is not None:
+            np.save(mel_dir / f"{item['id']}.npy", mel)
+        cache.add(row)
     cache.close()
     return cache
+
+
+def filter_config(cfg):
+    """The :class:`data_prep.filters.FilterConfig` of a data config's ``filters`` section."""
+    from data_prep import filters
+
+    return filters.FilterConfig(**{k: v for k, v in cfg.filters.to_dict().items()
+                                   if k in filters.FilterConfig.__dataclass_fields__})
+
+
+def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
+    """Decode + quality filters + log-mel of one manifest item: ``(cache_row, mel [frames, n_mels] float16)``,
+    mel None for a rejected clip (``row["ok"]`` False with its ``reason``)."""
+    import numpy as np
+
+    from cogito_jax import audio
+    from data_prep import filters
+
+    result = filters.check_file(item["id"], item["audio_path"], fcfg)
+    if result.rejection is not None:
+        r = result.rejection
+        return {"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason}, None
+    wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
+    mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
+    row = {"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
+           "n_frames": mel_mf.shape[1]}
+    return row, mel_mf.T.astype(np.float16)
+
+
+def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
+    """(kept items, rejections) in manifest order from the per-clip rows: failed clips, benchmark
+    contamination, exact duplicates (the first in manifest order is kept), items without a question."""
+    from data_prep import filters
+
+    banned = filters.contamination_hashes(cfg.filters.contamination_meta) if cfg.filters.contamination_meta else set()
+    seen: dict[str, str] = {}
+    kept, rejected = [], []
+    for item in items:
+        row = rows[item["id"]]
+        if not row["ok"]:
+            rejected.append({"id": item["id"], "reason": row["reason"]})
+        elif row["hash"] in banned:
+            rejected.append({"id": item["id"], "reason": "contamination: audio matches a benchmark clip"})
+        elif cfg.filters.dedup and row["hash"] in seen:
+            rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
+        elif not item.get("question") and not cfg.annotate.model:
+            rejected.append({"id": item["id"], "reason": "no_question: manifest has none and no annotator is set"})
+        else:
+            seen[row["hash"]] = item["id"]
+            kept.append(item)
+    return kept, rejected
 
 
 def build(cfg, out_dir: str) -> dict[str, Any]:
@@ -109,7 +149,7 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     import numpy as np
 
     from cogito_jax.data import records
-    from data_prep import filters, report as report_lib
+    from data_prep import report as report_lib
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,22 +163,8 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     times["audio"] = time.time() - t
 
     t = time.time()
-    banned = filters.contamination_hashes(cfg.filters.contamination_meta) if cfg.filters.contamination_meta else set()
-    seen: dict[str, str] = {}
-    kept_items = []
-    for item in items:
-        row = audio_cache.rows[item["id"]]
-        if not row["ok"]:
-            rejected.append({"id": item["id"], "reason": row["reason"]})
-        elif row["hash"] in banned:
-            rejected.append({"id": item["id"], "reason": "contamination: audio matches a benchmark clip"})
-        elif cfg.filters.dedup and row["hash"] in seen:
-            rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
-        elif not item.get("question") and not cfg.annotate.model:
-            rejected.append({"id": item["id"], "reason": "no_question: manifest has none and no annotator is set"})
-        else:
-            seen[row["hash"]] = item["id"]
-            kept_items.append(item)
+    kept_items, more_rejected = select_items(items, audio_cache.rows, cfg)
+    rejected.extend(more_rejected)
     times["dedup+qa"] = time.time() - t
     if cfg.annotate.model or cfg.think.model:
         cfglib.usage_error("model stages (annotate/think/audit) are configured but not available in this build")
