@@ -60,6 +60,7 @@ def base_config() -> ConfigDict:
             grad_accum=1,
             log_every=10,
             eval_every=0,
+            peak_tflops=0.0,  # per-device peak for MFU; 0 = the device's bf16 peak from models/flops.py
             trainable="full",  # full | lora | frozen_encoder | adapter_only
             remat="none",
             param_dtype="float32",

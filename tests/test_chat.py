@@ -49,6 +49,16 @@ def test_loss_mask_covers_exactly_the_assistant_turn(tok):
     assert tok.decode(ids[mask == 0]).endswith("<|im_start|>assistant\n")
 
 
+def test_answer_mask_is_the_text_after_the_last_think_close(tok):
+    fmt = chat.chat_format("qwen2_audio")
+    close = tok.convert_tokens_to_ids(chat.THINK_CLOSE)
+    ids, mask = chat.encode_example(tok, fmt, "How many beeps?", "three beeps", thinking="I count three.")
+    answer = chat.answer_mask(ids, mask, close)
+    assert tok.decode(ids[answer == 1]) == "\n\nthree beeps<|im_end|>"
+    ids, mask = chat.encode_example(tok, fmt, "How many beeps?", "three beeps")  # no thinking: all of the turn
+    np.testing.assert_array_equal(chat.answer_mask(ids, mask, close), mask.astype(np.float32))
+
+
 @pytest.mark.parametrize(
     "text, thinking, answer",
     [

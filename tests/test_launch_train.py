@@ -107,9 +107,6 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="cogito_jax.data.pipeline drops over-long examples after taking this process's "
-                                       "slice, so once the processes have dropped different numbers of examples, "
-                                       "their batches together no longer hold the single-process batch's examples")
 def test_process_slices_hold_the_single_process_batches(tmp_path):
     from cogito_jax import config as cfglib
     from cogito_jax.data import pipeline, prepare, records, tokenizer as toklib
@@ -126,6 +123,9 @@ def test_process_slices_hold_the_single_process_batches(tmp_path):
         return iter(ds)
 
     one, p0, p1 = batches(0, 1), batches(0, 2), batches(1, 2)
+    too_long = 0
     for step in range(1, 41):
         a, b, c = next(one)["index"], next(p0)["index"], next(p1)["index"]
         assert sorted(a.tolist()) == sorted(b.tolist() + c.tolist()), f"step {step}"
+        too_long += int((a == -1).sum())
+    assert too_long > 0  # the tiny corpus has examples over max_len: their placeholders keep the order

@@ -157,9 +157,11 @@ def test_packed_loss_equals_unpacked(corpus, family):
             seen += 1
     assert seen == len(positions)
     # The summed loss the train step uses (token_cross_entropy of these logits) agrees too.
-    tp, cp = step.token_cross_entropy(logits_p, packed["targets"], packed["loss_mask"])
-    tu, cu = step.token_cross_entropy(logits_u, unpacked["targets"], unpacked["loss_mask"])
+    tp, cp, sp = step.token_cross_entropy(logits_p, packed["targets"], packed["loss_mask"], packed["answer_mask"])
+    tu, cu, su = step.token_cross_entropy(logits_u, unpacked["targets"], unpacked["loss_mask"], unpacked["answer_mask"])
     assert float(cp) == float(cu)
+    assert float(sp["answer_tokens"]) == float(su["answer_tokens"]) > 0
+    assert float(sp["correct"]) == float(su["correct"])
     np.testing.assert_allclose(float(tp), float(tu), rtol=1e-5)
 
 
@@ -197,8 +199,10 @@ def test_bucketed_loss_equals_full_width(corpus):
         pad = [(0, 0)] * (short["input_features"].ndim - 1) + [(0, 400 - width)]
         wide = {**short, "input_features": np.pad(short["input_features"], pad),
                 "feature_attention_mask": np.pad(short["feature_attention_mask"], pad[1:])}
-        (ts, cs), (tw, cw) = run(short), run(wide)
+        (ts, cs, ss), (tw, cw, sw) = run(short), run(wide)
         assert float(cs) == float(cw) > 0
+        assert float(ss["answer_tokens"]) == float(sw["answer_tokens"]) > 0
+        assert float(ss["correct"]) == float(sw["correct"])
         np.testing.assert_allclose(float(ts), float(tw), rtol=1e-5)
 
 

@@ -83,7 +83,7 @@ def test_exact_resume_and_no_repeats(corpus, workers):
     assert len(set(epoch1)) == 24
 
 
-def test_workers_give_the_same_batches_when_examples_are_dropped(corpus):
+def test_too_long_examples_keep_their_place_and_workers_agree(corpus):
     root, recs = corpus
     tok = toklib.load(root / "tok")
     lengths = sorted(int(pipeline.encode_record(r, tok, _spec())["attention_mask"].sum()) for r in recs)
@@ -93,10 +93,29 @@ def test_workers_give_the_same_batches_when_examples_are_dropped(corpus):
     alone = _consume(iter(pipeline.make_dataset(src, **kw)), 4)
     workers = _consume(iter(pipeline.make_dataset(src, **kw, num_workers=2)), 4)
     idx = np.concatenate([b["index"] for b in alone])
-    assert idx[-1] + 1 > len(idx)  # some examples were dropped
+    placeholder = idx == -1
+    assert 0 < placeholder.sum() < len(idx)
+    np.testing.assert_array_equal(idx[~placeholder], np.arange(len(idx))[~placeholder])  # positions kept
+    for b in alone:
+        rows = b["index"] == -1
+        assert not b["loss_mask"][rows].any() and not b["feature_attention_mask"][rows].any()
+        assert (b["attention_mask"][rows].sum(-1) == 1).all()
     for a, b in zip(alone, workers, strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+    packed = _consume(iter(pipeline.make_dataset(src, **kw, packing=True)), 2)  # the packer drops them instead
+    assert all((b["index"] != -1).any() for b in packed)
+
+
+def test_a_finite_stream_is_padded_to_whole_global_batches(corpus):
+    root, recs = corpus
+    src = records.RecordSource(_ds_dir(root))
+    kw = dict(tokenizer_dir=str(root / "tok"), spec=_spec(), batch_size=5, num_epochs=1, shuffle=False)
+    per_process = [list(pipeline.make_dataset(src, **kw, process_index=i, process_count=2)) for i in range(2)]
+    assert len(per_process[0]) == len(per_process[1]) == -(-len(recs) // 10)  # same number of steps
+    idx = np.concatenate([b["index"] for batches in per_process for b in batches])
+    assert sorted(idx[idx >= 0].tolist()) == list(range(len(recs)))  # every example exactly once
+    assert (idx == -1).sum() == len(per_process[0]) * 10 - len(recs)
 
 
 def test_process_slices_partition_the_stream(corpus):
@@ -119,4 +138,5 @@ def test_nothing_fits_raises_instead_of_spinning(corpus):
     spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=10, max_frames=64, n_mels=N_MELS)
     it = iter(pipeline.make_dataset(src, tokenizer_dir=str(root / "tok"), spec=spec, batch_size=2))
     with pytest.raises(ValueError, match="examples in a row are longer than max_len=10 tokens"):
-        next(it)
+        for _ in range(64):  # placeholder rows hold their places until the guard sees 64 in a row
+            next(it)

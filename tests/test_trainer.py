@@ -112,6 +112,58 @@ def test_loss_falls_and_resume_is_exact(tmp_path, corpus):
     assert (twice / "config.json").exists()
 
 
+def test_metrics_cover_accuracy_throughput_and_mfu(tmp_path, corpus):
+    cfg = _cfg(**{"train.steps": 4, "train.log_every": 2, "train.peak_tflops": 1e-3})
+    cfg.train.eval_every = 0
+    _run(cfg, tmp_path / "m", corpus)
+    rows = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["answer_accuracy"] <= 1
+        assert 0 <= r["data_wait"] <= r["step_time"] and 0 <= r["data_wait_frac"] <= 1
+        # 8 rows, every attended token counted: tokens_per_s x step_time = tokens of one step
+        assert r["seq_tokens"] > r["tokens"] > 0 and r["clips"] == 8
+        assert r["tokens_per_s"] * r["step_time"] == pytest.approx(r["seq_tokens"], rel=0.05)
+    assert "compile_time" in rows[0] and "compile_time" not in rows[1]
+    assert "mfu" not in rows[0]  # the toy model has no FLOPs count; the audio LMs' runs report it
+
+
+def test_mfu_from_the_model_flops_count():
+    from cogito_jax.models import flops, registry
+
+    mcfg = registry.config_for(cfglib.load_config("configs/tiny.py").model, vocab_size=300, audio_token_id=5)
+    meter = trainer.Throughput(mcfg, num_devices=2, peak_flops=1e12)
+    meter.stepped({"seq_tokens": 1000.0, "clips": 4.0}, 128)
+    meter.stepped({"seq_tokens": 500.0, "clips": 2.0}, 128)
+    out = meter.interval()
+    model_flops = flops.step_flops(mcfg, 1500, 128, clips=6)
+    assert out["tokens_per_s"] * out["step_time"] * 2 == pytest.approx(1500, rel=1e-6)
+    assert out["mfu"] == pytest.approx(model_flops / (out["step_time"] * 2) / 2e12, rel=1e-6)
+    assert flops.peak_flops("TPU v5 lite") == 197e12 and flops.peak_flops("cpu") is None
+    assert flops.peak_flops("cpu", 2.0) == 2e12
+
+
+def test_example_weight_scales_its_loss(corpus):
+    """An example of weight w contributes w x its token losses; the token count stays the number of tokens."""
+    from cogito_jax.train import step
+
+    root, vocab = corpus
+    spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
+    tok = toklib.load(root / "tok")
+    rec = _rec(1)
+    one = pipeline.encode_record(rec, tok, spec)
+    half = pipeline.encode_record({**rec, "weight": 0.5}, tok, spec)
+    np.testing.assert_array_equal(half["loss_mask"], 0.5 * one["loss_mask"])
+    model = ToyAudioLM(vocab, N_MELS, rngs=nnx.Rngs(0))
+    batch = {k: np.stack([one[k], half[k]]) for k in one if k not in pipeline.BOOKKEEPING}
+    total, count, _ = step.lm_loss(model, batch)
+    single, n, _ = step.lm_loss(model, {k: v[:1] for k, v in batch.items()})
+    assert float(count) == 2 * float(n)
+    assert float(total) == pytest.approx(1.5 * float(single), rel=1e-5)
+    with pytest.raises(ValueError, match=r"record 'ex1': weight=-1.0 must be a finite number >= 0"):
+        pipeline.encode_record({**rec, "weight": -1.0}, tok, spec)
+
+
 @pytest.mark.slow
 def test_grad_accum_and_sharded_match(tmp_path, corpus):
     base = _losses_of(tmp_path / "base", _cfg(**{"train.steps": 4}), corpus)

@@ -130,6 +130,16 @@ def encode_example(
     return ids, mask
 
 
+def answer_mask(ids: np.ndarray, loss_mask: np.ndarray, think_close_id: int) -> np.ndarray:
+    """1 on the assistant's tokens after its last ``</think>`` (all of them without one), 0 elsewhere."""
+    mask = np.asarray(loss_mask) > 0
+    closes = np.flatnonzero(mask & (np.asarray(ids) == think_close_id))
+    out = mask.copy()
+    if closes.size:
+        out[: closes[-1] + 1] = False
+    return out.astype(np.float32)
+
+
 def encode_prompt(tokenizer: Any, fmt: ChatFormat, user_text: str, num_audio_tokens: int = 0,
                   system: str | None = "default") -> np.ndarray:
     """Token ids ``[T]`` of the prompt a generation starts from."""

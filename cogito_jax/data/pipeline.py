@@ -2,14 +2,24 @@
 
 Order of operations: global shuffle by seed -> epochs (reshuffled each epoch) -> this process's
 slice (``process_index::process_count``) -> tokenise (in worker processes when ``num_workers > 0``)
--> drop over-long examples -> [packing | bucketing by audio length] -> batch. The batches are the same
-whatever the number of workers. Every shape is static (``max_len`` tokens, ``max_frames`` mel frames or one of
-a few bucket widths), so the train step compiles once per shape. The iterator's state is a small JSON
+-> over-long examples become placeholder rows (dropped when packing) -> [packing | bucketing by audio
+length] -> batch. The batches are the same whatever the number of workers and, without packing, the
+global batch of a step holds the same examples whatever the number of processes. Every shape is
+static (``max_len`` tokens, ``max_frames`` mel frames or one of a few bucket widths), so the train step
+compiles once per shape. The iterator's state is a small JSON
 object saved in each checkpoint, so a resumed run continues with the next unseen example.
 
-Batch (per process, ``b`` rows): ``input_ids/targets/loss_mask/attention_mask [b, max_len]``,
+Batch (per process, ``b`` rows): ``input_ids/targets/loss_mask/answer_mask/attention_mask [b, max_len]``,
 ``input_features [b, n_mels, frames]`` float32, ``feature_attention_mask [b, frames]`` int32,
 ``index [b]`` (the example's position in the shuffled stream, to audit what was consumed).
+``loss_mask`` is the record's ``weight`` on the assistant's tokens (shifted: position i predicts token
+i + 1) and 0 elsewhere; ``answer_mask`` is 1 on the answer after the last ``</think>`` (for answer-token
+accuracy).
+
+Placeholder rows (``index`` -1, no loss, one attended pad token, no audio) keep the stream's positions:
+an example longer than ``max_len`` becomes one instead of being dropped, so every process's slice keeps
+its place in the global order; a finite stream (``num_epochs``) is padded with them to a whole number of
+global batches, so every example is seen and every process runs the same number of steps.
 
 Packing (``packing=True``): Grain's first-fit packer fills ``b`` rows of ``max_len`` tokens with
 whole examples in stream order (an example that fits no row closes the batch and opens the next one),
@@ -77,16 +87,18 @@ class Tokenize(grain.transforms.Map):
             self._tok = load(self.tokenizer_dir)
         return self._tok
 
-    def map(self, element: tuple[int, Mapping[str, Any]]) -> dict[str, np.ndarray] | None:
+    def map(self, element: tuple[int, Mapping[str, Any] | None]) -> dict[str, np.ndarray] | None:
         index, rec = element
+        if rec is None:  # padding of a finite stream
+            return placeholder_row(self.spec)
         encode = encode_record if self.padded else encode_unpadded
         out = encode(rec, self._tokenizer(), self.spec, index)
         return {} if out is None else out
 
 
 def _tokens_and_audio(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(token ids [n], loss mask [n], features [n_mels, max_frames], frame mask [max_frames])."""
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(token ids [n], loss weights [n], answer mask [n], features [n_mels, max_frames], frame mask [max_frames])."""
     fmt = chat.chat_format(spec.family)
     mel_fm = np.asarray(rec["mel"], np.float32)[: spec.max_frames]
     n_frames = mel_fm.shape[0]
@@ -96,17 +108,21 @@ def _tokens_and_audio(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec
     thinking = rec.get("thinking") if spec.use_thinking else None
     ids, mask = chat.encode_example(tokenizer, fmt, chat.mcq_text(rec["question"], rec["choices"]), rec["answer"],
                                     thinking=thinking or None, num_audio_tokens=n_audio, system=spec.system)
+    weight = float(rec.get("weight", 1.0))
+    if not (np.isfinite(weight) and weight >= 0):
+        raise ValueError(f"record {rec.get('id')!r}: weight={weight} must be a finite number >= 0")
+    answer = chat.answer_mask(ids, mask, tokenizer.convert_tokens_to_ids(chat.THINK_CLOSE))
     feats = np.zeros((spec.n_mels, spec.max_frames), np.float32)
     feats[:, :n_frames] = mel_fm.T
     fmask = np.zeros(spec.max_frames, np.int32)
     fmask[:n_frames] = 1
-    return ids, mask, feats, fmask
+    return ids, mask.astype(np.float32) * np.float32(weight), answer, feats, fmask
 
 
 def encode_record(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec, index: int = 0
                   ) -> dict[str, np.ndarray] | None:
     """One record as padded arrays (see module docstring), or None if it does not fit ``max_len``."""
-    ids, mask, feats, fmask = _tokens_and_audio(rec, tokenizer, spec)
+    ids, mask, answer, feats, fmask = _tokens_and_audio(rec, tokenizer, spec)
     if len(ids) > spec.max_len:
         return None
     t = spec.max_len
@@ -116,10 +132,25 @@ def encode_record(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec, ind
     targets[: len(ids) - 1] = ids[1:]
     loss_mask = np.zeros(t, np.float32)
     loss_mask[: len(ids) - 1] = mask[1:]  # predict token i+1 at position i
+    answer_mask = np.zeros(t, np.float32)
+    answer_mask[: len(ids) - 1] = answer[1:]
     attention = np.zeros(t, np.int32)
     attention[: len(ids)] = 1
-    return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask, "attention_mask": attention,
-            "input_features": feats, "feature_attention_mask": fmask, "index": np.int64(index)}
+    return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask, "answer_mask": answer_mask,
+            "attention_mask": attention, "input_features": feats, "feature_attention_mask": fmask,
+            "index": np.int64(index)}
+
+
+def placeholder_row(spec: ExampleSpec) -> dict[str, np.ndarray]:
+    """A padded row that holds a stream position without an example: no loss, no audio, ``index`` -1."""
+    t = spec.max_len
+    attention = np.zeros(t, np.int32)
+    attention[0] = 1  # one attended pad token, so no attention row is empty
+    zeros = np.zeros(t, np.float32)
+    return {"input_ids": np.full(t, spec.pad_id, np.int32), "targets": np.full(t, spec.pad_id, np.int32),
+            "loss_mask": zeros, "answer_mask": zeros.copy(), "attention_mask": attention,
+            "input_features": np.zeros((spec.n_mels, spec.max_frames), np.float32),
+            "feature_attention_mask": np.zeros(spec.max_frames, np.int32), "index": np.int64(-1)}
 
 
 def encode_unpadded(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec, index: int = 0
@@ -127,7 +158,7 @@ def encode_unpadded(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec, i
     """One record for the packer: token fields ``[n]`` (unpadded) and audio fields with a leading clip
     axis of 1 (``input_features [1, n_mels, max_frames]``, ``feature_attention_mask [1, max_frames]``,
     ``index [1]``); None if it does not fit ``max_len``."""
-    ids, mask, feats, fmask = _tokens_and_audio(rec, tokenizer, spec)
+    ids, mask, answer, feats, fmask = _tokens_and_audio(rec, tokenizer, spec)
     n = len(ids)
     if n > spec.max_len:
         return None
@@ -135,7 +166,10 @@ def encode_unpadded(rec: Mapping[str, Any], tokenizer: Any, spec: ExampleSpec, i
     targets[:-1] = ids[1:]
     loss_mask = np.zeros(n, np.float32)
     loss_mask[:-1] = mask[1:]
+    answer_mask = np.zeros(n, np.float32)
+    answer_mask[:-1] = answer[1:]
     return {"input_ids": np.asarray(ids, np.int32), "targets": targets, "loss_mask": loss_mask,
+            "answer_mask": answer_mask,
             "input_features": feats[None], "feature_attention_mask": fmask[None],
             "index": np.asarray([index], np.int64)}
 
@@ -144,13 +178,13 @@ def _with_position(position: int, rec: Any) -> tuple[int, Any]:
     return position, rec  # position in the (shuffled, repeated) stream
 
 
-class _DropTooLong(grain.transforms.Filter):
-    """Drops examples that did not fit ``max_len``; raises if nothing seems to fit, instead of spinning."""
+class _TooLongGuard:
+    """Counts examples in a row that did not fit ``max_len``; raises if nothing seems to fit, instead of spinning."""
 
     def __init__(self, max_len: int, limit: int):
         self.max_len, self.limit, self.in_a_row = max_len, limit, 0
 
-    def filter(self, ex: Any) -> bool:
+    def fits(self, ex: Any) -> bool:
         if ex:
             self.in_a_row = 0
             return True
@@ -159,6 +193,40 @@ class _DropTooLong(grain.transforms.Filter):
             raise ValueError(f"{self.in_a_row} examples in a row are longer than max_len={self.max_len} tokens; "
                              "raise data.max_len (or shorten prompts)")
         return False
+
+
+class _DropTooLong(grain.transforms.Filter, _TooLongGuard):
+    """Drops examples that did not fit ``max_len`` (packing: the packer's rows keep no stream positions)."""
+
+    def filter(self, ex: Any) -> bool:
+        return self.fits(ex)
+
+
+class _PlaceTooLong(grain.transforms.Map, _TooLongGuard):
+    """Turns an example that did not fit ``max_len`` into a placeholder row, keeping its stream position."""
+
+    def __init__(self, spec: ExampleSpec, limit: int):
+        _TooLongGuard.__init__(self, spec.max_len, limit)
+        self.spec = spec
+
+    def map(self, ex: Any) -> dict[str, np.ndarray]:
+        return ex if self.fits(ex) else placeholder_row(self.spec)
+
+
+class _PadToLength(grain.MapDataset):
+    """``parent`` followed by ``(-1, None)`` elements (placeholder rows) up to ``length``."""
+
+    def __init__(self, parent: grain.MapDataset, length: int):
+        super().__init__(parent)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[index] if index < len(self._parent) else (-1, None)
 
 
 # ----------------------------------------------------------------------------- bucketing
@@ -255,7 +323,7 @@ class BucketOrderIterDataset(grain.IterDataset):
 
 # ----------------------------------------------------------------------------- packing
 
-PACKED_TOKEN_FIELDS = ("input_ids", "targets", "loss_mask")
+PACKED_TOKEN_FIELDS = ("input_ids", "targets", "loss_mask", "answer_mask")
 PACKED_CLIP_FIELDS = ("input_features", "feature_attention_mask", "index")
 
 
@@ -276,7 +344,7 @@ def pack(ds: grain.IterDataset, spec: ExampleSpec, rows: int, max_clips_per_row:
     """Packs unpadded examples (:func:`encode_unpadded`) first-fit into ``rows`` rows per group."""
     c = max_clips_per_row
     lengths = {**{k: spec.max_len for k in PACKED_TOKEN_FIELDS}, **{k: c for k in PACKED_CLIP_FIELDS}}
-    padding = {"input_ids": spec.pad_id, "targets": spec.pad_id, "loss_mask": 0, "input_features": 0,
+    padding = {"input_ids": spec.pad_id, "targets": spec.pad_id, "loss_mask": 0, "answer_mask": 0, "input_features": 0,
                "feature_attention_mask": 0, "index": -1}
     ds = grain.experimental.FirstFitPackIterDataset(ds, length_struct=lengths, num_packing_bins=rows,
                                                     shuffle_bins=False, padding_struct=padding,
@@ -315,6 +383,9 @@ def make_dataset(
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     ds = ds.map_with_index(_with_position)
+    if num_epochs is not None and not packing:
+        step_rows = batch_size * process_count
+        ds = _PadToLength(ds, -(-len(ds) // step_rows) * step_rows)
     ds = ds[process_index::process_count]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8))
     limit = max(64, min(len(source), 1000))
@@ -323,7 +394,7 @@ def make_dataset(
         # Workers tokenise single examples and hand them back round-robin, in stream order, so the
         # batches below are the same whatever the number of workers.
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=16))
-    it = it.filter(_DropTooLong(spec.max_len, limit))
+    it = it.filter(_DropTooLong(spec.max_len, limit)) if packing else it.map(_PlaceTooLong(spec, limit))
     if packing:
         it = pack(it, spec, batch_size, max_clips_per_row)
     elif buckets:

@@ -110,3 +110,25 @@ def flops_per_token(cfg: Any, seq_len: int, training: bool = True, audio: bool =
 def step_flops(cfg: Any, tokens: int, seq_len: int, clips: int = 0, training: bool = True) -> float:
     """FLOPs of one step over ``tokens`` LLM tokens in sequences of ``seq_len`` and ``clips`` audio clips."""
     return tokens * flops_per_token(cfg, seq_len, training) + clips * audio_flops_per_clip(cfg, training=training)
+
+
+# Dense bfloat16 matmul peak per chip (vendor figures), by ``jax.Device.device_kind`` prefix.
+PEAK_BF16_FLOPS = (
+    ("TPU v6", 918e12),  # v6e (Trillium)
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5", 459e12),  # v5p reports "TPU v5"
+    ("TPU v4", 275e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H100", 989e12),  # SXM; the PCIe card is lower, set train.peak_tflops for it
+    ("NVIDIA A100", 312e12),
+)
+
+
+def peak_flops(device_kind: str, override_tflops: float = 0.0) -> float | None:
+    """The bfloat16 matmul peak of one device, FLOP/s: ``override_tflops`` if set, else the table above; None
+    for an unknown device (e.g. a CPU), where MFU is not reported."""
+    if override_tflops:
+        return float(override_tflops) * 1e12
+    return next((peak for prefix, peak in PEAK_BF16_FLOPS if device_kind.startswith(prefix)), None)

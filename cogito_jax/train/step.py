@@ -2,9 +2,15 @@
 
 Parameters are split into the part that trains (``TrainState.params``, updated and donated each step)
 and the frozen rest (passed in, never copied). The loss is a token-level mean over the whole global
-batch: ``sum(loss * mask) / sum(mask)``. Gradient accumulation scans over ``grad_accum`` micro-batches
-and divides every micro-batch by the *whole* batch's token count, so ``A`` micro-batches of ``B / A``
-rows give the same update as one batch of ``B`` rows.
+batch: ``sum(loss * w) / count(w > 0)``, where ``w`` (the batch's ``loss_mask``) is each example's
+weight on its supervised tokens, so an example of weight 0.5 counts half as much as one of weight 1
+whatever else is in the batch. Gradient accumulation scans over ``grad_accum`` micro-batches and divides
+every micro-batch by the *whole* batch's token count, so ``A`` micro-batches of ``B / A`` rows give the
+same update as one batch of ``B`` rows.
+
+Step metrics: ``loss``, ``tokens`` (supervised), ``accuracy`` (greedy next-token accuracy on the
+supervised tokens), ``answer_accuracy`` (on the answer after ``</think>``), ``grad_norm``,
+``param_norm``, and for throughput ``seq_tokens`` (attended tokens) and ``clips`` (audio clips).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from flax import nnx
 from cogito_jax.models.moe import load_balancing_loss
 
 Batch = Mapping[str, jax.Array]
-LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array]]  # -> (sum of token losses, token count)
+# -> (sum of weighted token losses, supervised token count, sums for metrics: see token_cross_entropy)
+LossFn = Callable[[nnx.Module, Batch], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
 
 class TrainState(NamedTuple):
@@ -32,14 +39,20 @@ class TrainState(NamedTuple):
     rng: jax.Array  # uint32 key data
 
 
-def token_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array
-                        ) -> tuple[jax.Array, jax.Array]:
-    """(sum of masked next-token cross-entropies, number of masked tokens); float32 math."""
+def token_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array,
+                        answer_bt: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(sum of next-token cross-entropies weighted by ``mask_bt``, number of tokens with weight > 0, sums:
+    ``correct`` greedy hits on those tokens, ``answer_correct`` / ``answer_tokens`` on ``answer_bt``); float32."""
     logits_btv = logits_btv.astype(jnp.float32)
     lse_bt = jax.nn.logsumexp(logits_btv, axis=-1)
     target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
-    mask_bt = mask_bt.astype(jnp.float32)
-    return jnp.sum((lse_bt - target_logit_bt) * mask_bt), jnp.sum(mask_bt)
+    weight_bt = mask_bt.astype(jnp.float32)
+    counted_bt = (weight_bt > 0).astype(jnp.float32)
+    hit_bt = (jnp.argmax(logits_btv, axis=-1) == targets_bt).astype(jnp.float32)
+    answer_bt = jnp.zeros_like(counted_bt) if answer_bt is None else answer_bt.astype(jnp.float32)
+    stats = {"correct": jnp.sum(hit_bt * counted_bt), "answer_correct": jnp.sum(hit_bt * answer_bt),
+             "answer_tokens": jnp.sum(answer_bt)}
+    return jnp.sum((lse_bt - target_logit_bt) * weight_bt), jnp.sum(counted_bt), stats
 
 
 def model_inputs(batch: Batch) -> dict[str, Any]:
@@ -63,32 +76,43 @@ def lm_logits(model: nnx.Module, batch: Batch) -> jax.Array:
     return model(batch["input_ids"], **model_inputs(batch))
 
 
-def _text_config(model: nnx.Module) -> Any:
-    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "base", None), "cfg", None)  # LoRA wraps `base`
-    return getattr(cfg, "text", None)
+def model_config(model: nnx.Module) -> Any:
+    """The ``AudioLMConfig`` of a model (or of the base of a LoRA-wrapped one); None if it has none."""
+    return getattr(model, "cfg", None) or getattr(getattr(model, "base", None), "cfg", None)
 
 
-def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Next-token loss of an audio LM on a pipeline batch (see ``cogito_jax.data.pipeline``).
 
     For a mixture-of-experts LM with ``router_aux_loss_coef > 0`` the load-balancing loss over the real
     tokens is added with that weight, as in HF's training loss (it enters the sum as ``coef * aux *
     count``, so the token mean carries ``coef * aux``).
     """
-    text = _text_config(model)
+    text = getattr(model_config(model), "text", None)
+    answer = batch.get("answer_mask")
     if text is None or not getattr(text, "num_experts", 0) or not text.router_aux_loss_coef:
-        return token_cross_entropy(lm_logits(model, batch), batch["targets"], batch["loss_mask"])
+        return token_cross_entropy(lm_logits(model, batch), batch["targets"], batch["loss_mask"], answer)
     logits, router_logits = model(batch["input_ids"], **model_inputs(batch), return_aux=True)
-    total, count = token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    total, count, stats = token_cross_entropy(logits, batch["targets"], batch["loss_mask"], answer)
     real = batch.get("attention_mask")
     if "segment_ids" in batch:
         real = batch["segment_ids"] != 0
     aux = load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, real)
-    return total + text.router_aux_loss_coef * aux * count, count
+    return total + text.router_aux_loss_coef * aux * count, count, stats
 
 
 def _split_micro(batch: Batch, n: int) -> Batch:
     return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+
+
+def throughput_counts(batch: Batch) -> dict[str, jax.Array]:
+    """``seq_tokens`` (attended LLM tokens) and ``clips`` (audio clips with any frame) of a batch."""
+    out = {"seq_tokens": jnp.sum(batch["attention_mask"].astype(jnp.float32)) if "attention_mask" in batch
+           else jnp.float32(batch["input_ids"].size)}
+    fmask = batch.get("feature_attention_mask")
+    out["clips"] = (jnp.float32(0) if fmask is None
+                    else jnp.sum(jnp.any(fmask.reshape(-1, fmask.shape[-1]) > 0, axis=-1).astype(jnp.float32)))
+    return out
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn = lm_loss,
@@ -97,33 +121,37 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 
     def micro_grads(params, frozen, micro, denom):
         def f(p):
-            total, count = loss_fn(nnx.merge(graphdef, p, frozen), micro)
-            return total / denom, (total, count)
+            total, count, stats = loss_fn(nnx.merge(graphdef, p, frozen), micro)
+            return total / denom, (total, count, stats)
 
         return jax.grad(f, has_aux=True)(params)
 
     def step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, dict]:
-        denom = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+        denom = jnp.maximum(jnp.sum((batch["loss_mask"] > 0).astype(jnp.float32)), 1.0)
         if grad_accum == 1:
-            grads, (total, count) = micro_grads(state.params, frozen, batch, denom)
+            grads, sums = micro_grads(state.params, frozen, batch, denom)
         else:
+            micros = _split_micro(batch, grad_accum)
             zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: micro_grads(state.params, frozen, jax.tree.map(lambda v: v[0], micros), denom)[1]))
 
             def body(carry, micro):
-                g_acc, t_acc, c_acc = carry
-                g, (t, c) = micro_grads(state.params, frozen, micro, denom)
-                return (jax.tree.map(jnp.add, g_acc, g), t_acc + t, c_acc + c), None
+                g, s = micro_grads(state.params, frozen, micro, denom)
+                return jax.tree.map(jnp.add, carry, (g, s)), None
 
-            (grads, total, count), _ = jax.lax.scan(
-                body, (zeros, jnp.float32(0), jnp.float32(0)), _split_micro(batch, grad_accum)
-            )
+            (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micros)
+        total, count, stats = sums
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": total / jnp.maximum(count, 1.0),
             "tokens": count,
+            "accuracy": stats["correct"] / jnp.maximum(count, 1.0),
+            "answer_accuracy": stats["answer_correct"] / jnp.maximum(stats["answer_tokens"], 1.0),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
+            **throughput_counts(batch),
         }
         return TrainState(params, opt_state, state.step + 1, state.rng), metrics
 
@@ -131,10 +159,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 
 
 def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn = lm_loss) -> Callable[[Any, Any, Batch], dict]:
-    """``eval(params, frozen, batch) -> {"loss_sum", "tokens"}`` (sums, so batches can be added up)."""
+    """``eval(params, frozen, batch) -> {"loss_sum", "tokens", "correct", "answer_correct", "answer_tokens"}``
+    (sums, so batches can be added up)."""
 
     def step(params, frozen, batch):
-        total, count = loss_fn(nnx.merge(graphdef, params, frozen), batch)
-        return {"loss_sum": total, "tokens": count}
+        total, count, stats = loss_fn(nnx.merge(graphdef, params, frozen), batch)
+        return {"loss_sum": total, "tokens": count, **stats}
 
     return step

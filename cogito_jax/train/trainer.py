@@ -7,6 +7,13 @@ iterator's position), so a killed run continues with the next unseen batch and p
 losses it would have without the interruption. SIGTERM (preemption) saves the current step and
 returns normally.
 
+Logged every ``train.log_every`` steps (``metrics.jsonl``, TensorBoard): the step's loss, token and
+answer-token accuracy, grad/param norms and learning rate, and over the interval since the last log
+``step_time`` (seconds per step, compilation excluded), ``data_wait`` (seconds per step spent waiting
+for the input pipeline) and its fraction ``data_wait_frac``, ``tokens_per_s`` (attended LLM tokens),
+``model_tflops_per_s`` (``models.flops.step_flops``) and ``mfu`` against the devices' bf16 peak
+(``train.peak_tflops``, else the known peak of the device kind; not reported for CPUs).
+
 The compiled step comes from :func:`compile_train_step` over a :func:`prepare`d model (what trains, what
 stays frozen, the optimizer state and every sharding); ``launch/aot_compile.py`` compiles the same step
 for a TPU topology from an abstract model. With ``train.trainable="lora"`` the model is wrapped in
@@ -27,14 +34,16 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
+from tqdm.auto import tqdm
 
 from cogito_jax import config as cfglib, metrics as metricslib, sharding
 from cogito_jax.data.pipeline import BOOKKEEPING, global_batch
-from cogito_jax.log import logger
+from cogito_jax.log import is_main_process, logger
+from cogito_jax.models import flops as flopslib
 from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
-from cogito_jax.train.step import LossFn, TrainState, lm_loss, make_eval_step, make_train_step
+from cogito_jax.train.step import LossFn, TrainState, lm_loss, make_eval_step, make_train_step, model_config
 
 
 class _Preemption:
@@ -221,28 +230,36 @@ def run(
     index_sum = jax.jit(jnp.sum, out_shardings=_replicated(mesh))
     last: dict[str, Any] = {}
     compiled_by_shape: dict[tuple, Any] = {}  # one executable per batch shape (audio buckets)
-    t_last = time.time()
+    meter = Throughput(model_config(model), mesh.devices.size,
+                       flopslib.peak_flops(mesh.devices.flat[0].device_kind, cfg.train.get("peak_tflops", 0.0)))
+    bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not is_main_process())
     try:
         with _Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
             for step in range(start, cfg.train.steps):
+                t_wait = time.perf_counter()
                 local = next(data_iter)
                 batch = global_batch(_model_inputs(local), mesh)
+                meter.waited(time.perf_counter() - t_wait)
                 # Which examples this step consumed (all processes' rows, summed on device), to audit resumption.
                 positions = _positions(local)
                 consumed = -1 if positions is None else index_sum(global_batch({"index": positions}, mesh)["index"])
                 key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
                 compiled = compiled_by_shape.get(key)
                 if compiled is None:
+                    t_compile = time.perf_counter()
                     compiled = compiled_by_shape[key] = compile_train_step(p, batch, loss_fn, cfg.train.grad_accum)
+                    meter.compiled(time.perf_counter() - t_compile)
                     _log_memory(compiled)
                 state, metrics = compiled(state, frozen, batch)
+                meter.stepped(metrics, batch["input_ids"].shape[1])
+                bar.update(1)
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                     _check_finite(metrics["loss"], done, ckpt)
-                    now = time.time()
-                    writer.write(done, {**metrics, "lr": p.schedule(step), "step_time": (now - t_last),
+                    writer.write(done, {**metrics, "lr": p.schedule(step), **meter.interval(),
                                         "data_index_sum": consumed})
-                    t_last = now
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
                     last = {"step": done, **metrics}
                 if cfg.train.eval_every and eval_data is not None and done % cfg.train.eval_every == 0:
                     writer.write_now(done, evaluate(p.graphdef, state.params, frozen, eval_data(), mesh, loss_fn))
@@ -253,11 +270,51 @@ def run(
                 if preempt.requested:
                     break
     finally:  # a crash still records the steps that ran and finishes any async save
+        bar.close()
         writer.close()
         ckpt.close()
     out = {k: (float(v) if hasattr(v, "item") else v) for k, v in last.items()}
     out["preempted"] = preempt.requested  # stopped early by SIGTERM: the run is not finished
     return out
+
+
+class Throughput:
+    """Time, tokens and model FLOPs of the steps since the last log (see the module docstring)."""
+
+    def __init__(self, model_cfg: Any, num_devices: int, peak_flops: float | None):
+        self.model_cfg, self.num_devices, self.peak = model_cfg, num_devices, peak_flops
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.start, self.wait, self.compile, self.counts = now, 0.0, 0.0, []
+
+    def waited(self, seconds: float) -> None:
+        self.wait += seconds
+
+    def compiled(self, seconds: float) -> None:
+        self.compile += seconds
+
+    def stepped(self, metrics: Mapping[str, Any], seq_len: int) -> None:
+        self.counts.append((metrics["seq_tokens"], metrics["clips"], seq_len))  # device scalars, read at log time
+
+    def interval(self) -> dict[str, float]:
+        """The interval's rates (after the step's values are on the host); starts the next interval."""
+        now = time.perf_counter()
+        steps = max(len(self.counts), 1)
+        elapsed = max(now - self.start - self.compile, 1e-9)
+        tokens = sum(float(t) for t, _, _ in self.counts)
+        out = {"step_time": elapsed / steps, "data_wait": self.wait / steps, "data_wait_frac": self.wait / elapsed,
+               "tokens_per_s": tokens / elapsed}
+        if self.compile:
+            out["compile_time"] = self.compile
+        if self.model_cfg is not None and hasattr(self.model_cfg, "text"):
+            model_flops = sum(flopslib.step_flops(self.model_cfg, float(t), n, clips=float(c))
+                              for t, c, n in self.counts)
+            out["model_tflops_per_s"] = model_flops / elapsed / 1e12
+            if self.peak:
+                out["mfu"] = model_flops / elapsed / (self.peak * self.num_devices)
+        self._reset(now)
+        return out
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -273,14 +330,18 @@ def _check_finite(loss: Any, step: int, ckpt: Any) -> None:
 
 
 def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: LossFn = lm_loss) -> dict:
-    """Token-mean loss over all ``batches`` (host-side sums of a jitted per-batch step)."""
+    """Token-mean loss, next-token accuracy and answer-token accuracy over all ``batches`` (host-side sums
+    of a jitted per-batch step)."""
     fn = jax.jit(make_eval_step(graphdef, loss_fn))
-    total, count = 0.0, 0.0
+    sums: dict[str, float] = {}
     for local in batches:
         out = fn(params, frozen, global_batch(_model_inputs(local), mesh))
-        total += float(out["loss_sum"])
-        count += float(out["tokens"])
-    return {"eval_loss": total / max(count, 1.0), "eval_tokens": count}
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    count = sums.get("tokens", 0.0)
+    return {"eval_loss": sums.get("loss_sum", 0.0) / max(count, 1.0), "eval_tokens": count,
+            "eval_accuracy": sums.get("correct", 0.0) / max(count, 1.0),
+            "eval_answer_accuracy": sums.get("answer_correct", 0.0) / max(sums.get("answer_tokens", 0.0), 1.0)}
 
 
 def _model_inputs(local: dict) -> dict:
