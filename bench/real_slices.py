@@ -63,16 +63,20 @@ SIZES = {"real": {"qwen2_audio": "7b", "qwen3_omni_thinker": "30b_a3b"},
          "tiny": {"qwen2_audio": "tiny", "qwen3_omni_thinker": "tiny"}}
 
 
-def slice_config(family: str, layers: int, size: str = "real", **overrides):
+def slice_config(family: str, layers: int, size: str = "real", moe: str = "", **overrides):
+    """The released config cut to ``layers``; ``moe`` = ``impl`` or ``capacity:FACTOR`` for a MoE LLM."""
     from cogito_jax.models import registry
 
     cfg = registry.config_for({"family": family, "size": SIZES[size][family], **overrides})
-    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_layers=layers),
-                               audio=dataclasses.replace(cfg.audio, num_layers=layers))
+    text = dataclasses.replace(cfg.text, num_layers=layers)
+    if moe and text.num_experts:
+        impl, _, factor = moe.partition(":")
+        text = dataclasses.replace(text, moe_impl=impl, **({"moe_capacity_factor": float(factor)} if factor else {}))
+    return dataclasses.replace(cfg, text=text, audio=dataclasses.replace(cfg.audio, num_layers=layers))
 
 
 def bench_train(family: str, layers: int, batch: int, seq: int, steps: int, peak: float, attn: str,
-                size: str = "real") -> dict:
+                size: str = "real", moe: str = "") -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -81,7 +85,7 @@ def bench_train(family: str, layers: int, batch: int, seq: int, steps: int, peak
     from cogito_jax.models import registry
     from cogito_jax.train.step import TrainState, make_train_step
 
-    cfg = slice_config(family, layers, size, dtype="bfloat16", param_dtype="float32", attn_impl=attn)
+    cfg = slice_config(family, layers, size, moe, dtype="bfloat16", param_dtype="float32", attn_impl=attn)
     model = registry.build(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adamw(1e-5, weight_decay=0.0)
@@ -109,6 +113,8 @@ def bench_train(family: str, layers: int, batch: int, seq: int, steps: int, peak
     tokens = batch * seq
     n_params = sum(x.size for x in jax.tree.leaves(params))
     raw = dict(family=family, size=size, layers=layers, attn=attn, batch=batch, seq=seq, params=n_params,
+               moe=(cfg.text.moe_impl + (f":{cfg.text.moe_capacity_factor:g}" if cfg.text.moe_impl == "capacity"
+                                         else "")) if cfg.text.num_experts else "",
                step_s=sec, tokens_per_s=tokens / sec, xla_flops_per_token=xla_flops / tokens, compile_s=compile_s,
                loss=holder["loss"], temp_gib=getattr(mem, "temp_size_in_bytes", 0) / 2**30 if mem else None)
     try:
@@ -231,11 +237,12 @@ def print_tables(results: dict, train: list[dict]) -> None:
             print(f"{fam:<20}" + "  ".join(f"{k}: {v if isinstance(v, str) else f'{v:.2e}'}" for k, v in r.items()))
     if train:
         print("\ntrain step: slices of the released configs, fp32 params + AdamW, bf16 compute")
-        print(f"{'family':<20}{'layers':>7}{'attn':>7}{'tokens':>12}{'params':>8}{'step ms':>9}{'tok/s':>9}"
-              f"{'TFLOP/s':>9}{'MFU':>7}")
+        print(f"{'family':<20}{'layers':>7}{'attn':>7}{'moe':>14}{'tokens':>12}{'params':>8}{'step ms':>9}"
+              f"{'tok/s':>9}{'TFLOP/s':>9}{'MFU':>7}")
         for r in train:
             tf = f"{r['tflops_per_s']:>9.1f}{r['mfu']:>7.1%}" if "mfu" in r else f"{'-':>9}{'-':>7}"
-            print(f"{r['family']:<20}{r['layers']:>7}{r['attn']:>7}{r['batch']:>5}x{r['seq']:<6}"
+            print(f"{r['family']:<20}{r['layers']:>7}{r['attn']:>7}{r.get('moe', '') or '-':>14}"
+                  f"{r['batch']:>5}x{r['seq']:<6}"
                   f"{r['params'] / 1e9:>7.2f}B{r['step_s'] * 1e3:>9.1f}{r['tokens_per_s']:>9.0f}{tf}")
     if results.get("decode"):
         print("\ndecode: bf16 slices, prompts x samples rows, one while_loop")
@@ -257,6 +264,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--attn", default="xla,cudnn", help="attention implementations to train with")
+    ap.add_argument("--moe", default="ragged", help="MoE implementations to train with, comma-separated: "
+                    "ragged, dense, capacity or capacity:FACTOR")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--prompt-len", default="512", help="comma-separated decode prompt lengths")
@@ -322,12 +331,13 @@ def main() -> None:
     for fam in train_fams:
         for layers in layer_counts:
             for attn in args.attn.split(","):
-                run = lambda fam=fam, layers=layers, attn=attn: bench_train(  # noqa: E731
-                    fam, layers, args.batch, args.seq, args.steps, peak, attn, args.size)
-                r = attempt(f"train {fam} {layers} layers {attn}", run)
-                if r:
-                    results["train"].append(r)
-                    save()
+                for moe in args.moe.split(",") if fam == "qwen3_omni_thinker" else [""]:
+                    run = lambda fam=fam, layers=layers, attn=attn, moe=moe: bench_train(  # noqa: E731
+                        fam, layers, args.batch, args.seq, args.steps, peak, attn, args.size, moe)
+                    r = attempt(f"train {fam} {layers} layers {attn} {moe}", run)
+                    if r:
+                        results["train"].append(r)
+                        save()
     print()
     print_tables(results, results["train"])
 

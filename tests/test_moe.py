@@ -1,5 +1,7 @@
 """Qwen3-MoE sparse block and load-balancing loss in JAX against transformers (PyTorch, CPU)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +65,10 @@ def test_block_matches_hf(num_experts, top_k, norm, tokens):
     run = nnx.jit(lambda m, x, impl: m(x, impl), static_argnums=2)
     y, logits = run(ours, jnp.asarray(x), "ragged")
     y_dense, _ = run(ours, jnp.asarray(x), "dense")
+    no_drop = dataclasses.replace(ours.cfg, capacity_factor=num_experts / top_k)  # buffers hold every assignment
+    ours.cfg = no_drop
+    y_cap, _ = run(ours, jnp.asarray(x), "capacity")
+    assert rel_err(y_cap, np.asarray(y)) <= 1e-5
     assert y.shape == x.shape and logits.shape == (x.shape[0] * x.shape[1], num_experts)
     assert rel_err(y, ref) <= 1e-4
     assert rel_err(logits, ref_logits) <= 1e-5
@@ -70,6 +76,34 @@ def test_block_matches_hf(num_experts, top_k, norm, tokens):
     if tokens == (1, 3):
         used = np.unique(np.argsort(-np.asarray(logits), axis=-1)[:, :top_k])
         assert len(used) < num_experts
+
+
+def test_capacity_drops_the_assignments_past_each_experts_buffer():
+    n, k, e, d, f = 40, 2, 4, 8, 6
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    experts = np.stack([rng.choice(e, size=k, replace=False, p=[0.55, 0.25, 0.1, 0.1]) for _ in range(n)])
+    weights = rng.uniform(0.1, 1.0, size=(n, k)).astype(np.float32)
+    gate, up = (rng.normal(size=(e, d, f)).astype(np.float32) for _ in range(2))
+    down = rng.normal(size=(e, f, d)).astype(np.float32)
+    factor = 1.0
+    cap = moe.expert_capacity(n, k, e, factor)
+    assert cap == 24  # 1.0 x 40 x 2 / 4 = 20, rounded up to a multiple of 8
+    # Expected: the first `cap` assignments of each expert in token order run, the rest contribute nothing.
+    seen = np.zeros(e, int)
+    kept_w = weights.copy()
+    for m in range(n * k):
+        i, j = divmod(m, k)
+        kept_w[i, j] *= seen[experts[i, j]] < cap
+        seen[experts[i, j]] += 1
+    assert seen.max() > cap and (kept_w == 0).any()  # expert 0 overflows
+    args = (jnp.asarray(x), jnp.asarray(experts, jnp.int32))
+    w = tuple(map(jnp.asarray, (gate, up, down)))
+    got = moe.capacity_experts(*args, jnp.asarray(weights), *w, capacity_factor=factor)
+    want = moe.grouped_experts(*args, jnp.asarray(kept_w), *w)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
+        moe.MoEConfig(8, 4, 4, 2, impl="capacity", capacity_factor=0)
 
 
 def test_aux_loss_matches_hf():
@@ -110,8 +144,10 @@ def test_loads_from_saved_thinker_checkpoint(tmp_path):
         np.testing.assert_array_equal(v, tensors[k])
 
 
-def test_expert_sharded_mesh_matches_one_device(cpu_devices):
-    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2)
+@pytest.mark.parametrize("impl", ["ragged", "capacity"])
+def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
+    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2, impl=impl,
+                        capacity_factor=4.0)
     mesh = sharding.make_mesh(dict(fsdp=2, expert=4), cpu_devices)
     rules = sharding.RULE_PRESETS["fsdp_ep"]
     model = sharding.create_sharded(lambda: moe.SparseMoE(cfg, rngs=nnx.Rngs(0)), mesh, rules)

@@ -47,7 +47,8 @@ class DecoderConfig:
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
-    moe_impl: str = "ragged"
+    moe_impl: str = "ragged"  # ragged (dropless) | capacity (fixed expert buffers) | dense (reference)
+    moe_capacity_factor: float = 1.25  # moe_impl="capacity": slots per expert = factor x the mean load
     router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in the training loss
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -63,7 +64,8 @@ class DecoderConfig:
 
     def moe_config(self) -> MoEConfig:
         return MoEConfig(self.hidden_size, self.moe_intermediate_size, self.num_experts, self.num_experts_per_tok,
-                         self.norm_topk_prob, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.moe_impl)
+                         self.norm_topk_prob, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.moe_impl,
+                         capacity_factor=self.moe_capacity_factor)
 
 
 class Attention(nnx.Module):

@@ -6,14 +6,20 @@ parameters stacked per expert: ``gate_proj, up_proj [E, D, F]``, ``down_proj [E,
 
 ``impl="ragged"`` (default) is dropless: the ``N * k`` (token, expert) assignments are sorted by expert,
 run through ``jax.lax.ragged_dot`` with per-expert group sizes, unsorted and combined with the router
-weights. ``impl="dense"`` runs every token through every expert and masks (a reference for tests).
-Under a mesh the expert axis of the weights may be sharded (``"experts"`` -> ``expert``); GSPMD then
-partitions the grouped matmuls automatically.
+weights. ``impl="capacity"`` gives every expert a fixed buffer of ``C = ceil(capacity_factor * N * k / E)``
+slots (rounded up to a multiple of 8): assignments are scattered into ``[E, C, D]`` in token order,
+the experts run as one batched matmul (dense GEMMs that every backend runs at full speed, unlike
+``ragged_dot`` on GPUs), and the outputs are gathered back; an assignment past its expert's capacity
+is dropped (it contributes nothing, as in GShard / Switch). With ``capacity_factor >= E / k`` no
+assignment can be dropped and the result equals ``ragged``. ``impl="dense"`` runs every token through
+every expert and masks (a reference for tests). Under a mesh the expert axis of the weights may be
+sharded (``"experts"`` -> ``expert``); GSPMD then partitions the grouped matmuls automatically.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -23,7 +29,7 @@ from flax import nnx
 from cogito_jax.models.hf_weights import LINEAR
 from cogito_jax.models.layers import dense, dtype_of
 
-IMPLS = ("ragged", "dense")
+IMPLS = ("ragged", "capacity", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +42,15 @@ class MoEConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     impl: str = "ragged"
+    capacity_factor: float = 1.25  # impl="capacity": expert buffer = factor x the mean load
 
     def __post_init__(self):
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, {self.num_experts}]")
         if self.impl not in IMPLS:
             raise ValueError(f"moe impl={self.impl!r} must be one of {IMPLS}")
+        if not self.capacity_factor > 0:
+            raise ValueError(f"moe capacity_factor={self.capacity_factor} must be > 0")
 
 
 def route(logits_ne: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
@@ -83,6 +92,8 @@ class SparseMoE(nnx.Module):
         impl = impl or cfg.impl
         if impl == "ragged":
             y = grouped_experts(x_nd, experts, weights, *w)
+        elif impl == "capacity":
+            y = capacity_experts(x_nd, experts, weights, *w, capacity_factor=cfg.capacity_factor)
         elif impl == "dense":
             y = dense_experts(x_nd, experts, weights, *w)
         else:
@@ -103,6 +114,34 @@ def grouped_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Arra
     out_md = jax.lax.ragged_dot(h, down_efd, group_sizes)
     out_nkd = jnp.zeros_like(out_md).at[order].set(out_md).reshape(n, k, -1)
     return jnp.einsum("nkd,nk->nd", out_nkd, weights_nk.astype(out_nkd.dtype))
+
+
+def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """Slots per expert: ``capacity_factor`` x the mean load ``N * k / E``, rounded up to a multiple of 8,
+    never more than ``N`` (an expert gets each token at most once)."""
+    mean = num_tokens * top_k / num_experts
+    return max(1, min(num_tokens, -(-int(math.ceil(capacity_factor * mean)) // 8) * 8))
+
+
+def capacity_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
+                     up_edf: jax.Array, down_efd: jax.Array, *, capacity_factor: float) -> jax.Array:
+    """Experts over fixed-size buffers ``[E, C, D]`` (see the module docstring); overflow is dropped."""
+    n, k = experts_nk.shape
+    num_experts, d = gate_edf.shape[0], x_nd.shape[-1]
+    cap = expert_capacity(n, k, num_experts, capacity_factor)
+    flat_e = experts_nk.reshape(-1)  # assignment m = token m // k, its (m % k)-th choice
+    order = jnp.argsort(flat_e, stable=True)  # token order inside each expert
+    sizes = jnp.zeros((num_experts,), jnp.int32).at[flat_e].add(1)
+    starts = jnp.cumsum(sizes) - sizes
+    rank = jnp.zeros_like(flat_e).at[order].set(jnp.arange(n * k, dtype=flat_e.dtype) - starts[flat_e[order]])
+    kept = rank < cap
+    slot = jnp.where(kept, flat_e * cap + rank, num_experts * cap)  # out of range: dropped by the scatter
+    buf = jnp.zeros((num_experts * cap, d), x_nd.dtype).at[slot].set(jnp.repeat(x_nd, k, axis=0), mode="drop")
+    buf = buf.reshape(num_experts, cap, d)
+    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, gate_edf)) * jnp.einsum("ecd,edf->ecf", buf, up_edf)
+    out = jnp.einsum("ecf,efd->ecd", h, down_efd).reshape(num_experts * cap, d)
+    out_md = jnp.where(kept[:, None], out[jnp.minimum(slot, num_experts * cap - 1)], 0)
+    return jnp.einsum("nkd,nk->nd", out_md.reshape(n, k, d), weights_nk.astype(out_md.dtype))
 
 
 def dense_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
