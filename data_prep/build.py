@@ -2,16 +2,25 @@
 
 Stages, each cached under ``DIR/cache`` so a re-run skips finished work: read the source (a manifest,
 or the synthetic corpus written as wav files + manifest) -> decode, quality-filter and extract
-log-mel per clip -> exact dedup and the benchmark-contamination guard -> question/answer (the
-manifest's own, or the annotator model's) -> [thinking + audit with models] -> a TFDS array_record
+log-mel per clip -> exact dedup and the benchmark-contamination guard (audio hash, and source URL +
+time span, against ``filters.contamination_meta``) -> question/answer (the manifest's own, or the
+annotator model's) -> [thinking + audit with models, see ``data_prep.stages``] -> a TFDS array_record
 dataset under ``DIR/dataset`` and ``DIR/report.json`` (``kept``, ``rejected`` = one ``{id, reason}``
 per rejected item, counts per stage and reason, durations, modality mix) plus ``DIR/report.md`` with
 plots.
+
+Clips over 30 s (``features.long_clips``): ``truncate`` keeps the first 30 s, the one window
+qwen2_audio's Whisper encoder takes (its HF processor truncates too); ``chunks`` keeps up to
+``features.max_seconds`` as the log-mel of each 30 s window (``audio.log_mel_chunks``), concatenated
+along frames into the record's one unpadded ``mel``, which qwen3_omni_thinker's AuT encoder windows by
+itself; ``auto`` picks by the family of ``think.model`` (``truncate`` without one). Consumers crop the
+mel to their model's frame window.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import pathlib
 import time
@@ -20,36 +29,10 @@ from typing import Any
 from absl import flags
 
 from cogito_jax import config as cfglib
+from data_prep.stages.cache import StageCache
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
-
-
-class StageCache:
-    """Per-item results of one stage in an append-only JSONL file, keyed by item id."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-        self.rows: dict[str, dict] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    self.rows[row["id"]] = row
-                except (json.JSONDecodeError, KeyError):
-                    continue  # torn last line from a crash: that item is simply redone
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a")
-
-    def __contains__(self, item_id: str) -> bool:
-        return item_id in self.rows
-
-    def add(self, row: dict) -> None:
-        self.rows[row["id"]] = row
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
+CHUNKED_FAMILIES = ("qwen3_omni_thinker",)  # audio encoders that take a whole clip and window it themselves
 
 
 def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
@@ -75,7 +58,7 @@ def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
 
 
 def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
-    """Decode + quality filters + log-mel for every item not yet in the cache."""
+    """Decode + quality filters + log-mel for every item not yet in the cache (or cached with other features)."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -83,7 +66,9 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
     mel_dir = out / "cache" / "mel"
     mel_dir.mkdir(parents=True, exist_ok=True)
     fcfg = filter_config(cfg)
-    todo = [it for it in items if it["id"] not in cache]
+    key = features_key(cfg)
+    todo = [it for it in items if it["id"] not in cache
+            or (cache.rows[it["id"]]["ok"] and cache.rows[it["id"]].get("features") != key)]
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
         row, mel = process_clip(item, cfg, fcfg)
         if mel is not None:
@@ -91,6 +76,23 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
         cache.add(row)
     cache.close()
     return cache
+
+
+def long_clip_mode(cfg) -> str:
+    """``truncate`` or ``chunks``: how clips over 30 s become log-mel (``features.long_clips``, see above)."""
+    mode = cfg.features.long_clips
+    if mode != "auto":
+        return mode
+    if not cfg.think.model:
+        return "truncate"
+    from data_prep.stages.generation import family_of
+
+    return "chunks" if family_of(cfg.think.model, "think.model") in CHUNKED_FAMILIES else "truncate"
+
+
+def features_key(cfg) -> str:
+    """What a clip's cached log-mel depends on besides its audio."""
+    return f"n_mels={cfg.features.n_mels} long_clips={long_clip_mode(cfg)} max_seconds={cfg.features.max_seconds}"
 
 
 def filter_config(cfg):
@@ -114,26 +116,30 @@ def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
         r = result.rejection
         return {"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason}, None
     wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
-    mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
+    if long_clip_mode(cfg) == "chunks":
+        mel_mf = np.concatenate(audio.log_mel_chunks(wave, n_mels=cfg.features.n_mels), axis=1)
+    else:
+        wave = wave[: audio.N_SAMPLES]
+        mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
     row = {"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
-           "n_frames": mel_mf.shape[1]}
+           "n_frames": mel_mf.shape[1], "features": features_key(cfg)}
     return row, mel_mf.T.astype(np.float16)
 
 
 def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
     """(kept items, rejections) in manifest order from the per-clip rows: failed clips, benchmark
-    contamination, exact duplicates (the first in manifest order is kept), items without a question."""
-    from data_prep import filters
-
-    banned = filters.contamination_hashes(cfg.filters.contamination_meta) if cfg.filters.contamination_meta else set()
+    contamination (audio hash, or source URL + time span from the item's metadata), exact duplicates (the
+    first in manifest order is kept), items without a question."""
+    guard = contamination_guard(tuple(str(m) for m in cfg.filters.contamination_meta))
     seen: dict[str, str] = {}
     kept, rejected = [], []
     for item in items:
         row = rows[item["id"]]
+        contamination = guard.check_item(item, row["hash"]) if row["ok"] else None
         if not row["ok"]:
             rejected.append({"id": item["id"], "reason": row["reason"]})
-        elif row["hash"] in banned:
-            rejected.append({"id": item["id"], "reason": "contamination: audio matches a benchmark clip"})
+        elif contamination:
+            rejected.append({"id": item["id"], "reason": contamination})
         elif cfg.filters.dedup and row["hash"] in seen:
             rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
         elif not item.get("question") and not cfg.annotate.model:
@@ -144,12 +150,25 @@ def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[di
     return kept, rejected
 
 
+@functools.lru_cache(maxsize=4)
+def contamination_guard(meta_files: tuple[str, ...]):
+    """The :class:`data_prep.filters.ContaminationGuard` of benchmark meta files (read once per process)."""
+    from cogito_jax.config import ConfigError
+    from cogito_jax.eval.benchmarks import BenchmarkError
+    from data_prep import filters
+
+    try:
+        return filters.ContaminationGuard.from_meta(meta_files)
+    except BenchmarkError as e:
+        raise ConfigError(f"filters.contamination_meta: {e}") from None
+
+
 def build(cfg, out_dir: str) -> dict[str, Any]:
     """Runs the configured stages; returns the report (also written to ``out_dir/report.json``)."""
     import numpy as np
 
     from cogito_jax.data import records
-    from data_prep import report as report_lib
+    from data_prep import report as report_lib, stages
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,36 +185,44 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     kept_items, more_rejected = select_items(items, audio_cache.rows, cfg)
     rejected.extend(more_rejected)
     times["dedup+qa"] = time.time() - t
-    if cfg.annotate.model or cfg.think.model:
-        cfglib.usage_error("model stages (annotate/think/audit) are configured but not available in this build")
+    stage_reports: dict[str, Any] = {}
+    if stages.configured(cfg):
+        kept_items, more_rejected, stage_reports = stages.run(kept_items, cfg, out, audio_cache.rows, times)
+        rejected.extend(more_rejected)
 
     def make_records():
         for item in kept_items:
-            mel = np.load(out / "cache" / "mel" / f"{item['id']}.npy")
+            clip = item.get("clip_id", item["id"])
+            mel = np.load(out / "cache" / "mel" / f"{clip}.npy")
             meta = item.get("metadata") or {}
+            provenance = {"audio_path": str(item["audio_path"]),
+                          **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
             yield records.make_record(
                 id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
                 answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
                 modality=item.get("modality", ""), category=item.get("category", ""),
-                sub_category=item.get("sub_category", ""), provenance={"audio_path": str(item["audio_path"])},
+                sub_category=item.get("sub_category", ""), provenance=provenance,
             )
 
     t = time.time()
     dataset_dir = _write_if_changed(out, cfg, kept_items, make_records)
     times["write"] = time.time() - t
-    report = report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, dataset_dir)
+    report = report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, dataset_dir,
+                                  stages=stage_reports)
     report_lib.write(report, out)
     return report
 
 
-def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_records) -> pathlib.Path:
-    """Writes the dataset unless one with exactly these items and this config already exists."""
+def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_records) -> pathlib.Path | None:
+    """Writes the dataset unless one with exactly these items and this config already exists; with no kept
+    item there is no dataset (None, and an earlier one is removed)."""
     import hashlib
 
     from cogito_jax.data import records
 
-    key = hashlib.sha256(json.dumps([[i["id"] for i in kept_items], cfg.to_dict()], sort_keys=True,
-                                    default=str).encode()).hexdigest()
+    content = [[i["id"], i.get("clip_id"), i["question"], i["choices"], i["answer"], i.get("thinking", "")]
+               for i in kept_items]
+    key = hashlib.sha256(json.dumps([content, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
     stamp = out / "dataset" / "BUILD_KEY"
     existing = next((out / "dataset").rglob("dataset_info.json"), None) if (out / "dataset").exists() else None
     if existing is not None and stamp.exists() and stamp.read_text() == key:
@@ -204,6 +231,8 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_recor
         import shutil
 
         shutil.rmtree(out / "dataset")
+    if not kept_items:
+        return None
     path = records.write_dataset(out / "dataset", {"train": make_records}, feat_dim=cfg.features.n_mels,
                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
     stamp.write_text(key)
@@ -229,8 +258,11 @@ def main(cfg) -> int:
         cfglib.usage_error("--out is required")
     report = build(cfg, _OUT.value)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
-    print(f"kept {report['kept']} items, rejected {len(report['rejected'])} ({dict(reasons)}); "
-          f"dataset in {report['dataset_dir']}")
+    where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
+    print(f"kept {report['kept']} items, rejected {len(report['rejected'])} ({dict(reasons)}); {where}")
+    if reasons.get("judge_failed"):
+        print(f"{reasons['judge_failed']} questions wait for a judge verdict (judge calls failed); run the same "
+              "command again to retry them")
     return 0
 
 

@@ -6,6 +6,10 @@ from ml_collections import ConfigDict
 
 from cogito_jax.config import ConfigError, check_schema
 
+LONG_CLIPS = ("auto", "truncate", "chunks")
+THINK_SYSTEMS = ("challenge", "default", "none")
+MAX_QUESTIONS_PER_CLIP = 3
+
 
 def base_data_config() -> ConfigDict:
     c = ConfigDict()
@@ -27,10 +31,44 @@ def base_data_config() -> ConfigDict:
         dedup=True,
         contamination_meta=(),  # benchmark meta files (MMAR/MMAU) whose clips must not be used
     ))
-    c.features = ConfigDict(dict(n_mels=128, max_seconds=30.0))
-    c.annotate = ConfigDict(dict(model="", seed_questions="", questions_per_clip=2))
-    c.think = ConfigDict(dict(model="", num_samples=4, temperature=1.0, max_new_tokens=1024))
-    c.audit = ConfigDict(dict(judge_url="", judge_model="", judge_local_model="", max_retries=5, timeout_s=60.0))
+    c.features = ConfigDict(dict(
+        n_mels=128,
+        max_seconds=30.0,  # audio kept per clip
+        # clips over 30 s: "truncate" (the first 30 s: qwen2_audio's Whisper encoder takes one 30 s window),
+        # "chunks" (every 30 s window, concatenated along frames: qwen3_omni_thinker's AuT windows the
+        # whole clip itself), or "auto" (by the family of think.model; truncate without one)
+        long_clips="auto",
+    ))
+    c.annotate = ConfigDict(dict(
+        model="",  # checkpoint folder (HF or Orbax, with its tokenizer) of the instruct model
+        seed_questions="",  # JSONL pool of expert questions {question, choices, answer[, metadata]}
+        questions_per_clip=2,  # asked for; 1-3
+        num_shots=3,  # seed questions shown per prompt
+        only_missing=True,  # annotate only clips whose manifest has no question
+        temperature=0.0,
+        max_new_tokens=512,
+        batch_size=8,
+        max_description_chars=2000,
+    ))
+    c.think = ConfigDict(dict(
+        model="", num_samples=4, temperature=1.0, top_p=1.0, max_new_tokens=1024, batch_size=8,
+        system="challenge",  # challenge | default | none
+    ))
+    c.audit = ConfigDict(dict(
+        judge_url="",  # an OpenAI-compatible endpoint (``.../v1``) ...
+        judge_model="",  # ... and the model name it serves
+        judge_local_model="",  # or a checkpoint folder run through the sampling engine
+        api_key_env="OPENAI_API_KEY",
+        max_retries=5,  # per HTTP call; and judge runs asked again after an unreadable verdict
+        timeout_s=60.0,
+        backoff_s=1.0,
+        requests_per_s=0.0,  # 0: no rate limit
+        workers=4,  # concurrent HTTP judge calls
+        judge_max_tokens=256,
+        min_thinking_chars=20,
+        max_thinking_chars=10_000,
+        max_traces_per_question=1,
+    ))
     c.output = ConfigDict(dict(heldout_fraction=0.0, split_seed=0))
     c.workers = 0
     return c
@@ -45,6 +83,31 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
     if cfg.filters.min_seconds > cfg.filters.max_seconds:
         f = cfg.filters
         raise ConfigError(f"filters.min_seconds={f.min_seconds} > filters.max_seconds={f.max_seconds}")
+    if cfg.features.long_clips not in LONG_CLIPS:
+        raise ConfigError(f"features.long_clips={cfg.features.long_clips!r} must be one of {LONG_CLIPS}")
+    if not 1 <= cfg.annotate.questions_per_clip <= MAX_QUESTIONS_PER_CLIP:
+        raise ConfigError(f"annotate.questions_per_clip={cfg.annotate.questions_per_clip} must be in "
+                          f"1-{MAX_QUESTIONS_PER_CLIP}")
+    if cfg.annotate.model and not cfg.annotate.seed_questions:
+        raise ConfigError("annotate.model is set but annotate.seed_questions is not: give a JSONL pool of seed "
+                          "questions (--config.annotate.seed_questions=SEEDS.jsonl)")
+    if cfg.think.system not in THINK_SYSTEMS:
+        raise ConfigError(f"think.system={cfg.think.system!r} must be one of {THINK_SYSTEMS}")
+    a = cfg.audit
+    if a.judge_url and a.judge_local_model:
+        raise ConfigError(f"audit.judge_url={a.judge_url!r} and audit.judge_local_model={a.judge_local_model!r} "
+                          "are both set; give one judge")
+    if a.judge_url and not a.judge_model:
+        raise ConfigError(f"audit.judge_url={a.judge_url!r} needs audit.judge_model (the model name it serves)")
+    for key in ("num_samples", "batch_size", "max_new_tokens"):
+        if cfg.think[key] < 1:
+            raise ConfigError(f"think.{key}={cfg.think[key]} must be >= 1")
+    for key in ("num_shots", "batch_size", "max_new_tokens"):
+        if cfg.annotate[key] < 1:
+            raise ConfigError(f"annotate.{key}={cfg.annotate[key]} must be >= 1")
+    if a.max_traces_per_question < 1 or a.workers < 1 or a.max_retries < 0:
+        raise ConfigError(f"audit.max_traces_per_question={a.max_traces_per_question} and audit.workers="
+                          f"{a.workers} must be >= 1, audit.max_retries={a.max_retries} >= 0")
     if not 0.0 <= cfg.output.heldout_fraction < 1.0:
         raise ConfigError(f"output.heldout_fraction={cfg.output.heldout_fraction} must be in [0, 1)")
     return cfg

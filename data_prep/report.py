@@ -1,5 +1,7 @@
 """The build report: ``report.json`` (contract 6), ``report.md`` and PNG plots of what was kept and why
-the rest was rejected."""
+the rest was rejected. With model stages, ``stages`` holds each one's counts and rejection reasons
+(``annotate``: clips, questions written / valid, reasons; ``think``: questions, samples, generated this run;
+``audit``: traces accepted / rejected / waiting for the judge, reasons per trace, questions kept)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ from typing import Any
 
 
 def summarize(items: list[dict], kept: list[dict], rejected: list[dict], audio_rows: dict[str, dict],
-              times: dict[str, float], dataset_dir: pathlib.Path) -> dict[str, Any]:
+              times: dict[str, float], dataset_dir: pathlib.Path | None, stages: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """The report of a build: ``items`` as read from the source, ``kept`` records' items (a question item
+    names its clip in ``clip_id``), every rejection, the per-clip audio rows, stage seconds, model-stage reports."""
     reasons = collections.Counter(r["reason"].split(":")[0] for r in rejected)
-    seconds = [audio_rows[i["id"]]["seconds"] for i in kept if i["id"] in audio_rows]
+    clips = dict.fromkeys(i.get("clip_id", i["id"]) for i in kept)
+    seconds = [audio_rows[c]["seconds"] for c in clips if c in audio_rows]
     return {
         "kept": len(kept),
         "rejected": rejected,
@@ -23,7 +29,8 @@ def summarize(items: list[dict], kept: list[dict], rejected: list[dict], audio_r
         "modality": dict(collections.Counter(i.get("modality") or "unknown" for i in kept)),
         "category": dict(collections.Counter(i.get("category") or "unknown" for i in kept)),
         "stage_seconds": {k: round(v, 3) for k, v in times.items()},
-        "dataset_dir": str(dataset_dir),
+        "stages": dict(stages or {}),
+        "dataset_dir": str(dataset_dir) if dataset_dir else None,
     }
 
 
@@ -39,9 +46,24 @@ def write(report: dict[str, Any], out: pathlib.Path) -> None:
         *[f"| {k} | {v} |" for k, v in sorted(c["rejected_by_reason"].items(), key=lambda kv: -kv[1])], "",
         "| modality | kept |", "|---|---|", *[f"| {k} | {v} |" for k, v in sorted(report["modality"].items())], "",
         "| stage | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in report["stage_seconds"].items()], "",
+        *_stage_lines(report.get("stages") or {}),
         *[f"![{p.stem}](plots/{p.name})" for p in plots],
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _stage_lines(stages: dict[str, Any]) -> list[str]:
+    """A section per model stage: its counts, then its rejection reasons."""
+    lines = []
+    for name, rep in stages.items():
+        lines += [f"## {name}", "", "| count | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rep.items() if not isinstance(v, dict)]
+        reasons = rep.get("rejected_by_reason") or {}
+        if reasons:
+            lines += ["", f"| {name}: rejection reason | count |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+        lines.append("")
+    return lines
 
 
 def _plots(report: dict[str, Any], folder: pathlib.Path) -> list[pathlib.Path]:

@@ -126,3 +126,36 @@ def test_split_grids_share_no_value():
     train = {synthetic._grid(grid, "train", rng) for _ in range(300)}
     held = {synthetic._grid(grid, "heldout", rng) for _ in range(300)}
     assert train and held and not train & held
+
+
+def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path):
+    """40 s of audio: ``truncate`` keeps 30 s (3,000 frames); ``chunks`` keeps every 30 s window's log-mel end to
+    end (3,000 + 1,000 frames); ``auto`` follows think.model's family; changing the mode redoes the features."""
+    from cogito_jax import audio
+    from data_prep import build
+    from data_prep.config import base_data_config
+
+    rng = np.random.default_rng(0)
+    wave = (0.2 * np.sin(2 * np.pi * 330 * np.arange(16000 * 40) / 16000) * (1 + rng.random(16000 * 40))).astype(
+        np.float32) / 2
+    sf.write(tmp_path / "long.wav", wave, 16000, subtype="FLOAT")
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(_line("long", "long.wav")) + "\n")
+    cfg = base_data_config()
+    cfg.source.manifest, cfg.features.n_mels, cfg.features.max_seconds = str(tmp_path / "manifest.jsonl"), 80, 45.0
+    for family, mode in (("qwen2_audio", "truncate"), ("qwen3_omni_moe_thinker", "chunks")):
+        (tmp_path / family).mkdir()
+        (tmp_path / family / "config.json").write_text(json.dumps({"model_type": family}))
+        cfg.think.model = str(tmp_path / family)
+        assert build.long_clip_mode(cfg) == mode
+    cfg.think.model = ""
+    assert build.long_clip_mode(cfg) == "truncate"
+    mels = {}
+    for mode in ("truncate", "chunks"):
+        cfg.features.long_clips = mode
+        report = build.build(cfg, str(tmp_path / "out"))
+        assert report["kept"] == 1
+        mels[mode] = records.RecordSource(report["dataset_dir"])[0]["mel"].astype(np.float32)
+    assert mels["truncate"].shape == (3000, 80) and mels["chunks"].shape == (4000, 80)
+    np.testing.assert_array_equal(mels["chunks"][:3000], mels["truncate"])
+    tail = audio.log_mel_frames(wave[16000 * 30:], n_mels=80).T.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(mels["chunks"][3000:], tail)

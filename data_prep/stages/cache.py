@@ -1,0 +1,36 @@
+"""The cache of a build stage: per-item results in an append-only JSONL file, keyed by item id."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+class StageCache:
+    """Per-item results of one stage in an append-only JSONL file, keyed by item id."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        text = path.read_text() if path.exists() else ""
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+                self.rows[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                continue  # torn last line from a crash: that item is simply redone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = path.open("a")
+        if text and not text.endswith("\n"):
+            self._f.write("\n")  # the next row starts on a line of its own
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.rows
+
+    def add(self, row: dict) -> None:
+        self.rows[row["id"]] = row
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
