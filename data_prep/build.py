@@ -163,11 +163,25 @@ def contamination_guard(meta_files: tuple[str, ...]):
         raise ConfigError(f"filters.contamination_meta: {e}") from None
 
 
+def item_record(item: dict, mel) -> dict[str, Any]:
+    """The dataset record of one kept item with its log-mel ``[frames, n_mels]``."""
+    from cogito_jax.data import records
+
+    meta = item.get("metadata") or {}
+    provenance = {"audio_path": str(item["audio_path"]),
+                  **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
+    return records.make_record(
+        id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
+        answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
+        modality=item.get("modality", ""), category=item.get("category", ""),
+        sub_category=item.get("sub_category", ""), provenance=provenance,
+    )
+
+
 def build(cfg, out_dir: str) -> dict[str, Any]:
     """Runs the configured stages; returns the report (also written to ``out_dir/report.json``)."""
     import numpy as np
 
-    from cogito_jax.data import records
     from data_prep import report as report_lib, stages
 
     out = pathlib.Path(out_dir)
@@ -193,16 +207,7 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     def make_records():
         for item in kept_items:
             clip = item.get("clip_id", item["id"])
-            mel = np.load(out / "cache" / "mel" / f"{clip}.npy")
-            meta = item.get("metadata") or {}
-            provenance = {"audio_path": str(item["audio_path"]),
-                          **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
-            yield records.make_record(
-                id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
-                answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
-                modality=item.get("modality", ""), category=item.get("category", ""),
-                sub_category=item.get("sub_category", ""), provenance=provenance,
-            )
+            yield item_record(item, np.load(out / "cache" / "mel" / f"{clip}.npy"))
 
     t = time.time()
     dataset_dir = _write_if_changed(out, cfg, kept_items, make_records)
@@ -256,7 +261,12 @@ def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, s
 def main(cfg) -> int:
     if not _OUT.value:
         cfglib.usage_error("--out is required")
-    report = build(cfg, _OUT.value)
+    if cfg.runner == "beam":
+        from data_prep import beam_pipeline
+
+        report = beam_pipeline.build(cfg, _OUT.value)
+    else:
+        report = build(cfg, _OUT.value)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
     where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
     print(f"kept {report['kept']} items, rejected {len(report['rejected'])} ({dict(reasons)}); {where}")

@@ -71,7 +71,9 @@ def base_data_config() -> ConfigDict:
     ))
     c.output = ConfigDict(dict(heldout_fraction=0.0, split_seed=0))
     c.workers = 0
-    return c
+    from data_prep.beam_pipeline import add_beam_config  # runner (local | beam) and the beam section
+
+    return add_beam_config(c)
 
 
 def validate_data_config(cfg: ConfigDict) -> ConfigDict:
@@ -110,4 +112,6 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
                           f"{a.workers} must be >= 1, audit.max_retries={a.max_retries} >= 0")
     if not 0.0 <= cfg.output.heldout_fraction < 1.0:
         raise ConfigError(f"output.heldout_fraction={cfg.output.heldout_fraction} must be in [0, 1)")
-    return cfg
+    from data_prep.beam_pipeline import validate_beam_config
+
+    return validate_beam_config(cfg)
