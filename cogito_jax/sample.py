@@ -27,6 +27,7 @@ from absl import flags
 from cogito_jax import config as cfglib
 from cogito_jax.config import ConfigError
 from cogito_jax.data import chat
+from cogito_jax.sampling.driver import LazyMelPrompt
 
 _INPUT = flags.DEFINE_string("input", None, "Prompts: a JSONL file or a dataset folder written by data_prep.build.")
 # data_prep.build (imported when a run's synthetic data is made) defines its own --out; this one is read first.
@@ -39,11 +40,12 @@ cfglib.define_config_flag()
 SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
 
 
-class AudioFileItem(Mapping):
+class AudioFileItem(LazyMelPrompt):
     """A prompt whose log-mel is computed from its audio file whenever it is read, and never kept."""
 
     def __init__(self, fields: Mapping[str, Any], path: pathlib.Path, n_mels: int, max_frames: int):
-        self._fields, self.path, self.n_mels, self.max_frames = dict(fields), path, n_mels, max_frames
+        super().__init__(fields)
+        self.path, self.n_mels, self.max_frames = path, n_mels, max_frames
         self._n_frames: int | None = None
 
     def _wave(self) -> np.ndarray:
@@ -55,27 +57,19 @@ class AudioFileItem(Mapping):
             raise ConfigError(f"prompt {self._fields['id']!r}: {e}") from None
         return wave[: self.max_frames * audio.HOP]
 
-    def __getitem__(self, key: str) -> Any:
+    def load_mel(self) -> np.ndarray:
         from cogito_jax import audio
 
-        if key == "mel":
-            mel = audio.log_mel_frames(self._wave(), self.n_mels).T
-            self._n_frames = mel.shape[0]
-            return mel
-        if key == "n_frames":
-            if self._n_frames is None:
-                self._n_frames = audio.num_frames(len(self._wave()))
-            return self._n_frames
-        return self._fields[key]
+        mel = audio.log_mel_frames(self._wave(), self.n_mels).T
+        self._n_frames = mel.shape[0]
+        return mel
 
-    def __contains__(self, key: object) -> bool:
-        return key in ("mel", "n_frames") or key in self._fields
+    def num_frames(self) -> int:
+        from cogito_jax import audio
 
-    def __iter__(self) -> Iterator[str]:
-        return iter([*self._fields, "mel", "n_frames"])
-
-    def __len__(self) -> int:
-        return len(self._fields) + 2
+        if self._n_frames is None:
+            self._n_frames = audio.num_frames(len(self._wave()))
+        return self._n_frames
 
 
 class RecordItem(Mapping):

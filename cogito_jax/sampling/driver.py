@@ -49,6 +49,37 @@ class PromptError(ValueError):
     """A prompt the driver cannot run (longer than every length bucket, features of the wrong width)."""
 
 
+class LazyMelPrompt(Mapping):
+    """A prompt whose ``mel`` (``[frames, n_mels]``) is made only when its batch is built, so a long job never
+    holds every clip's features: subclasses give :meth:`load_mel` and :meth:`num_frames`; the other keys
+    (``id``, ``question``, ``choices``, ...) come from ``fields``."""
+
+    def __init__(self, fields: Mapping[str, Any]):
+        self._fields = dict(fields)
+
+    def load_mel(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def num_frames(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "mel":
+            return self.load_mel()
+        if key == "n_frames":
+            return self.num_frames()
+        return self._fields[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in ("mel", "n_frames") or key in self._fields
+
+    def __iter__(self):
+        return iter([*self._fields, "mel", "n_frames"])
+
+    def __len__(self) -> int:
+        return len(self._fields) + 2
+
+
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= n; raises if the prompt is longer than every bucket."""
     for b in buckets:

@@ -12,13 +12,14 @@ import dataclasses
 import functools
 import json
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from cogito_jax.config import ConfigError
 from cogito_jax.data import chat
+from cogito_jax.sampling.driver import LazyMelPrompt
 
 SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
 
@@ -76,27 +77,18 @@ def family_of(path: str, who: str) -> str:
         raise ConfigError(f"{who}={path!r}: {e}") from None
 
 
-class MelItem(Mapping):
+class MelItem(LazyMelPrompt):
     """A driver prompt whose log-mel (a cached ``[frames, n_mels]`` .npy file) is read only when its batch is built."""
 
     def __init__(self, fields: Mapping[str, Any], mel_path: pathlib.Path, n_frames: int):
-        self._fields, self.mel_path, self.n_frames = dict(fields), mel_path, int(n_frames)
+        super().__init__(fields)
+        self.mel_path, self.n_frames = mel_path, int(n_frames)
 
-    def __getitem__(self, key: str) -> Any:
-        if key == "mel":
-            return np.load(self.mel_path)
-        if key == "n_frames":
-            return self.n_frames
-        return self._fields[key]
+    def load_mel(self) -> np.ndarray:
+        return np.load(self.mel_path)
 
-    def __contains__(self, key: object) -> bool:
-        return key in ("mel", "n_frames") or key in self._fields
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([*self._fields, "mel", "n_frames"])
-
-    def __len__(self) -> int:
-        return len(self._fields) + 2
+    def num_frames(self) -> int:
+        return self.n_frames
 
 
 def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib.Path, *, num_samples: int,
