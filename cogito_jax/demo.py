@@ -10,6 +10,7 @@ fine-tune) -> held-out evaluation with the official MMAR rule. Writes `W/report.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 
@@ -51,11 +52,30 @@ def run(cfg, workdir: pathlib.Path) -> dict:
         s = state["rounds"][str(r)]
         stages.append({"name": "sft" if r == 0 else f"distill_{r}", "accuracy": s["accuracy"], "n": s["n"],
                        "ci": s["ci"], "category": s["category"]})
-    report = {"chance": chance, "stages": stages, "distill": {k: v for k, v in state["rounds"].items() if k != "0"},
-              "seconds": {k: round(v, 1) for k, v in times.items()}}
+    report = {"chance": chance, "stages": stages, "gain": gain_over_sft(stages),
+              "distill": {k: v for k, v in state["rounds"].items() if k != "0"},
+              "seconds": {k: round(v, 1) for k, v in times.items()}, "peak_rss_gib": round(_peak_rss_gib(), 2)}
     (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_md(report, workdir)
     return report
+
+
+def gain_over_sft(stages: list[dict]) -> list[dict]:
+    """Each later stage's accuracy minus the SFT stage's, with the standard error of that difference
+    (independent binomial estimates: ``sqrt(p0 (1 - p0) / n0 + p1 (1 - p1) / n1)``)."""
+    p0, n0 = stages[0]["accuracy"], stages[0]["n"]
+    out = []
+    for s in stages[1:]:
+        se = math.sqrt(p0 * (1 - p0) / max(n0, 1) + s["accuracy"] * (1 - s["accuracy"]) / max(s["n"], 1))
+        delta = s["accuracy"] - p0
+        out.append({"stage": s["name"], "delta": delta, "se": se, "above_2se": bool(delta > 2 * se)})
+    return out
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
 
 
 def _write_md(report: dict, workdir: pathlib.Path) -> None:
@@ -65,6 +85,9 @@ def _write_md(report: dict, workdir: pathlib.Path) -> None:
     for s in report["stages"]:
         lines.append(f"| {s['name']} | {100 * s['accuracy']:.1f}% | [{100 * s['ci'][0]:.1f}, {100 * s['ci'][1]:.1f}]"
                      f" | {s['n']} |")
+    for g in report["gain"]:
+        lines.append(f"\n{g['stage']} vs sft: {100 * g['delta']:+.1f} points (standard error of the difference "
+                     f"{100 * g['se']:.1f}; {'more' if g['above_2se'] else 'not more'} than twice it)")
     lines += ["", "![accuracy per stage](accuracy.png)", "", "![training loss](training.png)", ""]
     for k, v in report["distill"].items():
         lines.append(f"Round {k}: {v.get('accepted_traces', 0)} traces accepted from {v.get('prompts', 0)} prompts; "
@@ -130,7 +153,10 @@ def main(cfg) -> int:
     print("\nexample chains of thought on held-out questions:\n" + _examples(workdir))
     print(f"\nchance {100 * report['chance']:.1f}% | " + " | ".join(
         f"{s['name']} {100 * s['accuracy']:.1f}% (n={s['n']})" for s in report["stages"]))
-    print(f"demo finished in {time.time() - t0:.0f} s; report: {workdir / 'report.md'}")
+    for g in report["gain"]:
+        print(f"{g['stage']} vs sft: {100 * g['delta']:+.1f} points, 2 x standard error {200 * g['se']:.1f}")
+    print(f"demo finished in {time.time() - t0:.0f} s (peak memory {report['peak_rss_gib']:.1f} GiB); "
+          f"report: {workdir / 'report.md'}")
     return 0
 
 

@@ -14,11 +14,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     quick = arg == "quick"
     c = tiny()
     c.name = "demo"
-    c.data.num_train = 60 if quick else 1200  # seed questions with reference reasoning
+    # A small seed set with reference reasoning and a larger pool the model answers unaided: the regime in
+    # which self-distillation has something to add (measured: with 700 or more seed items SFT alone comes
+    # within about 2 points of what the round reaches).
+    c.data.num_train = 60 if quick else 600
     c.data.num_heldout = 40 if quick else 1000
-    c.data.max_len = 256
+    c.data.max_len = 208  # the longest synthetic example is 206 tokens
     c.data.vocab_size = 512
-    c.train.batch_size = 8 if quick else 32
+    c.train.batch_size = 8 if quick else 24
     c.train.log_every = 5 if quick else 20
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 5 if quick else 50
@@ -27,12 +30,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.checkpoint.async_save = False
     c.experiment = ConfigDict(dict(pool_size=48 if quick else 2000))  # questions the model answers unaided
     c.distill.rounds = 1
-    c.distill.sft_steps = 10 if quick else 600
+    c.distill.sft_steps = 10 if quick else 400
     c.distill.round_steps = 10 if quick else 400
     c.distill.num_samples = 4
     c.distill.orders = 2
     c.distill.temperature = 1.0
-    c.distill.max_new_tokens = 64
+    c.distill.max_new_tokens = 128  # answers run to 74 tokens; 64 cut 16% of them off
     c.distill.batch_size = 32 if quick else 128
     c.distill.include_seed = True
     c.distill.from_base = True

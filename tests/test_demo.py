@@ -22,6 +22,10 @@ def test_demo_quick_writes_report(tmp_path):
     assert 0 < report["chance"] < 1
     assert [s["name"] for s in report["stages"]] == ["sft", "distill_1"]
     assert all(s["n"] == 40 and 0.0 <= s["accuracy"] <= 1.0 for s in report["stages"])
+    (gain,) = report["gain"]
+    assert gain["stage"] == "distill_1" and gain["se"] > 0
+    assert gain["delta"] == report["stages"][1]["accuracy"] - report["stages"][0]["accuracy"]
+    assert 0 < report["peak_rss_gib"] < 6
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     assert rounds["done"] == ["train_0", "eval_0", "sample_1", "select_1", "train_1", "eval_1"]
     assert rounds["rounds"]["1"]["prompts"] == 48  # every pool question was answered and audited
