@@ -15,6 +15,11 @@ qwen2_audio's Whisper encoder takes (its HF processor truncates too); ``chunks``
 along frames into the record's one unpadded ``mel``, which qwen3_omni_thinker's AuT encoder windows by
 itself; ``auto`` picks by the family of ``think.model`` (``truncate`` without one). Consumers crop the
 mel to their model's frame window.
+
+Under ``launch/local.sh N python -m data_prep.build ...`` process 0 reads the source and decodes, filters and
+writes the log-mel of every clip while the others wait (``main_process_first``); then every process reads that
+cache, takes its share of the model stages (see ``data_prep.stages``), and process 0 writes the dataset and
+the report, the same as a 1-process run's.
 """
 
 from __future__ import annotations
@@ -187,13 +192,15 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    t = time.time()
-    items, rejected = _source_items(cfg, out)
-    times["source"] = time.time() - t
+    first = _process_index() == 0
+    with _main_process_first("cogito-pipe: source + audio"):  # process 0 does it; the others read its cache
+        t = time.time()
+        items, rejected = _source_items(cfg, out)
+        times["source"] = time.time() - t
 
-    t = time.time()
-    audio_cache = _audio_stage(items, cfg, out)
-    times["audio"] = time.time() - t
+        t = time.time()
+        audio_cache = _audio_stage(items, cfg, out)
+        times["audio"] = time.time() - t
 
     t = time.time()
     kept_items, more_rejected = select_items(items, audio_cache.rows, cfg)
@@ -209,6 +216,8 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
             clip = item.get("clip_id", item["id"])
             yield item_record(item, np.load(out / "cache" / "mel" / f"{clip}.npy"))
 
+    if not first:  # every process has the merged results; process 0 alone writes the dataset and the report
+        return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports)
     t = time.time()
     dataset_dir = _write_if_changed(out, cfg, kept_items, make_records)
     times["write"] = time.time() - t
@@ -216,6 +225,18 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
                                   stages=stage_reports)
     report_lib.write(report, out)
     return report
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _main_process_first(name: str):
+    from cogito_jax import sharding
+
+    return sharding.main_process_first(name)
 
 
 def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_records) -> pathlib.Path | None:
@@ -261,6 +282,11 @@ def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, s
 def main(cfg) -> int:
     if not _OUT.value:
         cfglib.usage_error("--out is required")
+    from cogito_jax import sharding
+
+    if sharding.maybe_initialize_distributed() and cfg.runner == "beam":
+        cfglib.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
+                           "processes share the model stages of runner=local only)")
     if cfg.runner == "beam":
         from data_prep import beam_pipeline
 
@@ -268,6 +294,10 @@ def main(cfg) -> int:
     else:
         report = build(cfg, _OUT.value)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
+    if _process_index() != 0:
+        print(f"process {_process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
+              "dataset and the report")
+        return 0
     where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
     print(f"kept {report['kept']} items, rejected {len(report['rejected'])} ({dict(reasons)}); {where}")
     if reasons.get("judge_failed"):

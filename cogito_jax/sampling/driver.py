@@ -4,9 +4,10 @@ Prompts are grouped into static shapes so a long job compiles a handful of progr
 always ``batch_size`` rows (short batches are padded with copies of a real row and their outputs
 dropped), prompt lengths are rounded up to a bucket, audio is padded to ``max_frames``. Output lines
 are appended as soon as a batch finishes and each prompt's lines are written together, so a crashed
-job resumes by skipping the prompt ids already in the file. In a multi-process job each process
-takes every ``process_count``-th prompt and writes its own file, ``<out>.process<i>-of-<n>``;
-:func:`merge_outputs` joins them and checks every prompt was done exactly once.
+job resumes by skipping the prompt ids already in the file. In a multi-process job every process plans
+the batches of all prompts alike (those of a fresh 1-process run, with the same seeds), runs every
+``process_count``-th batch and writes its own file, ``<out>.process<i>-of-<n>``; :func:`merge_outputs`
+joins them and checks every prompt was done exactly once.
 
 An item is a mapping with ``id``, ``question`` and ``choices`` (the challenge's multiple-choice text; with no
 choices the question alone) or ``prompt_text`` (the user text as is), and optionally ``mel`` (float
@@ -178,19 +179,23 @@ def run(
     path = shard_path(out, process_index, process_count)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = resume_file(path, cfg.num_samples)
-    mine = [it for i, it in enumerate(items) if i % process_count == process_index and it["id"] not in done]
-    prepared = sorted((_prepare(it, tokenizer, cfg) for it in mine), key=lambda g: len(g["ids"]))
+    todo = [it for it in items if it["id"] not in done] if process_count == 1 else list(items)
+    prepared = sorted((_prepare(it, tokenizer, cfg) for it in todo), key=lambda g: len(g["ids"]))
     if prepared and len(prepared[-1]["ids"]) > max(cfg.length_buckets):
         g = prepared[-1]
         raise PromptError(f"prompt {g['item']['id']!r} has {len(g['ids'])} tokens, more than the largest length "
                           f"bucket {max(cfg.length_buckets)}")
-    stats = {"prompts": len(prepared), "skipped_done": len(done), "tokens": 0, "seconds": 0.0}
-    bar = tqdm(total=len(prepared), desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
+    # (seed offset, batch): in a multi-process job every process plans all prompts the same way and runs every
+    # process_count-th batch, so a fresh job makes exactly the batches (and seeds) of one process
+    batches = [(start, [g for g in prepared[start:start + cfg.batch_size] if g["item"]["id"] not in done])
+               for k, start in enumerate(range(0, len(prepared), cfg.batch_size)) if k % process_count == process_index]
+    batches = [(start, group) for start, group in batches if group]
+    stats = {"prompts": sum(len(g) for _, g in batches), "skipped_done": len(done), "tokens": 0, "seconds": 0.0}
+    bar = tqdm(total=stats["prompts"], desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
     eos = set(int(e) for e in eos_token_ids)
     t0 = time.time()
     with path.open("a") as f:
-        for start in range(0, len(prepared), cfg.batch_size):
-            group = prepared[start:start + cfg.batch_size]
+        for start, group in batches:
             arrays = _batch_arrays(group, cfg, pad_token_id)
             toks = np.asarray(generate_fn(
                 arrays["input_ids"], input_features=arrays.get("input_features"),

@@ -9,6 +9,16 @@ clip) after ``annotate_outputs.jsonl`` (the annotator's raw outputs), ``think_sa
 samples, N lines per question, written together), ``audit.jsonl`` (one verdict per trace) and
 ``judge_http.jsonl`` (the HTTP judge's replies). The caches are keyed by id: after changing a model or its
 prompts, build into a new ``--out`` (or delete those files) to redo the work.
+
+Under ``launch/local.sh N`` (N JAX processes; process 0 alone decodes, filters and writes log-mel first, see
+``data_prep.build``) each process generates its share of the annotate and think prompts (every N-th batch of
+the plan a 1-process run makes, with the same seeds) into its own ``<file>.process<i>-of-<N>``, and audits the
+questions it owns (by a hash of the id) into its own ``audit.jsonl`` / ``judge_http.jsonl`` shard. After a
+barrier every process merges all the files, checked to hold every prompt and trace exactly once (an error
+names the missing and duplicated ids), so each has the same items; process 0 writes ``annotate.jsonl``, the
+dataset and the report, which are those of a 1-process run. A killed job resumes from each process's file.
+A 1-process run's files count as done in a job of several processes (read only); shards of another process
+count are not read.
 """
 
 from __future__ import annotations

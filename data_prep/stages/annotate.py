@@ -175,34 +175,37 @@ def prompt(description: str, shots: Sequence[dict], n: int) -> str:
 def run(clips: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any) -> tuple[dict[str, list[dict]], list[dict],
                                                                               dict[str, Any]]:
     """``({clip id: its question items}, rejections, stage report)``; clips already annotated are skipped."""
-    from cogito_jax.sampling import driver
     from data_prep.stages import generation
     from data_prep.stages.cache import StageCache
 
     a = cfg.annotate
     pool = read_seed_pool(a.seed_questions)
-    cache = StageCache(out / "cache" / "annotate.jsonl")
-    prompts = []
+    # Every process reads the parsed cache and (after the generation, merged) parses every output alike;
+    # process 0 alone writes the cache, once all the others have read it.
+    cache = StageCache(out / "cache" / "annotate.jsonl", writable=generation.processes()[0] == 0)
+    prompts, new_rows = [], []
     for clip in clips:
         if clip["id"] in cache:
             continue
         desc = describe(clip, a.max_description_chars)
         if not desc:
-            cache.add({"id": clip["id"], "questions": [], "rejected": [],
-                       "problem": "no_metadata: the manifest says nothing about the clip to write questions from"})
+            new_rows.append({"id": clip["id"], "questions": [], "rejected": [], "problem":
+                             "no_metadata: the manifest says nothing about the clip to write questions from"})
             continue
         shots = pick_shots(pool, clip["id"], a.num_shots, cfg.seed)
         prompts.append({"id": clip["id"], "prompt_text": prompt(desc, shots, a.questions_per_clip)})
     path = out / "cache" / "annotate_outputs.jsonl"
-    generated = len({p["id"] for p in prompts} - driver.resume_file(path, 1))
+    generated = len({p["id"] for p in prompts} - generation.done_before(path, 1))
     outputs = generation.generate(lm, prompts, path, num_samples=1, temperature=a.temperature,
                                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=cfg.seed,
                                   system=SYSTEM, who="annotate.model")
     for p in prompts:
         row = outputs[p["id"]][0]
         parsed = parse_questions(row["answer"])
-        cache.add({"id": p["id"], "questions": parsed.questions, "rejected": parsed.rejected,
-                   "problem": parsed.problem, "finish_reason": row["finish_reason"]})
+        new_rows.append({"id": p["id"], "questions": parsed.questions, "rejected": parsed.rejected,
+                         "problem": parsed.problem, "finish_reason": row["finish_reason"]})
+    for row in new_rows:
+        cache.add(row)
     cache.close()
     return _collect(clips, cache.rows, generated)
 

@@ -76,13 +76,15 @@ def parse_verdict(reply: str) -> tuple[bool, str] | None:
 def make_judge(cfg: Any, out: pathlib.Path) -> Any:
     """The configured judge (``audit.judge_url`` or ``audit.judge_local_model``), or None for no judge."""
     from cogito_jax import judge as judge_lib
+    from cogito_jax.sampling import driver
     from data_prep.stages import generation
 
     a = cfg.audit
     if a.judge_url:
         return judge_lib.HttpJudge(a.judge_url, a.judge_model, api_key_env=a.api_key_env, timeout_s=a.timeout_s,
                                    max_retries=a.max_retries, backoff_s=a.backoff_s, requests_per_s=a.requests_per_s,
-                                   cache_path=out / "cache" / "judge_http.jsonl")
+                                   cache_path=driver.shard_path(out / "cache" / "judge_http.jsonl",
+                                                                *generation.processes()))
     if a.judge_local_model:
         lm = generation.load_model(a.judge_local_model, "audit.judge_local_model")
         return judge_lib.EngineJudge(lm.model, lm.tokenizer, lm.family, max_new_tokens=a.judge_max_tokens)
@@ -129,22 +131,35 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
     from cogito_jax.distill.scoring import ScoreConfig, score_trace
     from cogito_jax.eval.score import is_correct
     from cogito_jax.judge import HttpJudge
+    from cogito_jax.sampling import driver
+    from data_prep.stages import generation
     from data_prep.stages.cache import StageCache
 
     a = cfg.audit
     scfg = ScoreConfig(min_thinking_chars=a.min_thinking_chars, max_thinking_chars=a.max_thinking_chars)
-    cache = StageCache(out / "cache" / "audit.jsonl")
+    index, count = generation.processes()
+    path = out / "cache" / "audit.jsonl"
+    if count == 1:
+        cache = StageCache(path)
+        rows = cache.rows
+    else:  # each process audits the questions it owns into its own file; all read every file
+        rows = _merged_verdicts(path, count)
+        generation.barrier("audit: verdicts read")
+        cache = StageCache(driver.shard_path(path, index, count))
     if judge is None:
         logger.warning("audit: no judge configured (audit.judge_url or audit.judge_local_model); traces are kept on "
                        "the answer and format checks alone")
-    to_judge = []
+    to_judge, judged_elsewhere = [], 0
     for it in items:
         for r in samples[it["id"]]:
             tid, digest = f"{it['id']}#s{r['sample']}", _digest(it, r["text"])
-            done = cache.rows.get(tid)
+            done = rows.get(tid)
             if done is not None and done["status"] != "judge_failed" and done.get("digest") == digest:
                 continue
             v = score_trace(r["text"], it["choices"], it["answer"], is_correct, scfg)
+            if count > 1 and generation.owner(it["id"], count) != index:
+                judged_elsewhere += bool(v.accepted and judge is not None)
+                continue
             base = {"id": tid, "question_id": it["id"], "sample": r["sample"], "digest": digest,
                     "thinking": v.thinking, "answer": v.answer}
             if not v.accepted:
@@ -171,10 +186,39 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
     if failed_now:
         logger.warning("audit: %d of %d judge calls failed; those traces are kept out and retried on a re-run",
                        failed_now, len(to_judge))
-    kept, rejected, stats = _select(items, samples, cache.rows, a.max_traces_per_question)
-    stats.update(judged_this_run=len(to_judge), judge="none" if judge is None else type(judge).__name__,
-                 judge_calls=dict(getattr(judge, "stats", {})))
+    if count == 1:
+        rows = cache.rows
+    else:
+        generation.barrier("audit: judged")
+        rows = _merged_verdicts(path, count, items, samples)
+    kept, rejected, stats = _select(items, samples, rows, a.max_traces_per_question)
+    stats.update(judged_this_run=len(to_judge) + judged_elsewhere,
+                 judge="none" if judge is None else type(judge).__name__, judge_calls=dict(getattr(judge, "stats", {})))
     return kept, rejected, stats
+
+
+def _merged_verdicts(path: pathlib.Path, count: int, items: Sequence[dict] = (),
+                     samples: Mapping[str, list[dict]] | None = None) -> dict[str, dict]:
+    """The verdicts of a job of ``count`` processes: a 1-process run's file (``path``), overridden by each
+    process's own file. Given ``items`` and their ``samples``, raises naming the traces without a verdict and
+    those with verdicts from more than one process."""
+    from cogito_jax.sampling import driver
+    from data_prep.stages.cache import StageCache
+
+    rows = dict(StageCache(path, writable=False).rows)
+    seen: dict[str, list[int]] = collections.defaultdict(list)
+    for p in range(count):
+        for tid, row in StageCache(driver.shard_path(path, p, count), writable=False).rows.items():
+            seen[tid].append(p)
+            rows[tid] = row
+    want = [f"{it['id']}#s{r['sample']}" for it in items for r in samples[it["id"]]] if samples is not None else []
+    missing = [t for t in want if t not in rows]
+    twice = {t: ps for t, ps in seen.items() if len(ps) > 1}
+    if missing or twice:
+        raise RuntimeError(f"audit merge of {path.name} over {count} processes: every trace must be audited exactly "
+                           f"once: {len(missing)} without a verdict {missing[:5]}, {len(twice)} audited by several "
+                           f"processes {dict(list(twice.items())[:5])}")
+    return rows
 
 
 def _select(items: Sequence[dict], samples: Mapping[str, list[dict]], rows: Mapping[str, dict], keep: int

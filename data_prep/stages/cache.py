@@ -7,9 +7,10 @@ import pathlib
 
 
 class StageCache:
-    """Per-item results of one stage in an append-only JSONL file, keyed by item id."""
+    """Per-item results of one stage in an append-only JSONL file, keyed by item id. With ``writable=False``
+    (another process's file, or a file that one process of a job writes) rows are read and added in memory only."""
 
-    def __init__(self, path: pathlib.Path):
+    def __init__(self, path: pathlib.Path, writable: bool = True):
         self.path = path
         self.rows: dict[str, dict] = {}
         text = path.read_text() if path.exists() else ""
@@ -19,6 +20,9 @@ class StageCache:
                 self.rows[row["id"]] = row
             except (json.JSONDecodeError, KeyError):
                 continue  # torn last line from a crash: that item is simply redone
+        self._f = None
+        if not writable:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = path.open("a")
         if text and not text.endswith("\n"):
@@ -29,8 +33,10 @@ class StageCache:
 
     def add(self, row: dict) -> None:
         self.rows[row["id"]] = row
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()

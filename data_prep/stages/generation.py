@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,41 +92,113 @@ class MelItem(LazyMelPrompt):
         return self.n_frames
 
 
+def processes() -> tuple[int, int]:
+    """(this process's index, the number of processes) of the JAX job."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def barrier(name: str) -> None:
+    """Waits until every process of the job gets here (nothing with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def owner(item_id: str, process_count: int) -> int:
+    """The process that handles ``item_id`` in a job of ``process_count`` processes (the same on every run)."""
+    return zlib.crc32(item_id.encode()) % process_count
+
+
+def output_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
+    """A stage's generation files: ``path`` (a 1-process run's, read-only in a job of several processes) and
+    each process's own file."""
+    from cogito_jax.sampling import driver
+
+    shards = [driver.shard_path(path, p, process_count) for p in range(process_count)] if process_count > 1 else []
+    return [path, *shards]
+
+
+def _rows_by_id(path: pathlib.Path) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = collections.defaultdict(list)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                rows[r["id"]].append(r)
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return rows
+
+
+def done_before(path: pathlib.Path, num_samples: int) -> set[str]:
+    """The prompt ids with all their samples in any of the stage's files before this run generates; in a job of
+    several processes every process reads them before any writes (a barrier follows)."""
+    from cogito_jax.sampling import driver
+
+    index, count = processes()
+    if count == 1:
+        return driver.resume_file(path, num_samples)
+    done = set()
+    for f in output_files(path, count):
+        done |= {i for i, rows in _rows_by_id(f).items() if len(rows) == num_samples}
+    barrier(f"{path.name}: outputs read")
+    return done
+
+
 def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib.Path, *, num_samples: int,
              temperature: float, max_new_tokens: int, batch_size: int, seed: int, system: str | None,
              top_p: float = 1.0, who: str = "") -> dict[str, list[dict]]:
     """``{prompt id: its num_samples driver rows, by sample}`` for ``prompts`` (driver items), generating only
-    those not yet in ``out``."""
+    those not yet in ``out``. In a job of several processes each process generates its share of the prompts
+    not already in ``out`` into its own file (see :func:`cogito_jax.sampling.driver.run`), and after a barrier
+    every process reads the merged outputs, checked to hold each prompt exactly once."""
     from cogito_jax.eval import predict
     from cogito_jax.sampling import driver
 
+    index, count = processes()
     a = lm.config.audio
     dcfg = driver.DriverConfig(
         family=lm.family, batch_size=batch_size, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=float(temperature), top_p=float(top_p), seed=seed, max_frames=a.num_frames,
         n_mels=a.num_mel_bins, n_window=getattr(a, "n_window", 50), system=system)
-    if prompts:
+    todo = list(prompts)
+    if count > 1:  # a 1-process run's outputs count as done; nobody writes that file now
+        base = {i for i, rows in _rows_by_id(out).items() if len(rows) == num_samples}
+        todo = [p for p in todo if p["id"] not in base]
+    if todo:
         try:
-            driver.run(prompts, out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
-                       cfg=dcfg, eos_token_ids=predict.stop_ids(lm.tokenizer), pad_token_id=lm.tokenizer.pad_token_id)
+            driver.run(todo, out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
+                       cfg=dcfg, eos_token_ids=predict.stop_ids(lm.tokenizer), pad_token_id=lm.tokenizer.pad_token_id,
+                       process_index=index, process_count=count)
         except driver.PromptError as e:
             raise ConfigError(f"{who}: {e}") from None
-    return read_outputs(out, [p["id"] for p in prompts], num_samples)
+    barrier(f"{who}: generated")
+    return read_outputs(out, [p["id"] for p in prompts], num_samples, count)
 
 
-def read_outputs(path: pathlib.Path, ids: Sequence[str], num_samples: int) -> dict[str, list[dict]]:
-    """The driver rows of ``ids`` in ``path``; raises if one lacks any of its ``num_samples`` samples."""
+def read_outputs(path: pathlib.Path, ids: Sequence[str], num_samples: int, process_count: int = 1
+                 ) -> dict[str, list[dict]]:
+    """The driver rows of ``ids`` in the stage's files (``path`` and, with several processes, each one's file);
+    raises naming the prompts that are missing, lack samples, or were generated more than once."""
     want = set(ids)
-    rows: dict[str, dict[int, dict]] = collections.defaultdict(dict)
-    if want and path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r.get("id") in want:
-                rows[r["id"]][int(r["sample"])] = r
-    short = [i for i in ids if len(rows.get(i, ())) != num_samples]
-    if short:
-        raise RuntimeError(f"{path}: {len(short)} prompts lack some of their {num_samples} samples, e.g. {short[:3]}")
-    return {i: [rows[i][s] for s in range(num_samples)] for i in ids}
+    found: dict[str, list[tuple[pathlib.Path, list[dict]]]] = collections.defaultdict(list)
+    for f in output_files(path, process_count):
+        for i, rows in _rows_by_id(f).items():
+            if i in want and not (f == path and process_count > 1 and len(rows) != num_samples):
+                found[i].append((f, rows))  # (a 1-process run's torn prompt is generated again by the job)
+    missing = [i for i in ids if i not in found]
+    twice = {i: [f.name for f, _ in v] for i, v in found.items() if len(v) > 1}
+    by_sample = {i: {int(r["sample"]): r for r in v[0][1]} for i, v in found.items() if len(v) == 1}
+    short = [i for i, v in found.items() if len(v) == 1 and (len(v[0][1]) != num_samples
+                                                             or set(by_sample[i]) != set(range(num_samples)))]
+    if missing or twice or short:
+        raise RuntimeError(
+            f"{path}: every prompt must be generated exactly once with its {num_samples} samples: "
+            f"{len(missing)} missing {missing[:5]}, {len(twice)} in several files {dict(list(twice.items())[:5])}, "
+            f"{len(short)} lack some samples or repeat one {short[:5]}")
+    return {i: [by_sample[i][s] for s in range(num_samples)] for i in ids}

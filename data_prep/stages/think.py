@@ -25,13 +25,12 @@ def check_features(cfg: Any, lm: Any) -> None:
 def run(items: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any, audio_rows: Mapping[str, dict]
         ) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """``({question id: its samples (driver rows, by sample)}, stage report)``."""
-    from cogito_jax.sampling import driver
     from data_prep.stages import generation
 
     t = cfg.think
     check_features(cfg, lm)
     path = out / "cache" / "think_samples.jsonl"
-    before = driver.resume_file(path, t.num_samples)
+    before = generation.done_before(path, t.num_samples)
     prompts = [generation.MelItem({"id": it["id"], "question": it["question"], "choices": it["choices"]},
                                   out / "cache" / "mel" / f"{it['clip_id']}.npy", audio_rows[it["clip_id"]]["n_frames"])
                for it in items]
