@@ -183,8 +183,15 @@ def item_record(item: dict, mel) -> dict[str, Any]:
     )
 
 
-def build(cfg, out_dir: str) -> dict[str, Any]:
-    """Runs the configured stages; returns the report (also written to ``out_dir/report.json``)."""
+def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any]:
+    """Runs the configured stages; returns the report (also written to ``out_dir/report.json``).
+
+    ``across_processes`` (the CLI under ``launch/local.sh`` or on a pod): every process of the JAX job calls
+    this together; process 0 does the CPU stages while the others wait, the model stages are shared. Without
+    it the calling process does all of it alone (e.g. inside another ``main_process_first``).
+    """
+    import contextlib
+
     import numpy as np
 
     from data_prep import report as report_lib, stages
@@ -192,8 +199,9 @@ def build(cfg, out_dir: str) -> dict[str, Any]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    first = _process_index() == 0
-    with _main_process_first("cogito-pipe: source + audio"):  # process 0 does it; the others read its cache
+    first = not across_processes or _process_index() == 0
+    together = _main_process_first("cogito-pipe: source + audio") if across_processes else contextlib.nullcontext()
+    with together:  # process 0 does it; the others read its cache
         t = time.time()
         items, rejected = _source_items(cfg, out)
         times["source"] = time.time() - t
@@ -292,7 +300,7 @@ def main(cfg) -> int:
 
         report = beam_pipeline.build(cfg, _OUT.value)
     else:
-        report = build(cfg, _OUT.value)
+        report = build(cfg, _OUT.value, across_processes=True)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
     if _process_index() != 0:
         print(f"process {_process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "

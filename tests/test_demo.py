@@ -23,7 +23,7 @@ def test_demo_quick_writes_report(tmp_path):
     assert [s["name"] for s in report["stages"]] == ["sft", "distill_1"]
     assert all(s["n"] == 40 and 0.0 <= s["accuracy"] <= 1.0 for s in report["stages"])
     (gain,) = report["gain"]
-    assert gain["stage"] == "distill_1" and gain["se"] > 0
+    assert gain["stage"] == "distill_1" and gain["se"] >= 0  # 0 when both stages score 0% or 100%
     assert gain["delta"] == report["stages"][1]["accuracy"] - report["stages"][0]["accuracy"]
     assert 0 < report["peak_rss_gib"] < 6
     rounds = json.loads((tmp_path / "rounds.json").read_text())
