@@ -7,15 +7,18 @@ from a config with transformers, saved, and loaded into JAX with ``convert.load_
 same fp32 weights on the same left-padded prompts with audio. No row stops early (no end token), so both
 emit ``prompts x samples x new`` tokens. HF draws N samples with ``num_return_sequences=N`` (it repeats each
 prompt N times, audio encoder and prefill included); the engine encodes and prefills each prompt once.
-JAX compilation is excluded (one warm-up call per shape); times are the median of ``--repeats`` runs, the
-N-sample runs of both sides interleaved. Both sides get one CPU thread unless ``--all-threads``.
+JAX compilation is excluded (one warm-up call per shape) and printed separately; times are the median of
+``--repeats`` runs, the N-sample runs of both sides interleaved. Both sides get one CPU thread unless
+``--all-threads``: the process is pinned to one core (XLA:CPU otherwise splits some loops and matrix products over
+its own thread pool whenever a second core is idle, whatever its Eigen setting) and PyTorch gets one intra-op thread.
+Each line shows the process CPU time over the wall time, which is at most 1 when a side uses at most one core.
 
 Also printed: the engine's time at N=1, at N=8 from one prefill, and at N=1 with every prompt repeated N
 times (what N samples cost without prefill sharing); whether greedy decoding equals HF token for token; and
 a roofline for the released configs: the bytes one bf16 decode step must read (decoder weights, for a MoE
-only the experts one token activates, plus the KV cache at ``--context`` tokens for
-``--roof-prompts x --samples`` rows) over ``--bandwidth`` gives a lower bound on the step time and an upper
-bound on decode tokens/s.
+only the experts one token activates, plus the KV cache as the engine keeps it: ``--context`` prompt tokens once
+per prompt for ``--roof-prompts`` prompts, and ``--roof-new`` generated tokens for each of the ``--roof-prompts x
+--samples`` rows) over ``--bandwidth`` gives a lower bound on the step time and an upper bound on decode tokens/s.
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ VOCAB, AUDIO_TOKEN, PAD = 8192, 8000, 0
 N_MELS, MAX_FRAMES = 80, 400  # max_source_positions 200: 4 s of log-mel, 100 audio tokens
 
 
-def timed(fn, repeats: int, warmup: int = 0) -> tuple[float, object]:
+CPU_PER_WALL: dict[str, float] = {}  # the last timed() call's process CPU seconds per wall second, by label
+
+
+def timed(fn, repeats: int, warmup: int = 0, label: str = "") -> tuple[float, object]:
     """(median seconds, last result) of ``fn()``, which must block until its result is ready."""
     out = None
     for _ in range(warmup):
         out = fn()
-    times = []
+    times, cpu = [], 0.0
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
+        cpu += time.process_time() - c
+    CPU_PER_WALL[label] = cpu / sum(times)
     return statistics.median(times), out
 
 
@@ -98,17 +106,21 @@ def decoder_bytes(text, bytes_per_param: int = 2) -> dict[str, float]:
     return {"active": per(mlp_active), "all_experts": per(mlp_all)}
 
 
-def kv_bytes(text, rows: int, context: int, bytes_per_value: int = 2) -> float:
-    return rows * context * text.num_layers * 2 * text.num_kv_heads * text.head_dim * bytes_per_value
+def kv_bytes(text, prompts: int, samples: int, context: int, generated: int, bytes_per_value: int = 2) -> float:
+    """Keys and values one decode step reads as the engine lays them out: each prompt's ``context`` tokens once
+    (shared by its ``samples`` rows), plus each row's ``generated`` tokens."""
+    tokens = prompts * context + prompts * samples * generated
+    return tokens * text.num_layers * 2 * text.num_kv_heads * text.head_dim * bytes_per_value
 
 
-def roofline(bandwidth: float, rows: int, context: int) -> list[dict]:
+def roofline(bandwidth: float, prompts: int, samples: int, context: int, generated: int) -> list[dict]:
     from cogito_jax.models import registry
 
     out = []
     for family, size in (("qwen2_audio", "7b"), ("qwen3_omni_thinker", "30b_a3b")):
         text = registry.config_for({"family": family, "size": size}).text
-        w, kv = decoder_bytes(text), kv_bytes(text, rows, context)
+        rows = prompts * samples
+        w, kv = decoder_bytes(text), kv_bytes(text, prompts, samples, context, generated)
         for which in ("active", "all_experts") if text.num_experts else ("active",):
             step = (w[which] + kv) / bandwidth
             out.append(dict(model=f"{family}:{size}" + (" (all 128 experts read)" if which == "all_experts" else ""),
@@ -129,16 +141,17 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3, help="median of this many timed runs")
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="HBM bytes/s for the roofline (H100 SXM)")
-    ap.add_argument("--context", type=int, default=2048, help="tokens in the KV cache for the roofline")
+    ap.add_argument("--context", type=int, default=2048, help="prompt tokens in the KV cache for the roofline")
+    ap.add_argument("--roof-new", type=int, default=512, help="tokens each row has generated, for the roofline")
     ap.add_argument("--roof-prompts", type=int, default=16, help="prompts per batch for the roofline")
     ap.add_argument("--hbm-gb", type=float, default=80.0, help="memory of one accelerator, to flag what does not fit")
     ap.add_argument("--all-threads", action="store_true",
-                    help="let PyTorch and XLA use every core (default: one thread each, which is steady on a shared "
+                    help="let PyTorch and XLA use every core (default: one core for both, which is steady on a shared "
                          "machine, where a loaded CPU slows multi-threaded PyTorch far more than XLA)")
     args = ap.parse_args()
     if not args.all_threads:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
 
     import jax
     import jax.numpy as jnp
@@ -147,7 +160,7 @@ def main() -> None:
 
     from cogito_jax.convert import load_hf
     from cogito_jax.sampling import engine_for
-    from cogito_jax.sampling.strategies import SamplingParams, row_keys, select_tokens
+    from cogito_jax.sampling.strategies import SamplingParams, select_tokens_u, uniforms
 
     if not args.all_threads:
         torch.set_num_threads(1)
@@ -166,7 +179,7 @@ def main() -> None:
           f"{params / 1e6:.1f}M parameters, fp32; {b} prompts of {ids.shape[1]} tokens (with "
           f"{int((ids == AUDIO_TOKEN).sum(1).max())} audio tokens), {new} new tokens per sample")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; {os.cpu_count()} CPUs")
+          f"{torch.get_num_threads()} threads; process on {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs")
 
     def hf_generate(samples: int, sample: bool, max_new: int = new):
         kw = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) \
@@ -184,35 +197,42 @@ def main() -> None:
                            eos_token_id=[-1], pad_token_id=PAD, seed=0)
         return np.asarray(out.tokens)
 
-    def record(name, samples, prompts, sec, note=""):
+    def record(name, samples, prompts, sec, cpu_per_wall, note=""):
         tokens = prompts * samples * new
-        print(f"  {name:<38}{samples:>3}{prompts:>8}{sec:>9.3f}{tokens / sec:>11.0f}  {note}", flush=True)
+        print(f"  {name:<38}{samples:>3}{prompts:>8}{sec:>9.3f}{tokens / sec:>11.0f}{cpu_per_wall:>10.2f}  {note}",
+              flush=True)
 
-    print(f"\n  {'engine':<38}{'N':>3}{'prompts':>8}{'time s':>9}{'tokens/s':>11}")
+    print(f"\n  {'engine':<38}{'N':>3}{'prompts':>8}{'time s':>9}{'tokens/s':>11}{'cpu/wall':>10}")
     hf_generate(n, True, 4)  # warm-up: PyTorch's first calls allocate and pick kernels
-    t_hf1, hf_greedy = timed(lambda: hf_generate(1, False), 1)
-    record("HF generate, greedy", 1, b, t_hf1)
+    t_hf1, hf_greedy = timed(lambda: hf_generate(1, False), 1, label="hf")
+    record("HF generate, greedy", 1, b, t_hf1, CPU_PER_WALL["hf"])
     t0 = time.perf_counter()
     ours(1, 0.0)
     compile1 = time.perf_counter() - t0
-    t_1g, our_greedy = timed(lambda: ours(1, 0.0), args.repeats)
-    record("cogito_jax engine, greedy", 1, b, t_1g)
+    t_1g, our_greedy = timed(lambda: ours(1, 0.0), args.repeats, label="ours")
+    record("cogito_jax engine, greedy", 1, b, t_1g, CPU_PER_WALL["ours"])
     t0 = time.perf_counter()
     ours(n, args.temperature)
     compile8 = time.perf_counter() - t0
-    pairs = [(timed(lambda: hf_generate(n, True), 1)[0], timed(lambda: ours(n, args.temperature), 1)[0])
-             for _ in range(args.repeats)]  # interleaved, so a change in machine load hits both sides
+    pairs, cpu = [], {"hf": [], "ours": []}
+    for _ in range(args.repeats):  # interleaved, so a change in machine load hits both sides
+        pairs.append((timed(lambda: hf_generate(n, True), 1, label="hf")[0],
+                      timed(lambda: ours(n, args.temperature), 1, label="ours")[0]))
+        for side in cpu:
+            cpu[side].append(CPU_PER_WALL[side])
     t_hf8, t_8 = (statistics.median(x) for x in zip(*pairs, strict=True))
-    record("HF generate, sampled", n, b, t_hf8, "num_return_sequences")
-    record("cogito_jax engine, sampled", n, b, t_8, "one prefill per prompt")
-    t_1, _ = timed(lambda: ours(1, args.temperature), args.repeats, warmup=1)
-    record("cogito_jax engine, sampled", 1, b, t_1)
+    record("HF generate, sampled", n, b, t_hf8, statistics.median(cpu["hf"]), "num_return_sequences")
+    record("cogito_jax engine, sampled", n, b, t_8, statistics.median(cpu["ours"]), "one prefill per prompt")
+    t_1, _ = timed(lambda: ours(1, args.temperature), args.repeats, warmup=1, label="ours")
+    record("cogito_jax engine, sampled", 1, b, t_1, CPU_PER_WALL["ours"])
     rep = lambda x: np.repeat(x, n, axis=0)  # noqa: E731
-    t_rep, _ = timed(lambda: ours(1, args.temperature, rep(ids), rep(feats), rep(fmask)), args.repeats, warmup=1)
-    record("cogito_jax engine, prompts repeated", 1, b * n, t_rep, f"{n} prefills per prompt")
+    t_rep, _ = timed(lambda: ours(1, args.temperature, rep(ids), rep(feats), rep(fmask)), args.repeats, warmup=1,
+                     label="ours")
+    record("cogito_jax engine, prompts repeated", 1, b * n, t_rep, CPU_PER_WALL["ours"], f"{n} prefills per prompt")
 
     same = [bool((our_greedy[i, 0] == hf_greedy[i]).all()) for i in range(b)]
-    print(f"\njit compile (excluded above): N=1 {compile1:.1f} s, N={n} {compile8:.1f} s")
+    print(f"\njit compile (excluded above; first call minus a warm one): N=1 {compile1 - t_1g:.1f} s, "
+          f"N={n} {compile8 - t_8:.1f} s")
     print(f"greedy tokens equal HF generate: {sum(same)}/{b} prompts")
     ratio = t_hf8 / t_8
     ratios = sorted(h / o for h, o in pairs)
@@ -229,19 +249,21 @@ def main() -> None:
                      args.repeats, warmup=1)
     rows = b * n
     sp = SamplingParams.make(rows, args.temperature, args.top_k, args.top_p)
-    pick = jax.jit(lambda lg, step: select_tokens(lg, row_keys(jax.random.key(0), jnp.arange(rows), step), sp))
+    u = uniforms(jax.random.key(0), jnp.arange(rows), 10)  # what the decode loop indexes, one column per step
+    pick = jax.jit(lambda lg, u_b: select_tokens_u(lg, u_b, sp))
     logits = jax.random.normal(jax.random.key(1), (rows, VOCAB))
-    t_pick, _ = timed(lambda: [jax.block_until_ready(pick(logits, i)) for i in range(10)], args.repeats, warmup=1)
+    t_pick, _ = timed(lambda: [jax.block_until_ready(pick(logits, u[:, i])) for i in range(10)], args.repeats,
+                      warmup=1)
     step_ms = (t_8 - t_pre) / new * 1e3
     print(f"engine at N={n}: encoder + prefill {t_pre * 1e3:.0f} ms once, then {step_ms:.1f} ms per decode step for "
           f"{rows} rows, of which token selection over {VOCAB} logits takes {t_pick / 10 * 1e3:.1f} ms")
 
     r = args.roof_prompts * n
-    print(f"\nroofline, bf16 decode step: {args.roof_prompts} prompts x {n} samples = {r} rows, {args.context} tokens "
-          f"of context, {args.bandwidth / 1e12:.2f} TB/s")
+    print(f"\nroofline, bf16 decode step: {args.roof_prompts} prompts x {n} samples = {r} rows, {args.context} prompt "
+          f"tokens (KV read once per prompt) + {args.roof_new} generated per row, {args.bandwidth / 1e12:.2f} TB/s")
     print(f"  {'model':<46}{'weights GB':>11}{'KV GB':>8}{'ms/step >=':>11}{'tokens/s <=':>12}{'no KV':>10}"
           "   (no KV: tokens/s bound from the weights alone)")
-    for x in roofline(args.bandwidth, r, args.context):
+    for x in roofline(args.bandwidth, args.roof_prompts, n, args.context, args.roof_new):
         over = x["weights_gb"] + x["kv_gb"] > args.hbm_gb
         print(f"  {x['model']:<46}{x['weights_gb']:>11.2f}{x['kv_gb']:>8.2f}{x['step_ms']:>11.2f}"
               f"{x['tokens_per_s']:>12.0f}{x['weights_only_tokens_per_s']:>10.0f}"

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cogito_jax.sampling.strategies import SamplingParams, filtered_logits, row_keys, select_tokens
+from cogito_jax.sampling.strategies import (
+    SamplingParams,
+    filtered_logits,
+    row_keys,
+    sample_categorical_u,
+    select_tokens,
+)
 
 LOGITS_V = np.array([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, 1.45, -3.0, 0.9], np.float32)
 
@@ -55,6 +61,46 @@ def test_filtered_logits_support_and_mixed_rows():
     assert sorted(np.flatnonzero(np.isfinite(out[1]))) == [0, 1]
     np.testing.assert_allclose(out[1][[0, 1]], LOGITS_V[[0, 1]] / 0.5)
     assert set(np.flatnonzero(np.isfinite(out[2]))) == set(np.flatnonzero(reference_probs(LOGITS_V, 1.0, 0, 0.5)))
+
+
+def test_filters_match_the_sorting_reference_on_a_large_vocabulary():
+    """The bisection cut-offs keep exactly the sorted reference's tokens, row by row, for mixed settings."""
+    rng = np.random.default_rng(0)
+    rows, vocab = 24, 1000
+    logits = (rng.normal(size=(rows, vocab)) * rng.uniform(0.5, 4.0, (rows, 1))).astype(np.float32)
+    temps = rng.choice([0.5, 1.0, 1.7], rows).astype(np.float32)
+    ks = rng.choice([0, 1, 7, 50, 999, 1000, 5000], rows).astype(np.int32)
+    ps = rng.choice([1.0, 0.9, 0.5, 0.05], rows).astype(np.float32)
+    out = np.asarray(jax.jit(filtered_logits)(jnp.asarray(logits), SamplingParams(*map(jnp.asarray, (temps, ks, ps)))))
+    for r in range(rows):
+        want = reference_probs(logits[r], temps[r], min(ks[r], vocab), ps[r]) > 0
+        np.testing.assert_array_equal(np.isfinite(out[r]), want, err_msg=f"row {r}: T {temps[r]} k {ks[r]} p {ps[r]}")
+        np.testing.assert_allclose(out[r][want], logits[r][want] / temps[r], rtol=1e-6)
+
+
+def test_top_k_keeps_ties_with_the_kth_logit():
+    """As HF's ``TopKLogitsWarper``: every token whose logit equals the k-th largest stays."""
+    logits = jnp.array([[3.0, 1.0, 1.0, 0.0, 1.0, -2.0]])
+    out = np.asarray(filtered_logits(logits, SamplingParams.make(1, 1.0, top_k=2)))
+    assert np.flatnonzero(np.isfinite(out[0])).tolist() == [0, 1, 2, 4]
+
+
+def test_inverse_cdf_across_blocks_chi_square():
+    """Draws spread over several 128-token blocks (most of them empty) follow softmax(logits)."""
+    vocab, n = 300, 40_000
+    support = np.array([0, 5, 127, 128, 129, 200, 255, 256, 298, 299])
+    logits = np.full(vocab, -np.inf, np.float32)
+    logits[support] = np.random.default_rng(1).normal(size=support.size)
+    u = jax.random.uniform(jax.random.key(5), (n,))
+    draws = np.asarray(jax.jit(sample_categorical_u)(jnp.broadcast_to(jnp.asarray(logits), (n, vocab)), u))
+    counts = np.bincount(draws, minlength=vocab)
+    assert counts.sum() == counts[support].sum()
+    p = np.exp(logits[support] - logits[support].max())
+    _, pvalue = stats.chisquare(counts[support], p / p.sum() * n)
+    assert pvalue > 1e-3
+    # The edges of the unit interval land on the first and the last token with mass.
+    edges = sample_categorical_u(jnp.asarray(logits)[None].repeat(2, 0), jnp.array([0.0, 1.0 - 2 ** -24]))
+    assert np.asarray(edges).tolist() == [0, 299]
 
 
 def test_greedy_rows_and_logprobs():

@@ -15,6 +15,14 @@ KV cache (a plain pytree, carried through ``lax.while_loop`` and repeatable alon
 slots hold real tokens, so every row of a left-padded batch has its own length; ``index`` (int32
 scalar) is the next slot to write, shared by all rows. Rotary positions are not stored: callers pass
 each row's position (``cumsum(attention_mask) - 1`` for a left-padded prompt, then +1 per step).
+
+:class:`SampleCache` is the decode-time cache for ``N`` continuations of each of ``B`` prompts: the
+prompt's keys/values are kept once per prompt and read by its ``N`` rows (never copied ``N`` times),
+each row's generated tokens get slots of their own, and every layer is a separate array, so a decode
+loop carrying it updates each layer in place and reads it without slicing a stacked buffer. The layout
+is ``[rows, kv_heads, slots, head_dim]``, which the attention contractions read as they are (XLA:CPU
+copies a ``[rows, slots, kv_heads, head_dim]`` operand into that order at every step).
+:func:`shared_prefix_attention` attends one new token per row over both parts with one softmax.
 """
 
 from __future__ import annotations
@@ -43,6 +51,66 @@ class KVCache(NamedTuple):
         """Each row's cache copied ``n`` times (rows ``b*n .. b*n+n-1`` are copies of row ``b``)."""
         return KVCache(jnp.repeat(self.k, n, axis=1), jnp.repeat(self.v, n, axis=1),
                        jnp.repeat(self.valid, n, axis=0), self.index)
+
+
+class SampleCache(NamedTuple):
+    """Keys/values for decoding ``N`` rows per prompt: a shared prompt part and per-row generated slots."""
+
+    prompt_k: tuple[jax.Array, ...]  # per layer [B, K, P, H]
+    prompt_v: tuple[jax.Array, ...]  # per layer [B, K, P, H]
+    prompt_valid: jax.Array  # [B, P] bool
+    k: tuple[jax.Array, ...]  # per layer [B * N, K, S, H]: generated tokens, row b*N + i is sample i of prompt b
+    v: tuple[jax.Array, ...]  # per layer [B * N, K, S, H]
+    index: jax.Array  # int32 scalar: generated tokens written so far (the next slot)
+
+    @classmethod
+    def from_prompt(cls, cache: KVCache, samples: int, length: int) -> SampleCache:
+        """A filled prompt ``cache`` (every slot is prompt or padding) shared by ``samples`` rows per prompt,
+        with ``length`` empty slots per row for generated tokens."""
+        layers, batch, _, kv_heads, head_dim = cache.k.shape
+
+        def per_layer(x):  # [L, B, P, K, H] -> L x [B, K, P, H]
+            return tuple(jnp.swapaxes(x[i], 1, 2) for i in range(layers))
+
+        empty = tuple(jnp.zeros((batch * samples, kv_heads, length, head_dim), cache.k.dtype) for _ in range(layers))
+        return cls(per_layer(cache.k), per_layer(cache.v), cache.valid, empty, empty, jnp.zeros((), jnp.int32))
+
+    def layer(self, i: int) -> SampleKV:
+        return SampleKV(self.prompt_k[i], self.prompt_v[i], self.prompt_valid, self.k[i], self.v[i], self.index)
+
+
+class SampleKV(NamedTuple):
+    """Layer ``i`` of a :class:`SampleCache` (what one attention layer reads; it writes ``k``/``v`` at ``index``)."""
+
+    prompt_k: jax.Array  # [B, K, P, H]
+    prompt_v: jax.Array
+    prompt_valid: jax.Array  # [B, P]
+    k: jax.Array  # [B * N, K, S, H]
+    v: jax.Array
+    index: jax.Array
+
+
+def shared_prefix_attention(q_rnh: jax.Array, prompt_k: jax.Array, prompt_v: jax.Array, prompt_valid_bp: jax.Array,
+                            k_rksh: jax.Array, v_rksh: jax.Array, index: jax.Array, scale: float) -> jax.Array:
+    """One query per row (``[R, n, H]``, ``R = B * N``) over its prompt's keys (``[B, K, P, H]``, visible where
+    ``prompt_valid_bp``) and its own generated keys (``[R, K, S, H]``, slots ``0 .. index`` visible), one
+    softmax over both; returns ``[R, n, H]``. The prompt part is one matrix product per prompt for its ``N``
+    rows together, so the prompt's keys and values are read once per prompt, not once per row."""
+    r, n, h = q_rnh.shape
+    b, kv, p, _ = prompt_k.shape
+    g, s = n // kv, k_rksh.shape[2]
+    q_rkgh = q_rnh.reshape(r, kv, g, h)
+    q_bkmh = q_rkgh.reshape(b, r // b, kv, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, h)  # m = (sample, g)
+    lp = jnp.einsum("bkmh,bkph->bkmp", q_bkmh, prompt_k, preferred_element_type=jnp.float32) * scale
+    lp = jnp.where(prompt_valid_bp[:, None, None, :], lp, jnp.finfo(jnp.float32).min)
+    lp = lp.reshape(b, kv, r // b, g, p).transpose(0, 2, 1, 3, 4).reshape(r, kv, g, p)
+    ls = jnp.einsum("rkgh,rksh->rkgs", q_rkgh, k_rksh, preferred_element_type=jnp.float32) * scale
+    ls = jnp.where(jnp.arange(s) <= index, ls, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(jnp.concatenate([lp, ls], axis=-1), axis=-1).astype(v_rksh.dtype)
+    pp = probs[..., :p].reshape(b, r // b, kv, g, p).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, p)
+    out_p = jnp.einsum("bkmp,bkph->bkmh", pp, prompt_v).reshape(b, kv, r // b, g, h).transpose(0, 2, 1, 3, 4)
+    out_s = jnp.einsum("rkgs,rksh->rkgh", probs[..., p:], v_rksh)
+    return (out_p.reshape(r, kv, g, h) + out_s).reshape(r, n, h)
 
 
 def attention_mask(q_index_t: jax.Array, k_index_s: jax.Array, key_valid_bs: jax.Array, causal: bool = True,

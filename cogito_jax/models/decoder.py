@@ -16,7 +16,7 @@ load-balancing loss) is stacked over layers and returned by ``Decoder.__call__(.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +24,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cogito_jax import sharding
-from cogito_jax.models.attention import KVCache, attention_mask, check_impl, dot_product_attention
+from cogito_jax.models.attention import (
+    KVCache,
+    SampleCache,
+    SampleKV,
+    attention_mask,
+    check_impl,
+    dot_product_attention,
+    shared_prefix_attention,
+)
 from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
 from cogito_jax.models.moe import MoEConfig, SparseMoE
 
@@ -92,6 +100,15 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        if isinstance(cache_kv, SampleKV):  # one new token per row: shared prompt + this row's generated slots
+            c = cache_kv
+            k_rksh = jax.lax.dynamic_update_slice(c.k, k.swapaxes(1, 2).astype(c.k.dtype), (0, 0, c.index, 0))
+            v_rksh = jax.lax.dynamic_update_slice(c.v, v.swapaxes(1, 2).astype(c.v.dtype), (0, 0, c.index, 0))
+            out = shared_prefix_attention(q[:, 0], c.prompt_k.astype(q.dtype), c.prompt_v.astype(q.dtype),
+                                          c.prompt_valid, k_rksh.astype(q.dtype), v_rksh.astype(q.dtype), c.index,
+                                          cfg.head_dim ** -0.5)
+            return self.o_proj(out.reshape(b, t, -1)), (k_rksh, v_rksh)
         if cache_kv is not None:  # write this step's keys/values at `index`, attend over the whole cache
             k_all, v_all, layer = cache_kv  # every layer's cache [L, B, S, K, H]: updated in place
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
@@ -99,7 +116,6 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
             v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
             cache_kv = (k_all, v_all)
-        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_bts, cfg.head_dim ** -0.5,
                                     cfg.attn_impl)
         return self.o_proj(out.reshape(b, t, -1)), cache_kv
@@ -159,6 +175,33 @@ class Decoder(nnx.Module):
 
     def embed(self, ids_bt: jax.Array) -> jax.Array:
         return self.embed_tokens(ids_bt)
+
+    def unstack_layers(self) -> list[Block]:
+        """The stacked blocks as ``num_layers`` modules of their own, each parameter sliced by layer.
+
+        XLA materialises a slice that feeds a matrix product, so a decode loop that slices the stacked parameters
+        inside its body copies every layer's weights at every step (seen on CPU and on an H100); slicing once
+        before the loop and passing the blocks to :meth:`decode` reads them in place, at the price of a second
+        copy of the layer weights while they live."""
+        graphdef, state = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state)) for i in range(self.cfg.num_layers)]
+
+    def decode(self, tokens_b: jax.Array, positions_b: jax.Array, cache: SampleCache,
+               layers: Sequence[Block] | None = None) -> tuple[jax.Array, SampleCache]:
+        """Logits ``[R, V]`` for one new token per row (``R = B * N`` rows of a :class:`SampleCache`) at rotary
+        ``positions_b``, and the cache with the tokens appended. ``layers``: :meth:`unstack_layers` made once
+        outside the decode loop (default: sliced here)."""
+        cfg = self.cfg
+        layers = self.unstack_layers() if layers is None else layers
+        cos, sin = rope_cos_sin(positions_b[:, None], cfg.head_dim, cfg.rope_theta)
+        x = sharding.constrain(self.embed(tokens_b[:, None]).astype(dtype_of(cfg.dtype)), ("batch", "length", "embed"))
+        ks, vs = [], []
+        for i, block in enumerate(layers):  # unrolled: each layer's weights and cache are separate buffers
+            x, (k, v), _ = block(x, cos, sin, None, cache.layer(i))
+            ks.append(k)
+            vs.append(v)
+        logits = self.logits(self.norm(x))[:, 0]
+        return logits, cache._replace(k=tuple(ks), v=tuple(vs), index=cache.index + 1)
 
     def logits(self, h_btd: jax.Array) -> jax.Array:
         if self.cfg.tie_embeddings:

@@ -1,12 +1,19 @@
 """The generation engine: encode audio and prefill once per prompt, decode N samples in one while_loop.
 
-``prefill`` runs the audio encoder and the prompt through the model once for the ``B`` prompts, then
-the KV cache is copied into ``B * N`` slots (rows ``b*N .. b*N+N-1`` belong to prompt ``b``).
-``decode`` is one ``lax.while_loop`` that stops when every row has emitted an end token or
-``max_new_tokens`` is reached. Each (batch, prompt length, samples, max_new_tokens, audio shape)
-compiles once and is cached; the driver buckets shapes so a long job compiles a handful of programs.
-Sampling settings are per-row arrays, so greedy and sampled rows share one program. The cache lives
-in the loop carry, which XLA updates in place.
+``prefill`` runs the audio encoder and the prompt through the model once for the ``B`` prompts and
+returns a :class:`~cogito_jax.models.attention.SampleCache`: the prompt's keys/values once per prompt,
+shared by its ``N`` rows (rows ``b*N .. b*N+N-1`` belong to prompt ``b``), plus empty per-row slots
+for the generated tokens. ``decode`` is one ``lax.while_loop`` that stops when every row has emitted
+an end token or ``max_new_tokens`` is reached. Each (batch, prompt length, samples, max_new_tokens,
+audio) shape compiles once and is cached; the driver buckets shapes so a long job compiles a handful
+of programs. Sampling settings are per-row arrays, so greedy and sampled rows share one program.
+
+What a decode step does, and nothing more: the decoder layers' weights are sliced out of their stacked
+array once per call, before the loop (``unstack_layers``: XLA materialises a slice that feeds a matrix
+product, so slicing inside the loop copies every layer's weights at every step; the price is a second copy
+of the layer weights for the duration of the call, so by default it is done where that copy takes under a
+quarter of a device's memory, always on CPU); each layer's cache is its own buffer in the loop carry,
+updated in place; the uniform numbers for every (row, step) are drawn before the loop in one batch.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cogito_jax.sampling.strategies import SamplingParams, row_keys, select_tokens
+from cogito_jax.models.attention import SampleCache
+from cogito_jax.sampling.strategies import SamplingParams, select_tokens_u, uniforms
 
 
 class Output(NamedTuple):
@@ -31,8 +39,9 @@ class Output(NamedTuple):
 class Engine:
     """Compiled prefill / decode programs for one model."""
 
-    def __init__(self, model: nnx.Module):
+    def __init__(self, model: nnx.Module, unstack_layers: bool | None = None):
         self.graphdef, self.state = nnx.split(model)
+        self.unstack_layers = unstack_fits(model) if unstack_layers is None else unstack_layers
         self._prefill = {}
         self._decode = {}
         self.trace_counts = {"prefill": 0, "decode": 0}
@@ -48,44 +57,51 @@ class Engine:
                 b, t = ids.shape
                 positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
                 audio = model.encode_audio(feats, fmask) if has_audio else None
-                cache = model.init_cache(b, t + max_new)
-                logits, cache = model.prefill(ids, mask, positions, cache, audio)
-                return jnp.repeat(logits, n, axis=0), cache.repeat(n), jnp.repeat(positions[:, -1] + 1, n)
+                logits, cache = model.prefill(ids, mask, positions, model.init_cache(b, t), audio)
+                cache = SampleCache.from_prompt(cache, n, max_new)
+                return jnp.repeat(logits, n, axis=0), cache, jnp.repeat(positions[:, -1] + 1, n)
 
             self._prefill[key] = jax.jit(prefill)
         return self._prefill[key]
 
     def _decode_fn(self, key):
         if key not in self._decode:
-            graphdef = self.graphdef
+            graphdef, unstack = self.graphdef, self.unstack_layers
             max_new = key[3]
 
             def decode(state, logits, cache, pos, params, eos, pad, seed_key):
                 self.trace_counts["decode"] += 1
                 rows = logits.shape[0]
-                row_ids = jnp.arange(rows)
                 out = jnp.full((rows, max_new), pad, jnp.int32)
                 lps = jnp.zeros((rows, max_new), jnp.float32)
                 done = jnp.zeros((rows,), bool)
                 lengths = jnp.zeros((rows,), jnp.int32)
+                u_bs = uniforms(seed_key, jnp.arange(rows), max_new)
+                layer_graph = layer_states = None
+                if unstack:  # sliced once here, outside the loop
+                    layers = nnx.merge(graphdef, state).llm.unstack_layers()
+                    layer_graph, layer_states = nnx.graphdef(layers[0]), [nnx.state(x) for x in layers]
 
                 def cond(c):
                     step, _, _, done, *_ = c
                     return (step < max_new) & ~jnp.all(done)
 
                 def body(c):
-                    step, out, lps, done, lengths, logits, cache, pos, state = c
-                    tok, lp = select_tokens(logits, row_keys(seed_key, row_ids, step), params)
+                    step, out, lps, done, lengths, logits, cache, pos, state, layer_states = c
+                    u_b = jax.lax.dynamic_index_in_dim(u_bs, step, axis=1, keepdims=False)
+                    tok, lp = select_tokens_u(logits, u_b, params)
                     tok = jnp.where(done, pad, tok)
-                    out = out.at[:, step].set(tok)
-                    lps = lps.at[:, step].set(jnp.where(done, 0.0, lp))
+                    out = jax.lax.dynamic_update_index_in_dim(out, tok, step, axis=1)
+                    lps = jax.lax.dynamic_update_index_in_dim(lps, jnp.where(done, 0.0, lp), step, axis=1)
                     lengths = lengths + (~done).astype(jnp.int32)
                     done = done | jnp.isin(tok, eos)
-                    # The parameters ride in the loop carry so the module is built at the body's trace level.
-                    logits, cache = nnx.merge(graphdef, state).decode(tok, pos, cache)
-                    return step + 1, out, lps, done, lengths, logits, cache, pos + 1, state
+                    # Parameters ride in the loop carry so the modules are built at the body's trace level.
+                    llm = nnx.merge(graphdef, state).llm
+                    blocks = [nnx.merge(layer_graph, s) for s in layer_states] if unstack else None
+                    logits, cache = llm.decode(tok, pos, cache, blocks)
+                    return step + 1, out, lps, done, lengths, logits, cache, pos + 1, state, layer_states
 
-                c = (jnp.int32(0), out, lps, done, lengths, logits, cache, pos, state)
+                c = (jnp.int32(0), out, lps, done, lengths, logits, cache, pos, state, layer_states)
                 _, out, lps, _, lengths, *_ = jax.lax.while_loop(cond, body, c)
                 return out, lps, lengths
 
@@ -120,6 +136,16 @@ class Engine:
                                                  jnp.int32(pad_token_id), jax.random.key(seed))
         shape = (b, num_samples)
         return Output(out.reshape(*shape, max_new_tokens), lps.reshape(*shape, max_new_tokens), lengths.reshape(shape))
+
+
+def unstack_fits(model: nnx.Module, fraction: float = 0.25) -> bool:
+    """Whether one device's share of the decoder layers' weights is under ``fraction`` of its memory (a device
+    that reports no limit, the CPU, always fits)."""
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    if limit is None:
+        return True
+    leaves = jax.tree.leaves(nnx.state(model.llm.layers))
+    return sum(x.addressable_shards[0].data.nbytes for x in leaves) < fraction * limit
 
 
 _ENGINES: dict[int, tuple[Any, Engine]] = {}
