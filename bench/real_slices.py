@@ -14,7 +14,8 @@ copy for the memory bandwidth.
 * decode: bf16 parameters, ``--prompts`` prompts x ``--samples`` samples (the engine prefills once and
   decodes all rows in one while_loop, no row stops early); decode tokens/s and the achieved fraction of
   the measured bandwidth, from the bytes one decode step must read: the weights it touches (for a MoE,
-  the experts that the rows' top-k choices reach, in expectation under uniform routing) plus the KV cache.
+  the experts that the rows' top-k choices reach, in expectation under uniform routing) plus the KV cache
+  (each prompt's part once, shared by its samples, and every row's generated part).
 Prints one table per part and writes them as JSON to ``--out``.
 """
 
@@ -185,8 +186,9 @@ def bench_decode(family: str, layers: int, prompts: int, samples: int, prompt_le
         expert_bytes = 3 * t.hidden_size * t.moe_intermediate_size * pbytes * t.num_layers
         reached = t.num_experts * (1 - (1 - t.num_experts_per_tok / t.num_experts) ** rows)
         read -= expert_bytes * (t.num_experts - reached)
-    ctx = prompt_len + new / 2  # mean context over the decode
-    kv = rows * ctx * t.num_layers * 2 * t.num_kv_heads * t.head_dim * pbytes
+    # The prompt's keys/values are stored once and read by all its samples; each row reads its own generated
+    # ones (on average new / 2 of them over the decode).
+    kv = (prompts * prompt_len + rows * new / 2) * t.num_layers * 2 * t.num_kv_heads * t.head_dim * pbytes
     step_bytes = read + kv
     return dict(family=family, layers=layers, prompts=prompts, samples=samples, prompt_len=prompt_len, new=new,
                 step_ms=per_step * 1e3, tokens_per_s=rows / per_step, weight_gb=read / 1e9, kv_gb=kv / 1e9,
