@@ -33,10 +33,12 @@ import numpy as np
 from data_prep.sources.adapters.common import (
     MODALITIES,
     AdapterError,
+    CliParser,
     Entry,
     Row,
     Skip,
     Summary,
+    run_conversion,
     slug,
     write_manifest,
 )
@@ -335,13 +337,7 @@ def convert(ref: str, data_dir: str | pathlib.Path, split: str, out: str | pathl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cogito_jax.config import usage_error
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
-            usage_error(message)
-
-    p = Parser(prog="python -m data_prep.sources.tfds_source",
+    p = CliParser(prog="python -m data_prep.sources.tfds_source",
                description="A prepared TFDS catalog audio dataset -> wav files + a manifest (never downloads).")
     p.add_argument("--name", required=True, help="name[/config][:version], e.g. speech_commands or nsynth/full")
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, help="TFDS data_dir holding it")
@@ -357,18 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cogito_jax.config import usage_error
-
     args = build_parser().parse_args(argv)
-    try:
-        summary = convert(args.name, args.data_dir, args.split, args.out, modality=args.modality,
-                          sample_rate=args.sample_rate, limit=args.limit, progress=args.progress)
-    except AdapterError as e:
-        usage_error(" ".join(str(e).split()))
-    except OSError as e:
-        usage_error(f"{e.filename or ''}: {e.strerror or e}")
-    print(summary.line(args.name))
-    return 0
+    return run_conversion(lambda: convert(args.name, args.data_dir, args.split, args.out, modality=args.modality,
+                                          sample_rate=args.sample_rate, limit=args.limit, progress=args.progress),
+                          args.name)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cogito_jax.config import usage_error
-from data_prep.sources.adapters import ADAPTERS, AdapterError, convert
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        usage_error(message)
+from data_prep.sources.adapters import ADAPTERS, convert
+from data_prep.sources.adapters.common import CliParser, run_conversion
 
 
 def build_parser() -> argparse.ArgumentParser:
     kinds = "\n".join(f"  {name}: {a.layout}" for name, a in ADAPTERS.items())
-    p = _Parser(prog="python -m data_prep.sources.adapters", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CliParser(prog="python -m data_prep.sources.adapters", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Turn a source dataset's published metadata into a manifest for data_prep.build.",
                 epilog=f"kinds and the metadata layout each expects:\n{kinds}")
     p.add_argument("--kind", required=True, help=f"one of {', '.join(ADAPTERS)}")
@@ -40,16 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = convert(args.kind, args.meta, args.audio_dir, args.out, ontology=args.ontology,
-                          genres=args.genres, split=args.split, subset=args.subset, patterns=args.patterns,
-                          progress=args.progress)
-    except AdapterError as e:
-        usage_error(" ".join(str(e).split()))
-    except OSError as e:
-        usage_error(f"{e.filename or ''}: {e.strerror or e}")
-    print(summary.line(args.kind))
-    return 0
+    return run_conversion(lambda: convert(args.kind, args.meta, args.audio_dir, args.out, ontology=args.ontology,
+                                          genres=args.genres, split=args.split, subset=args.subset,
+                                          patterns=args.patterns, progress=args.progress), args.kind)
 
 
 if __name__ == "__main__":

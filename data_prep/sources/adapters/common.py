@@ -10,6 +10,7 @@ missing column, unreadable, not UTF-8) raises :class:`AdapterError` naming the f
 
 from __future__ import annotations
 
+import argparse
 import collections
 import csv
 import dataclasses
@@ -355,3 +356,27 @@ def _write_rows(f, rows: Iterable[Row], patterns: Sequence[str], index: AudioInd
         f.write(json.dumps({"id": row.id, "audio_path": audio_path, "modality": row.modality,
                             "metadata": dict(row.metadata)}, ensure_ascii=False) + "\n")
         summary.written += 1
+
+
+class CliParser(argparse.ArgumentParser):
+    """An argument parser whose errors are the project's one-line usage errors (exit 2)."""
+
+    def error(self, message: str) -> None:
+        from cogito_jax.config import usage_error
+
+        usage_error(message)
+
+
+def run_conversion(convert_call: Callable[[], Summary], label: str) -> int:
+    """Runs a CLI's conversion: bad input (AdapterError, an unreadable file) is one usage-error line and exit
+    2; otherwise the summary line is printed."""
+    from cogito_jax.config import usage_error
+
+    try:
+        summary = convert_call()
+    except AdapterError as e:
+        usage_error(" ".join(str(e).split()))
+    except OSError as e:
+        usage_error(f"{e.filename or ''}: {e.strerror or e}")
+    print(summary.line(label))
+    return 0
