@@ -188,7 +188,7 @@ def write_shard(element: tuple[int, dict], dataset_dir: str, names: Sequence[str
 
     def serialized():
         for _, item, mel in clips:
-            data = feats.serialize_example(records._to_example(build.item_record(item, mel)))
+            data = feats.serialize_example(records.to_example(build.item_record(item, mel)))
             size["n"] += 1
             size["num_bytes"] += len(data)
             yield None, data

@@ -95,7 +95,8 @@ def features(audio_field: str, feat_dim: int):
     return tf.FeaturesDict(spec)
 
 
-def _to_example(rec: Mapping[str, Any]) -> dict[str, Any]:
+def to_example(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated record as the TFDS example the dataset stores (defaults filled, provenance as JSON)."""
     validate(rec)
     ex = {**DEFAULTS, **rec}
     ex["provenance"] = json.dumps(ex["provenance"], sort_keys=True, default=str)

@@ -42,4 +42,4 @@ class CogitoRecords(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, make):
         for rec in make():
-            yield rec["id"], records._to_example(rec)
+            yield rec["id"], records.to_example(rec)
