@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -549,4 +550,26 @@ def run_main(main: Callable[[ConfigDict | None], int | None], argv: list[str] | 
         rc = main(cfg)
     except ConfigError as e:
         usage_error(str(e))
+    except Exception:
+        _exit_now_if_in_a_job()
+        raise
     raise SystemExit(rc or 0)
+
+
+def _exit_now_if_in_a_job() -> None:
+    """On an error in one process of a multi-process JAX job, print it and exit at once (status 1).
+
+    A normal exit waits at JAX's shutdown barrier for the other processes, which may be blocked in a collective
+    that waits for this one: both would hang until the barrier's timeout (5 minutes) and the error would surface
+    only as "Shutdown barrier has failed". Exiting without it lets the launcher stop the job and lets the
+    coordination service report the lost process to the others.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return
+    import traceback
+
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -20,7 +20,9 @@ logdir=${COGITO_LOG_DIR:-logs/local}
 mkdir -p "$logdir"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# Interrupted or terminated: pass SIGTERM on (a trainer saves a checkpoint and exits 0).
+stopping=0
+cleanup() { stopping=1; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup INT TERM
 
 for ((i = 0; i < n; i++)); do
@@ -37,13 +39,23 @@ for ((i = 0; i < n; i++)); do
   pids+=($!)
 done
 
+# React to whichever process ends first. After a failure the others are killed: they would wait for the failed
+# one in a collective, and SIGTERM does not stop them there (JAX's preemption handler takes it).
+index_of() { for i in "${!pids[@]}"; do [ "${pids[$i]}" = "$1" ] && echo "$i"; done; }
 rc=0
-for p in "${pids[@]}"; do
-  code=0
-  wait "$p" || code=$?
-  if [ "$code" != 0 ]; then
-    [ "$rc" = 0 ] && rc=$code
-    cleanup  # one process failed: the others would hang in collectives
+running=("${pids[@]}")
+while [ ${#running[@]} -gt 0 ]; do
+  code=0 ended=""
+  wait -n -p ended "${running[@]}" 2>/dev/null || code=$?
+  [ -n "${ended:-}" ] || continue  # the wait was interrupted by a signal, which the trap passed on
+  still=()
+  for p in "${running[@]}"; do [ "$p" = "$ended" ] || still+=("$p"); done
+  running=("${still[@]}")
+  if [ "$code" != 0 ] && [ "$rc" = 0 ]; then
+    rc=$code
+    [ "$stopping" = 1 ] && continue  # the others are saving after the SIGTERM
+    echo "launch/local.sh: process $(index_of "$ended") exited with status $code; stopping the others" >&2
+    for p in "${running[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   fi
 done
 exit "$rc"

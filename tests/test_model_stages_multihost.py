@@ -35,11 +35,6 @@ from tests.test_model_stages import (
     _settings,
 )
 
-# Two JAX processes per test have timed out at JAX's shutdown barrier on an overloaded 2-core machine (CI runs
-# two test workers): opt in with COGITO_MULTIHOST_TESTS=1 on a machine with spare cores.
-pytestmark = pytest.mark.skipif(not os.environ.get("COGITO_MULTIHOST_TESTS"),
-                                reason="multi-process model-stage tests: set COGITO_MULTIHOST_TESTS=1")
-
 ckpt = single.ckpt  # the tiny Qwen2-Audio fixture
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_MCQ = 8

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,3 +40,16 @@ def test_usage_error():
 def test_failure_propagates(tmp_path):
     r = _run(2, ["bash", "-c", 'exit $((COGITO_PROCESS_ID + 3))'], tmp_path, timeout=60)
     assert r.returncode in (3, 4)
+
+
+@pytest.mark.slow
+def test_an_error_in_one_process_ends_the_job(tmp_path):
+    """Process 1 raises while process 0 waits for it in a collective: the job ends with the error in process 1's
+    log at once, not when JAX's heartbeat timeout (100 s) or shutdown barrier (300 s) gives up."""
+    start = time.monotonic()
+    r = _run(2, [sys.executable, "tests/scripts/mp_one_fails.py"], tmp_path, timeout=240)
+    took = time.monotonic() - start
+    assert r.returncode != 0
+    assert "ValueError: process 1 fails on purpose" in (tmp_path / "logs" / "process_1.log").read_text()
+    assert "process 1 exited with status 1; stopping the others" in r.stderr
+    assert took < 60, f"the job took {took:.0f} s to end"

@@ -141,10 +141,11 @@ class Engine:
 def unstack_fits(model: nnx.Module, fraction: float = 0.25) -> bool:
     """Whether one device's share of the decoder layers' weights is under ``fraction`` of its memory (a device
     that reports no limit, the CPU, always fits)."""
-    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    leaves = jax.tree.leaves(nnx.state(model.llm.layers))
+    # This process's own device: on a multi-process job ``jax.devices()[0]`` may belong to another host.
+    limit = (leaves[0].addressable_shards[0].device.memory_stats() or {}).get("bytes_limit")
     if limit is None:
         return True
-    leaves = jax.tree.leaves(nnx.state(model.llm.layers))
     return sum(x.addressable_shards[0].data.nbytes for x in leaves) < fraction * limit
 
 
