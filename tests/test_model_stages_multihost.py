@@ -187,11 +187,9 @@ def test_two_processes_build_what_one_process_builds(reference, corpus, ckpt, ju
         audit._merged_verdicts(out / "cache" / "audit.jsonl", 2, items, samples)
 
 
-@pytest.mark.slow
-def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(reference, corpus, ckpt, judge,
-                                                                            tmp_path):
-    ref_report, ref_records, ref_requests, ref_texts = reference
-    out = tmp_path / "out"
+def _kill_during_think(out, corpus, ckpt, judge):
+    """Starts a 2-process build and SIGKILLs the whole job once think has written something; returns what each
+    process's file held and the questions finished then."""
     _seed_caches(out)
     job = _launch(2, out, corpus, ckpt, judge, start_new_session=True)
     shards = _think_shards(out)
@@ -207,19 +205,49 @@ def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(refe
                                if ln.endswith("}"))
     finished = {i for i, c in done.items() if c == N}
     assert finished and len(finished) < len(QUESTIONS) - 2, "the kill came after think had finished"
+    return partial, finished
 
+
+def _assert_resumed(out, n, partial, finished, reference, judge_requests):
+    ref_report, ref_records, ref_requests, ref_texts = reference
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["think"]["generated_this_run"] == len(QUESTIONS) - 2 - len(finished)
+    shards = _think_shards(out)
+    for p, text in zip(shards, partial, strict=True):  # what each process had finished is kept as it was
+        kept = [ln for ln in text.splitlines() if ln.endswith("}") and json.loads(ln)["id"] in finished]
+        assert p.read_text().startswith("".join(ln + "\n" for ln in kept))
+    files = [*shards, out / "cache" / "think_samples.jsonl"]
+    samples = collections.Counter((r["id"], r["sample"]) for p in files if p.exists() for r in _lines(p)
+                                  if n == 2 or p.name.endswith(".jsonl") or r["id"] in finished)
+    assert set(samples.values()) == {1} and len(samples) == len(QUESTIONS) * N
+    assert _comparable(report) == _comparable(ref_report)
+    _assert_same_records(_records(report), ref_records)
+    assert _generated(out, n) == ref_texts  # the same batches with the same seeds as an uninterrupted run
+    assert judge_requests == ref_requests
+
+
+@pytest.mark.slow
+def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(reference, corpus, ckpt, judge,
+                                                                            tmp_path):
+    out = tmp_path / "out"
+    partial, finished = _kill_during_think(out, corpus, ckpt, judge)
     before = len(judge.requests)
     p = _launch(2, out, corpus, ckpt, judge)
     log, _ = p.communicate(timeout=600)
     assert p.returncode == 0, log[-3000:] + _logs(out)
-    report = json.loads((out / "report.json").read_text())
-    assert report["stages"]["think"]["generated_this_run"] == len(QUESTIONS) - 2 - len(finished)
-    for p, text in zip(shards, partial, strict=True):  # what each process had finished is kept as it was
-        kept = [ln for ln in text.splitlines() if ln.endswith("}") and json.loads(ln)["id"] in finished]
-        assert p.read_text().startswith("".join(ln + "\n" for ln in kept))
-    samples = collections.Counter((r["id"], r["sample"]) for p in shards for r in _lines(p))
-    assert set(samples.values()) == {1} and len(samples) == (len(QUESTIONS) - 2) * N
-    assert _comparable(report) == _comparable(ref_report)
-    _assert_same_records(_records(report), ref_records)
-    assert _generated(out, 2) == ref_texts
-    assert len(judge.requests) - before == ref_requests
+    _assert_resumed(out, 2, partial, finished, reference, len(judge.requests) - before)
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_job_resumes_on_one_process(reference, corpus, ckpt, judge, tmp_path):
+    """The re-run may have another process count: the killed job's finished prompts count as done (its files
+    are read, not written) and the rest is generated with the seeds an uninterrupted run gives them."""
+    out = tmp_path / "out"
+    partial, finished = _kill_during_think(out, corpus, ckpt, judge)
+    before = len(judge.requests)
+    p = _launch(1, out, corpus, ckpt, judge)
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log[-3000:] + _logs(out)
+    mine = {r["id"] for r in _lines(out / "cache" / "think_samples.jsonl")}
+    assert not mine & finished and mine | finished == set(QUESTIONS)
+    _assert_resumed(out, 1, partial, finished, reference, len(judge.requests) - before)

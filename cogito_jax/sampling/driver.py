@@ -21,7 +21,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -167,8 +167,13 @@ def run(
     process_index: int = 0,
     process_count: int = 1,
     progress: bool = True,
+    done_elsewhere: Collection[str] = (),
 ) -> dict[str, Any]:
     """Generates ``cfg.num_samples`` continuations for every not-yet-done prompt; returns run statistics.
+
+    Done prompts are those complete in this process's output file and ``done_elsewhere`` (ids finished in
+    other files, e.g. by an earlier run with another process count). Batches and their seeds are planned over
+    all ``items`` whatever is done, so a resumed run generates what an uninterrupted one would have.
 
     ``generate_fn(input_ids, input_features=, feature_attention_mask=, num_samples=, max_new_tokens=,
     temperature=, top_k=, top_p=, eos_token_id=, pad_token_id=, seed=)`` returns int32
@@ -178,19 +183,19 @@ def run(
 
     path = shard_path(out, process_index, process_count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = resume_file(path, cfg.num_samples)
-    todo = [it for it in items if it["id"] not in done] if process_count == 1 else list(items)
-    prepared = sorted((_prepare(it, tokenizer, cfg) for it in todo), key=lambda g: len(g["ids"]))
+    done = resume_file(path, cfg.num_samples) | set(done_elsewhere)
+    prepared = sorted((_prepare(it, tokenizer, cfg) for it in items), key=lambda g: len(g["ids"]))
     if prepared and len(prepared[-1]["ids"]) > max(cfg.length_buckets):
         g = prepared[-1]
         raise PromptError(f"prompt {g['item']['id']!r} has {len(g['ids'])} tokens, more than the largest length "
                           f"bucket {max(cfg.length_buckets)}")
-    # (seed offset, batch): in a multi-process job every process plans all prompts the same way and runs every
-    # process_count-th batch, so a fresh job makes exactly the batches (and seeds) of one process
+    # (seed offset, batch): every process plans all prompts the same way and runs every process_count-th batch,
+    # so a job makes exactly the batches (and seeds) of one process, fresh or resumed
     batches = [(start, [g for g in prepared[start:start + cfg.batch_size] if g["item"]["id"] not in done])
                for k, start in enumerate(range(0, len(prepared), cfg.batch_size)) if k % process_count == process_index]
     batches = [(start, group) for start, group in batches if group]
-    stats = {"prompts": sum(len(g) for _, g in batches), "skipped_done": len(done), "tokens": 0, "seconds": 0.0}
+    stats = {"prompts": sum(len(g) for _, g in batches), "skipped_done": sum(g["item"]["id"] in done for g in prepared),
+             "tokens": 0, "seconds": 0.0}
     bar = tqdm(total=stats["prompts"], desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
     eos = set(int(e) for e in eos_token_ids)
     t0 = time.time()

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -114,13 +115,27 @@ def owner(item_id: str, process_count: int) -> int:
     return zlib.crc32(item_id.encode()) % process_count
 
 
-def output_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
-    """A stage's generation files: ``path`` (a 1-process run's, read-only in a job of several processes) and
-    each process's own file."""
+def _own_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
     from cogito_jax.sampling import driver
 
-    shards = [driver.shard_path(path, p, process_count) for p in range(process_count)] if process_count > 1 else []
-    return [path, *shards]
+    return [driver.shard_path(path, p, process_count) for p in range(process_count)]
+
+
+def earlier_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
+    """A stage's generation files that a job of ``process_count`` processes reads but never writes: a 1-process
+    run's ``path`` (in a job of several) and the files of runs with another number of processes."""
+    files = [path] if process_count > 1 and path.exists() else []
+    shard = re.compile(re.escape(path.name) + r"\.process\d+-of-(\d+)")
+    for f in sorted(path.parent.glob(path.name + ".process*-of-*")):
+        m = shard.fullmatch(f.name)
+        if m and int(m.group(1)) != process_count:
+            files.append(f)
+    return files
+
+
+def output_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
+    """A stage's generation files: the earlier runs' (:func:`earlier_files`) and each process's own."""
+    return [*earlier_files(path, process_count), *_own_files(path, process_count)]
 
 
 def _rows_by_id(path: pathlib.Path) -> dict[str, list[dict]]:
@@ -135,17 +150,21 @@ def _rows_by_id(path: pathlib.Path) -> dict[str, list[dict]]:
     return rows
 
 
+def _complete(files: Sequence[pathlib.Path], num_samples: int) -> set[str]:
+    return {i for f in files for i, rows in _rows_by_id(f).items() if len(rows) == num_samples}
+
+
 def done_before(path: pathlib.Path, num_samples: int) -> set[str]:
-    """The prompt ids with all their samples in any of the stage's files before this run generates; in a job of
-    several processes every process reads them before any writes (a barrier follows)."""
+    """The prompt ids with all their samples in any of the stage's files before this run generates, whatever
+    process count wrote them; in a job of several processes every process reads them before any writes (a
+    barrier follows)."""
     from cogito_jax.sampling import driver
 
     index, count = processes()
+    done = _complete(earlier_files(path, count), num_samples)
     if count == 1:
-        return driver.resume_file(path, num_samples)
-    done = set()
-    for f in output_files(path, count):
-        done |= {i for i, rows in _rows_by_id(f).items() if len(rows) == num_samples}
+        return done | driver.resume_file(path, num_samples)
+    done |= _complete(_own_files(path, count), num_samples)
     barrier(f"{path.name}: outputs read")
     return done
 
@@ -166,15 +185,12 @@ def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib
         family=lm.family, batch_size=batch_size, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=float(temperature), top_p=float(top_p), seed=seed, max_frames=a.num_frames,
         n_mels=a.num_mel_bins, n_window=getattr(a, "n_window", 50), system=system)
-    todo = list(prompts)
-    if count > 1:  # a 1-process run's outputs count as done; nobody writes that file now
-        base = {i for i, rows in _rows_by_id(out).items() if len(rows) == num_samples}
-        todo = [p for p in todo if p["id"] not in base]
-    if todo:
+    earlier = _complete(earlier_files(out, count), num_samples)  # done by runs with another process count
+    if any(p["id"] not in earlier for p in prompts):
         try:
-            driver.run(todo, out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
+            driver.run(list(prompts), out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
                        cfg=dcfg, eos_token_ids=predict.stop_ids(lm.tokenizer), pad_token_id=lm.tokenizer.pad_token_id,
-                       process_index=index, process_count=count)
+                       process_index=index, process_count=count, done_elsewhere=earlier)
         except driver.PromptError as e:
             raise ConfigError(f"{who}: {e}") from None
     barrier(f"{who}: generated")
@@ -186,11 +202,12 @@ def read_outputs(path: pathlib.Path, ids: Sequence[str], num_samples: int, proce
     """The driver rows of ``ids`` in the stage's files (``path`` and, with several processes, each one's file);
     raises naming the prompts that are missing, lack samples, or were generated more than once."""
     want = set(ids)
+    earlier = earlier_files(path, process_count)
     found: dict[str, list[tuple[pathlib.Path, list[dict]]]] = collections.defaultdict(list)
     for f in output_files(path, process_count):
         for i, rows in _rows_by_id(f).items():
-            if i in want and not (f == path and process_count > 1 and len(rows) != num_samples):
-                found[i].append((f, rows))  # (a 1-process run's torn prompt is generated again by the job)
+            if i in want and not (f in earlier and len(rows) != num_samples):
+                found[i].append((f, rows))  # (an earlier run's torn prompt is generated again by this one)
     missing = [i for i in ids if i not in found]
     twice = {i: [f.name for f, _ in v] for i, v in found.items() if len(v) > 1}
     by_sample = {i: {int(r["sample"]): r for r in v[0][1]} for i, v in found.items() if len(v) == 1}
