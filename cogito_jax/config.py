@@ -31,6 +31,9 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message is one line that names the bad value."""
 
 
+# How a process joins a multi-process JAX job (``sharding.maybe_initialize_distributed``); launch/local.sh's
+# environment variables take precedence, ``auto=True`` lets JAX detect a Cloud TPU slice or a SLURM job.
+DISTRIBUTED_DEFAULTS = dict(num_processes=1, process_id=0, coordinator_address="localhost:12355", auto=False)
 # Input pipeline options (cogito_jax.data.pipeline): packing several examples per row of data.max_len
 # tokens (at most max_clips_per_row audio clips each), and audio_buckets, increasing mel-frame widths
 # that batches of shorter clips are padded to instead of the encoder's full window.
@@ -47,9 +50,7 @@ def base_config() -> ConfigDict:
     )
     # A preset name from cogito_jax.sharding.RULE_PRESETS ("fsdp", "fsdp_tp", "fsdp_ep").
     c.sharding = ConfigDict(dict(rules="fsdp"))
-    c.distributed = ConfigDict(
-        dict(num_processes=1, process_id=0, coordinator_address="localhost:12355", auto=False)
-    )
+    c.distributed = ConfigDict(dict(DISTRIBUTED_DEFAULTS))
     c.model = ConfigDict()
     # The data source owns most data keys (see configs/tiny.py); the input pipeline's options are these.
     c.data = ConfigDict(dict(DATA_PIPELINE_DEFAULTS))

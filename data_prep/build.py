@@ -292,7 +292,7 @@ def main(cfg) -> int:
         cfglib.usage_error("--out is required")
     from cogito_jax import sharding
 
-    if sharding.maybe_initialize_distributed() and cfg.runner == "beam":
+    if sharding.maybe_initialize_distributed(cfg.distributed) and cfg.runner == "beam":
         cfglib.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
                            "processes share the model stages of runner=local only)")
     if cfg.runner == "beam":

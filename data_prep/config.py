@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cogito_jax.config import ConfigError, check_schema
+from cogito_jax.config import DISTRIBUTED_DEFAULTS, ConfigError, check_schema
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
 THINK_SYSTEMS = ("challenge", "default", "none")
@@ -15,6 +15,8 @@ def base_data_config() -> ConfigDict:
     c = ConfigDict()
     c.name = "cogito_data"
     c.seed = 0
+    # the model stages across JAX processes: launch/local.sh sets them; on a TPU pod set auto=True
+    c.distributed = ConfigDict(dict(DISTRIBUTED_DEFAULTS))
     c.source = ConfigDict(dict(
         kind="manifest",  # manifest | synthetic
         manifest="",  # JSONL path (kind=manifest)
