@@ -155,3 +155,27 @@ def test_sharded_matches_one_device(loaded, cpu_devices):
     with jax.set_mesh(mesh):
         out, lens = fwd(state, feats, mask)
     assert (np.asarray(lens) == ref_lens).all() and rel_err(np.asarray(out), ref) <= 1e-5
+
+
+def test_remat_keeps_values_and_grads():
+    """The encoder stack (shared with Whisper's, ``audio_layers``) rematerialised by policy: same loss and grads."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    cfg = aut.AuTEncoderConfig.from_hf(get_config("tiny").audio_config)
+    feats, mask = batch((150, 90), 160)
+
+    @nnx.jit
+    def value_and_grad(e):
+        return nnx.value_and_grad(lambda e: jnp.mean(e(feats, mask)[0] ** 2))(e)
+
+    ref_value, ref_grads = value_and_grad(aut.AuTEncoder(cfg, rngs=nnx.Rngs(0)))
+    for policy in ("full", "dots"):
+        value, grads = value_and_grad(aut.AuTEncoder(dataclasses.replace(cfg, remat=policy), rngs=nnx.Rngs(0)))
+        np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-6)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-7, err_msg=policy)
+    with pytest.raises(ValueError, match="remat='some'"):
+        dataclasses.replace(cfg, remat="some")
+

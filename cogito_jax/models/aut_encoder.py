@@ -3,8 +3,8 @@
 ``input_features [B, n_mels, frames]`` (+ ``feature_attention_mask [B, frames]``) -> each example cut
 into chunks of ``2 * n_window`` frames (100) -> 3 x (Conv2d 3x3 stride 2 over (mel, time) -> GELU)
 (8x fewer frames: a full chunk gives 13 tokens) -> ``conv_out`` linear over (channels x mel) ->
-+ sinusoidal positions restarting in every chunk -> pre-LN transformer layers whose attention stays
-inside windows of ``n_window_infer // (2 * n_window)`` chunks -> ``ln_post`` -> proj1 -> GELU -> proj2.
++ sinusoidal positions restarting in every chunk -> pre-LN transformer layers (``audio_layers``) whose
+attention stays inside windows of ``n_window_infer // (2 * n_window)`` chunks -> ``ln_post`` -> proj1 -> GELU -> proj2.
 Output ``[B, chunks * 13, output_dim]`` (zero past each example's length) and the lengths
 ``output_lengths(feature_lens)``.
 
@@ -27,9 +27,10 @@ import numpy as np
 from flax import nnx
 
 from cogito_jax import sharding
-from cogito_jax.models.attention import dot_product_attention
+from cogito_jax.models import audio_layers
+from cogito_jax.models.attention import check_impl
 from cogito_jax.models.hf_weights import CONV2D, LINEAR, SAME
-from cogito_jax.models.layers import dense, dtype_of, layer_norm
+from cogito_jax.models.layers import check_remat, dense, dtype_of, layer_norm, sinusoids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,12 @@ class AuTEncoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attn_impl: str = "xla"
+    remat: str = "none"
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
         if self.n_window_infer < 2 * self.n_window:
             raise ValueError(f"n_window_infer={self.n_window_infer} must be >= 2 * n_window = {2 * self.n_window}")
         if self.tokens_per_chunk > self.max_source_positions:
@@ -118,41 +121,6 @@ def output_lengths(feature_lens, n_window: int = 50):
     return (feature_lens // chunk) * conv_out_length(chunk) + conv_out_length(feature_lens % chunk)
 
 
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-    """``[length, channels]`` = [sin | cos] of position x geometric timescales (HF ``SinusoidsPositionEmbedding``)."""
-    inc = np.log(max_timescale) / (channels // 2 - 1)
-    inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float32)).astype(np.float32)
-    t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
-
-
-class AuTLayer(nnx.Module):
-    """Pre-LN block: x + out(attn(LN(x))), then x + fc2(GELU(fc1(LN(x)))); all projections with bias."""
-
-    def __init__(self, cfg: AuTEncoderConfig, *, rngs: nnx.Rngs):
-        d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
-        kw = dict(bias=True, rngs=rngs, dtype=dt, param_dtype=pd)
-        self.self_attn_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
-        self.q_proj = dense(d, d, ("audio_embed", "q_proj"), **kw)
-        self.k_proj = dense(d, d, ("audio_embed", "q_proj"), **kw)
-        self.v_proj = dense(d, d, ("audio_embed", "q_proj"), **kw)
-        self.out_proj = dense(d, d, ("q_proj", "audio_embed"), **kw)
-        self.final_layer_norm = layer_norm(d, param_dtype=pd, rngs=rngs)
-        self.fc1 = dense(d, cfg.ffn_dim, ("audio_embed", "audio_mlp"), **kw)
-        self.fc2 = dense(cfg.ffn_dim, d, ("audio_mlp", "audio_embed"), **kw)
-        self.cfg = cfg
-
-    def __call__(self, x_wsd: jax.Array, mask_wss: jax.Array) -> jax.Array:
-        w, s, d = x_wsd.shape
-        n = self.cfg.num_heads
-        h = self.self_attn_layer_norm(x_wsd)
-        q, k, v = (p(h).reshape(w, s, n, d // n) for p in (self.q_proj, self.k_proj, self.v_proj))
-        att = dot_product_attention(q, k, v, mask_wss, (d // n) ** -0.5, self.cfg.attn_impl)
-        x_wsd = x_wsd + self.out_proj(att.reshape(w, s, d))
-        h = jax.nn.gelu(self.fc1(self.final_layer_norm(x_wsd)), approximate=False)
-        return sharding.constrain(x_wsd + self.fc2(h), ("batch", "audio_length", "audio_embed"))
-
-
 def _conv(c_in: int, c_out: int, in_axis: str | None, cfg: AuTEncoderConfig, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(
         c_in, c_out, kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype_of(cfg.dtype),
@@ -171,12 +139,9 @@ class AuTEncoder(nnx.Module):
         self.conv_out = dense(c * cfg.conv_mel_bins, d, ("conv_out", "audio_embed"), bias=False, rngs=rngs,
                               dtype=dt, param_dtype=pd)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return AuTLayer(cfg, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = audio_layers.stacked_layers(cfg.num_layers, rngs, d_model=d, num_heads=cfg.num_heads,
+                                                  ffn_dim=cfg.ffn_dim, k_bias=True, dtype=dt, param_dtype=pd,
+                                                  attn_impl=cfg.attn_impl)
         self.ln_post = layer_norm(d, param_dtype=pd, rngs=rngs)
         self.proj1 = dense(d, d, ("audio_embed", "audio_embed"), bias=True, rngs=rngs, dtype=dt, param_dtype=pd)
         self.proj2 = dense(d, cfg.output_dim, ("audio_embed", "embed"), bias=True, rngs=rngs, dtype=dt,
@@ -235,8 +200,7 @@ class AuTEncoder(nnx.Module):
         key_valid = (pos[None] < out_len[:, None, None]).reshape(b * n_win, win)
         mask = jnp.broadcast_to(key_valid[:, None, :], (b * n_win, win, win))
         x = sharding.constrain(x, ("batch", "audio_length", "audio_embed"))
-        x, _ = nnx.scan(lambda x, layer: (layer(x, mask), None), in_axes=(nnx.Carry, 0),
-                        out_axes=(nnx.Carry, 0))(x, self.layers)
+        x = audio_layers.run(self.layers, x, mask, cfg.remat)
         x = x.reshape(b, n_win * win, cfg.d_model)[:, :s]
         x = self.proj2(jax.nn.gelu(self.proj1(self.ln_post(x)), approximate=False))
         x = jnp.where(jnp.arange(s)[None, :, None] < out_len[:, None, None], x, 0)
@@ -255,16 +219,7 @@ def hf_weight_table(prefix: str = "audio_tower.") -> dict[str, tuple[str, str]]:
         w[f"{name}/bias"] = (f"{prefix}{name}.bias", SAME)
     w["ln_post/scale"] = (f"{prefix}ln_post.weight", SAME)
     w["ln_post/bias"] = (f"{prefix}ln_post.bias", SAME)
-    layer = f"{prefix}layers.{{i}}."
-    for name in ("self_attn_layer_norm", "final_layer_norm"):
-        w[f"layers/{name}/scale"] = (f"{layer}{name}.weight", SAME)
-        w[f"layers/{name}/bias"] = (f"{layer}{name}.bias", SAME)
-    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        w[f"layers/{name}/kernel"] = (f"{layer}self_attn.{name}.weight", LINEAR)
-        w[f"layers/{name}/bias"] = (f"{layer}self_attn.{name}.bias", SAME)
-    for name in ("fc1", "fc2"):
-        w[f"layers/{name}/kernel"] = (f"{layer}{name}.weight", LINEAR)
-        w[f"layers/{name}/bias"] = (f"{layer}{name}.bias", SAME)
+    w.update(audio_layers.hf_weight_table(f"{prefix}layers.{{i}}.", k_bias=True))
     return w
 
 

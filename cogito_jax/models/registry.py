@@ -27,7 +27,7 @@ from typing import Any
 
 from flax import nnx
 
-from cogito_jax.models import aut_encoder, moe
+from cogito_jax.models import audio_layers, aut_encoder, moe
 from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
 from cogito_jax.models.decoder import DecoderConfig
 from cogito_jax.models.hf_weights import CONV1D, LINEAR, SAME
@@ -77,12 +77,6 @@ def _check_overrides(overrides: Mapping[str, Any]) -> None:
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown model settings {sorted(unknown)}; known: {OVERRIDES}")
-
-
-def _fields_of(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The overrides a config dataclass has fields for (the AuT encoder has no ``remat``)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in overrides.items() if k in names}
 
 
 def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
@@ -141,16 +135,8 @@ def _qwen2_audio_weights(cfg: AudioLMConfig) -> dict[str, tuple[str, str]]:
         "llm/embed_tokens/embedding": (f"{llm}.embed_tokens.weight", SAME),
         "llm/norm/weight": (f"{llm}.norm.weight", SAME),
     }
-    for ln in ("self_attn_layer_norm", "final_layer_norm"):
-        w[f"audio_encoder/layers/{ln}/scale"] = (f"{enc}.layers.{{i}}.{ln}.weight", SAME)
-        w[f"audio_encoder/layers/{ln}/bias"] = (f"{enc}.layers.{{i}}.{ln}.bias", SAME)
-    for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
-        w[f"audio_encoder/layers/{p}/kernel"] = (f"{enc}.layers.{{i}}.self_attn.{p}.weight", LINEAR)
-        if p != "k_proj":
-            w[f"audio_encoder/layers/{p}/bias"] = (f"{enc}.layers.{{i}}.self_attn.{p}.bias", SAME)
-    for p in ("fc1", "fc2"):
-        w[f"audio_encoder/layers/{p}/kernel"] = (f"{enc}.layers.{{i}}.{p}.weight", LINEAR)
-        w[f"audio_encoder/layers/{p}/bias"] = (f"{enc}.layers.{{i}}.{p}.bias", SAME)
+    w.update({f"audio_encoder/{k}": v
+              for k, v in audio_layers.hf_weight_table(f"{enc}.layers.{{i}}.", k_bias=False).items()})
     for ln in ("input_layernorm", "post_attention_layernorm"):
         w[f"llm/layers/{ln}/weight"] = (f"{llm}.layers.{{i}}.{ln}.weight", SAME)
     for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -184,7 +170,7 @@ def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
     if t["decoder_sparse_step"] != 1 or t["mlp_only_layers"]:
         raise NotImplementedError(f"dense layers among the MoE ones (decoder_sparse_step={t['decoder_sparse_step']}, "
                                   f"mlp_only_layers={t['mlp_only_layers']}) are not supported")
-    audio = aut_encoder.AuTEncoderConfig.from_hf(a, **_fields_of(aut_encoder.AuTEncoderConfig, overrides))
+    audio = aut_encoder.AuTEncoderConfig.from_hf(a, **overrides)
     text = DecoderConfig(
         vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
         num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"],

@@ -2,7 +2,7 @@
 
 ``input_features [B, n_mels, 2 * max_source_positions]`` -> GELU(conv1, k3 s1) -> GELU(conv2, k3 s2)
 -> + position table (Whisper's sinusoids at init; checkpoints carry them) -> pre-LN transformer layers
-(k_proj without bias; keys past each clip's valid length, from ``feature_attention_mask``, are masked
+(``audio_layers``, k_proj without bias; keys past each clip's valid length, from ``feature_attention_mask``, are masked
 as in HF's ``Qwen2AudioModel.forward``) -> average pooling (stride 2) -> LayerNorm. Output
 ``[B, S/2, d_model]`` and the per-example number of valid output frames,
 ``((L - 1) // 2 + 1 - 2) // 2 + 1`` for ``L`` valid mel frames (the valid frames are a prefix).
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cogito_jax import sharding
-from cogito_jax.models.attention import attention_mask, check_impl, dot_product_attention
-from cogito_jax.models.aut_encoder import sinusoids
-from cogito_jax.models.layers import check_remat, dense, dtype_of, layer_norm, remat
+from cogito_jax.models import audio_layers
+from cogito_jax.models.attention import attention_mask, check_impl
+from cogito_jax.models.layers import check_remat, dtype_of, layer_norm, sinusoids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,35 +51,6 @@ def output_lengths(mel_lengths_b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return after_conv, (after_conv - 2) // 2 + 1
 
 
-class EncoderLayer(nnx.Module):
-    """Pre-LN block: ``x + out(attn(LN(x)))``, then ``x + fc2(GELU(fc1(LN(x))))``."""
-
-    def __init__(self, cfg: WhisperEncoderConfig, *, rngs: nnx.Rngs):
-        d, pd, dt = cfg.d_model, dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
-        kw = dict(rngs=rngs, dtype=dt, param_dtype=pd)
-        self.self_attn_layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
-        self.q_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
-        self.k_proj = dense(d, d, ("audio_embed", "q_proj"), bias=False, **kw)
-        self.v_proj = dense(d, d, ("audio_embed", "q_proj"), bias=True, **kw)
-        self.out_proj = dense(d, d, ("q_proj", "audio_embed"), bias=True, **kw)
-        self.final_layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
-        self.fc1 = dense(d, cfg.ffn_dim, ("audio_embed", "audio_mlp"), bias=True, **kw)
-        self.fc2 = dense(cfg.ffn_dim, d, ("audio_mlp", "audio_embed"), bias=True, **kw)
-        self.cfg = cfg
-
-    def __call__(self, x_bsd: jax.Array, mask_bss: jax.Array) -> jax.Array:
-        b, s, d = x_bsd.shape
-        n = self.cfg.num_heads
-        h = self.self_attn_layer_norm(x_bsd)
-        q = self.q_proj(h).reshape(b, s, n, d // n)
-        k = self.k_proj(h).reshape(b, s, n, d // n)
-        v = self.v_proj(h).reshape(b, s, n, d // n)
-        att = dot_product_attention(q, k, v, mask_bss, (d // n) ** -0.5, self.cfg.attn_impl)
-        x_bsd = x_bsd + self.out_proj(att.reshape(b, s, d))
-        h = jax.nn.gelu(self.fc1(self.final_layer_norm(x_bsd)), approximate=False)
-        return sharding.constrain(x_bsd + self.fc2(h), ("batch", "audio_length", "audio_embed"))
-
-
 class WhisperEncoder(nnx.Module):
     """Conv front end, scanned pre-LN layers, average pooling, final LayerNorm."""
 
@@ -96,12 +67,9 @@ class WhisperEncoder(nnx.Module):
         positions = lambda *_: jnp.asarray(sinusoids(cfg.max_source_positions, d), pd)  # noqa: E731
         self.embed_positions = nnx.Param(nnx.with_partitioning(positions, ("audio_length", "audio_embed"))(None))
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return EncoderLayer(cfg, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = audio_layers.stacked_layers(cfg.num_layers, rngs, d_model=d, num_heads=cfg.num_heads,
+                                                  ffn_dim=cfg.ffn_dim, k_bias=False, dtype=dt, param_dtype=pd,
+                                                  attn_impl=cfg.attn_impl)
         self.layer_norm = layer_norm(d, param_dtype=pd, dtype=dt, rngs=rngs)
         self.cfg = cfg
 
@@ -125,7 +93,6 @@ class WhisperEncoder(nnx.Module):
         idx = jnp.arange(s)
         mask = attention_mask(idx, idx, idx[None, :] < after_conv[:, None], causal=False)
         x = sharding.constrain(x, ("batch", "audio_length", "audio_embed"))
-        body = remat(lambda x, layer: (layer(x, mask), None), cfg.remat)
-        x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
+        x = audio_layers.run(self.layers, x, mask, cfg.remat)
         x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, -1).mean(axis=2)
         return self.layer_norm(x), out_len
