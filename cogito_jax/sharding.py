@@ -166,7 +166,7 @@ def logical_to_spec(
     return PartitionSpec(*out)
 
 
-def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """Drops mesh axes from dimensions they do not divide (e.g. 4 kv heads over tensor=8)."""
     out = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
@@ -193,7 +193,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules | None = None)
         if not isinstance(var, nnx.Variable):
             return NamedSharding(mesh, PartitionSpec())
         spec = logical_to_spec(_var_logical(var), rules, mesh)
-        return var.replace(NamedSharding(mesh, _fit_spec(spec, var.shape, mesh)))
+        return var.replace(NamedSharding(mesh, fit_spec(spec, var.shape, mesh)))
 
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

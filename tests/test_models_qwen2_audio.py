@@ -127,14 +127,38 @@ def test_kv_cache_decode_matches_full_forward(model):
         np.testing.assert_array_equal(np.asarray(rep.valid[r]), np.asarray(cache.valid[r // 3]))
 
 
-def test_dot_product_attention_impl_and_splash(hf_dir, model):
+def test_dot_product_attention_and_splash_impls(hf_dir, model):
+    """``jax.nn.dot_product_attention`` and the Pallas splash kernel (interpret mode on CPU) give the XLA path's
+    logits on real tokens (padded audio in the encoder, left-padded text in the decoder)."""
     path, _ = hf_dir
-    batch = make_batch(seed=7)
+    batch = make_batch(seed=7, lengths=(32, 19, 7), left_pad=(0, 3, 6))
+    ref = jax_logits(model, *batch)
     other = load_hf(path, attn_impl="dot_product_attention")[0]
-    np.testing.assert_allclose(jax_logits(other, *batch), jax_logits(model, *batch), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(jax_logits(other, *batch), ref, rtol=0, atol=1e-5)
     splash = load_hf(path, attn_impl="splash")[0]
-    with pytest.raises(NotImplementedError, match="splash"):
-        splash(jnp.asarray(batch[0]))
+    assert splash.cfg.audio.attn_impl == splash.cfg.text.attn_impl == "splash"
+    assert rel_err(jax_logits(splash, *batch), ref, batch[3]) <= 1e-5
+
+
+def test_splash_gradients_on_packed_rows():
+    """Packed rows (segment ids, padding as segment 0): the splash kernel's forward and backward equal XLA's."""
+    cfg = dataclasses.replace(DECODER, num_layers=2)
+    x = jax.random.normal(jax.random.key(1), (2, 150, 16))
+    seg = np.zeros((2, 150), np.int32)
+    seg[0, :60], seg[0, 60:140], seg[1, :150] = 1, 2, 1  # row 0: two sequences then padding; row 1: one
+    pos = np.concatenate([np.arange(60), np.arange(90)])[None].repeat(2, 0)
+    pos[1] = np.arange(150)
+    real = seg > 0
+
+    def loss_and_grads(impl):
+        m = Decoder(dataclasses.replace(cfg, attn_impl=impl), rngs=nnx.Rngs(0))
+        loss = lambda m: jnp.sum(jnp.where(real[..., None], m(x, pos, segment_ids_bt=seg)[0], 0) ** 2)  # noqa: E731
+        return nnx.jit(lambda m: nnx.value_and_grad(loss)(m))(m)
+
+    (ref, ref_g), (got, got_g) = loss_and_grads("xla"), loss_and_grads("splash")
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+    for g, r in zip(jax.tree.leaves(got_g), jax.tree.leaves(ref_g), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5 * np.abs(r).max())
 
 
 def test_bf16_compute_with_fp32_params(hf_dir, model):
@@ -147,10 +171,15 @@ def test_bf16_compute_with_fp32_params(hf_dir, model):
     assert rel_err(out, hf_logits(hf, *batch), batch[3]) < 5e-2
 
 
-def test_create_sharded_forward_equals_single_device(cpu_devices):
-    """A model created sharded on (data=2, fsdp=2, tensor=2) gives the single-device logits."""
-    cfg = registry.FAMILIES["qwen2_audio"].from_hf(qwen2_audio_config().to_dict())
-    mesh, rules = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2)), sharding.resolve_rules("fsdp_tp")
+@pytest.mark.parametrize("impl, axes", [
+    ("xla", dict(data=2, fsdp=2, tensor=2)),
+    ("splash", dict(data=2, fsdp=2, tensor=2)),  # the kernel per (batch, head) shard
+    ("splash", dict(fsdp=2, tensor=4)),  # 2 kv heads cannot follow 4 query heads over tensor=4: repeated
+])
+def test_create_sharded_forward_equals_single_device(cpu_devices, impl, axes):
+    """A model created sharded on a mesh gives the single-device logits."""
+    cfg = registry.FAMILIES["qwen2_audio"].from_hf(qwen2_audio_config().to_dict(), attn_impl=impl)
+    mesh, rules = sharding.make_mesh(axes), sharding.resolve_rules("fsdp_tp")
     sharded = sharding.create_sharded(lambda: registry.build(cfg, seed=3), mesh, rules)
     kernel = sharded.llm.layers.self_attn.q_proj.kernel[...]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")

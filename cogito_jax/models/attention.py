@@ -1,14 +1,18 @@
 """Attention: grouped-query dot-product attention with causal / padding / segment masks and a KV cache.
 
 Implementations (``impl``): ``"xla"`` (reference einsum path, float32 softmax, any backend),
-``"dot_product_attention"`` (``jax.nn.dot_product_attention``, XLA) and ``"cudnn"`` (the same call with
-cuDNN flash attention on NVIDIA GPUs). ``"splash"`` (Pallas splash attention) is reserved for TPU and
-not implemented yet: it raises ``NotImplementedError``. A masked key gets the most negative finite
-logit, so a query with no visible key (a left-padding position) yields finite values, as in HF's eager
-attention.
+``"dot_product_attention"`` (``jax.nn.dot_product_attention``, XLA), ``"cudnn"`` (the same call with
+cuDNN flash attention on NVIDIA GPUs) and ``"splash"`` (the Pallas splash-attention kernel for TPU, from
+``jax.experimental.pallas.ops.tpu``; on other backends it runs in Pallas' interpret mode, slowly, which
+is how it is tested on CPU). A masked key gets the most negative finite logit, so a query with no visible
+key (a left-padding position) yields finite values, as in HF's eager attention.
 
 Masks are boolean ``[B, T, S]`` (:func:`attention_mask`): padding (``key_valid``), causality by
-absolute index, and packed-sequence segment ids (a query sees only keys of its own segment).
+absolute index, and packed-sequence segment ids (a query sees only keys of its own segment). Splash
+takes no dense mask: self-attention without a cache passes a :class:`Mask`, the dense mask together with
+the same rule as segment ids plus causality (:func:`self_attention_mask`). Padding queries may then see
+other padding keys, so their (unused) outputs differ between implementations; real tokens' do not. With a
+KV cache (prefill and decoding) there is only a dense mask and ``"splash"`` uses the XLA path.
 
 KV cache (a plain pytree, carried through ``lax.while_loop`` and repeatable along the batch):
 ``k, v [layers, B, S, kv_heads, head_dim]`` with a static length ``S``; ``valid [B, S]`` says which
@@ -27,10 +31,13 @@ copies a ``[rows, slots, kv_heads, head_dim]`` operand into that order at every 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 IMPLS = ("xla", "dot_product_attention", "cudnn", "splash")
 
@@ -130,13 +137,47 @@ def attention_mask(q_index_t: jax.Array, k_index_s: jax.Array, key_valid_bs: jax
     return mask
 
 
-def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array,
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["dense", "q_segments", "k_segments"],
+                   meta_fields=["causal"])
+@dataclasses.dataclass(frozen=True)
+class Mask:
+    """A self-attention mask twice: ``dense [B, T, S]`` bool for the XLA and cuDNN paths, and for splash the
+    segment ids (int32 ``[B, T]`` / ``[B, S]``: a query sees the keys of its own segment) plus causality."""
+
+    dense: jax.Array
+    q_segments: jax.Array
+    k_segments: jax.Array
+    causal: bool
+
+
+def self_attention_mask(key_valid_bs: jax.Array, causal: bool = True, segments_bs: jax.Array | None = None) -> Mask:
+    """The :func:`attention_mask` of a sequence attending to itself (positions ``0 .. S-1``) as a :class:`Mask`.
+
+    For splash, real tokens keep their segment (1 without packing) and padding gets segment 0, so a real query
+    sees exactly the keys the dense mask shows it. Without causality (the audio encoders) every query is in
+    segment 1: a padding query then sees the real keys, as in the dense mask.
+    """
+    s = key_valid_bs.shape[1]
+    idx = jnp.arange(s)
+    dense = attention_mask(idx, idx, key_valid_bs, causal, segments_bs, segments_bs)
+    seg = jnp.ones_like(key_valid_bs, jnp.int32) if segments_bs is None else segments_bs.astype(jnp.int32)
+    k_seg = jnp.where(key_valid_bs, seg, 0)
+    return Mask(dense, k_seg if causal else seg, k_seg, causal)
+
+
+def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array | Mask,
                           scale: float, impl: str = "xla") -> jax.Array:
     """Grouped-query attention; ``n`` query heads share ``k`` key/value heads (``n % k == 0``)."""
     b, t, n, h = q_btnh.shape
     kv = k_bskh.shape[2]
     if n % kv:
         raise ValueError(f"{n} query heads cannot share {kv} key/value heads")
+    if impl == "splash":
+        if isinstance(mask_bts, Mask):
+            return splash_attention(q_btnh, k_bskh, v_bskh, mask_bts, scale)
+        impl = "xla"  # a KV cache's mask: no segment form
+    if isinstance(mask_bts, Mask):
+        mask_bts = mask_bts.dense
     if impl == "xla":
         q = q_btnh.reshape(b, t, kv, n // kv, h)
         logits = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh, preferred_element_type=jnp.float32) * scale
@@ -149,11 +190,68 @@ def dot_product_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Arra
             q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=scale,
             implementation="cudnn" if impl == "cudnn" else None,
         )
-    if impl == "splash":
-        raise NotImplementedError(
-            f"attention impl='splash' (Pallas, TPU) is not implemented (backend: {jax.default_backend()}); "
-            "use 'dot_product_attention' or 'xla'")
     raise ValueError(f"attention impl={impl!r} must be one of {IMPLS}")
+
+
+SPLASH_BLOCK = 128  # sequences are padded to a multiple of this; blocks are the largest of 512/256/128 dividing them
+
+
+def _block(length: int) -> int:
+    return next(b for b in (512, 256, 128) if length % b == 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+        splash_attention_mask as sm,
+    )
+
+    shape = (q_len, kv_len)
+    mask = sm.MultiHeadMask([sm.CausalMask(shape) if causal else sm.FullMask(shape) for _ in range(heads)])
+    bq, bkv = _block(q_len), _block(kv_len)
+    sizes = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
+                          block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+    return sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
+
+
+def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask: Mask, scale: float) -> jax.Array:
+    """Self-attention through the Pallas splash kernel: sequences padded to a multiple of ``SPLASH_BLOCK`` (padded
+    queries and keys get segments of their own and are cut off), one kernel call per example. Under a mesh the
+    kernel runs per shard (``shard_map`` over the batch and head axes of the active sharding rules); key/value
+    heads sharded unlike the query heads are repeated to one per query head first."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    from cogito_jax import sharding
+
+    b, t, n, h = q_btnh.shape
+    s, kv = k_bskh.shape[1], k_bskh.shape[2]
+    tp, sp = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK, -(-s // SPLASH_BLOCK) * SPLASH_BLOCK
+    pad = lambda x, length, value=0: jnp.pad(  # noqa: E731  [B, L, ...] -> [B, length, ...]
+        x, ((0, 0), (0, length - x.shape[1])) + ((0, 0),) * (x.ndim - 2), constant_values=value)
+    q = pad((q_btnh * jnp.asarray(scale, q_btnh.dtype)), tp).transpose(0, 2, 1, 3)  # [B, N, Tp, H]
+    k, v = (pad(x, sp).transpose(0, 2, 1, 3) for x in (k_bskh, v_bskh))  # [B, K, Sp, H]
+    q_seg, k_seg = pad(mask.q_segments, tp, -1), pad(mask.k_segments, sp, -2)
+    interpret = jax.default_backend() != "tpu"
+
+    def local(q, k, v, q_seg, k_seg):
+        kernel = _splash_kernel(q.shape[1], tp, sp, mask.causal, interpret)
+        return jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sk.SegmentIds(qs, ks)))(
+            q, k, v, q_seg, k_seg)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not mesh.axis_names:
+        out = local(q, k, v, q_seg, k_seg)
+    else:
+        spec = lambda x, names: sharding.fit_spec(sharding.logical_to_spec(names, mesh=mesh), x.shape, mesh)  # noqa: E731
+        q_spec, k_spec = spec(q, ("batch", "heads", None, None)), spec(k, ("batch", "kv_heads", None, None))
+        if k_spec[1] != q_spec[1]:  # each shard's query heads must find their own key/value heads
+            k, v = (jnp.repeat(x, n // kv, axis=1) for x in (k, v))
+        k_spec = P(q_spec[0], q_spec[1])
+        seg_spec = P(q_spec[0])
+        out = jax.shard_map(local, mesh=mesh, in_specs=(q_spec, k_spec, k_spec, seg_spec, seg_spec),
+                            out_specs=q_spec, check_vma=False)(q, k, v, q_seg, k_seg)
+    return out[:, :, :t].transpose(0, 2, 1, 3)
 
 
 def check_impl(impl: str) -> str:

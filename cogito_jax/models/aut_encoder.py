@@ -28,7 +28,7 @@ from flax import nnx
 
 from cogito_jax import sharding
 from cogito_jax.models import audio_layers
-from cogito_jax.models.attention import check_impl
+from cogito_jax.models.attention import check_impl, self_attention_mask
 from cogito_jax.models.hf_weights import CONV2D, LINEAR, SAME
 from cogito_jax.models.layers import check_remat, dense, dtype_of, layer_norm, sinusoids
 
@@ -198,7 +198,7 @@ class AuTEncoder(nnx.Module):
         x = jnp.pad(x, ((0, 0), (0, n_win * win - s), (0, 0))).reshape(b * n_win, win, cfg.d_model)
         pos = jnp.arange(n_win * win).reshape(n_win, win)
         key_valid = (pos[None] < out_len[:, None, None]).reshape(b * n_win, win)
-        mask = jnp.broadcast_to(key_valid[:, None, :], (b * n_win, win, win))
+        mask = self_attention_mask(key_valid, causal=False)
         x = sharding.constrain(x, ("batch", "audio_length", "audio_embed"))
         x = audio_layers.run(self.layers, x, mask, cfg.remat)
         x = x.reshape(b, n_win * win, cfg.d_model)[:, :s]

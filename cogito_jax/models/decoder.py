@@ -31,6 +31,7 @@ from cogito_jax.models.attention import (
     attention_mask,
     check_impl,
     dot_product_attention,
+    self_attention_mask,
     shared_prefix_attention,
 )
 from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
@@ -226,8 +227,7 @@ class Decoder(nnx.Module):
         if cache is None:
             if segment_ids_bt is not None and attention_mask_bt is None:
                 new_valid = segment_ids_bt != 0  # segment 0 is padding
-            idx = jnp.arange(t)
-            mask = attention_mask(idx, idx, new_valid, True, segment_ids_bt, segment_ids_bt)
+            mask = self_attention_mask(new_valid, True, segment_ids_bt)
             index = valid = None
         else:
             if segment_ids_bt is not None:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from cogito_jax import sharding
 from cogito_jax.models import audio_layers
-from cogito_jax.models.attention import attention_mask, check_impl
+from cogito_jax.models.attention import check_impl, self_attention_mask
 from cogito_jax.models.layers import check_remat, dtype_of, layer_norm, sinusoids
 
 
@@ -91,7 +91,7 @@ class WhisperEncoder(nnx.Module):
         x = x + self.embed_positions[...].astype(x.dtype)
         s = x.shape[1]
         idx = jnp.arange(s)
-        mask = attention_mask(idx, idx, idx[None, :] < after_conv[:, None], causal=False)
+        mask = self_attention_mask(idx[None, :] < after_conv[:, None], causal=False)
         x = sharding.constrain(x, ("batch", "audio_length", "audio_embed"))
         x = audio_layers.run(self.layers, x, mask, cfg.remat)
         x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, -1).mean(axis=2)
