@@ -13,6 +13,8 @@ or ``--hbm_gib``), 0 if it fits.
 libtpu is not a dependency of the project: ``pip install 'libtpu==0.0.42.*'`` (the version jax 0.10.2's
 ``tpu`` extra pins; other jax versions pin their own), or put an unpacked wheel on ``PYTHONPATH``.
 ``--topology cpu:N`` compiles for N local CPU devices instead (no libtpu; a check of this script).
+``--hlo_out FILE`` writes the compiled program: with ``--config.model.attn_impl=splash`` it calls the splash
+kernel as ``tpu_custom_call`` ops (Mosaic), which shows the kernel lowers for that TPU.
 Topology names: ``v5p:2x4x4`` is a v5p-64 slice (32 chips, v5p accelerator types count TensorCores),
 ``v5p:4x4x4`` a v5p-128 (64 chips), ``v6e:8x8`` a v6e-64, ``v5e:8x8`` a v5litepod-64.
 """
@@ -33,6 +35,8 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--config", required=True, help="config file, path.py[:arg]")
     p.add_argument("--topology", required=True, help="TPU topology (v5p:4x4x4, v6e:8x8, ...) or cpu:N")
     p.add_argument("--hbm_gib", type=float, default=None, help="memory per chip to check against (default: table)")
+    p.add_argument("--hlo_out", default=None, help="write the compiled program's HLO text here (e.g. to see which "
+                   "custom kernels it calls)")
     a, rest = p.parse_known_args(argv)
     bad = [x for x in rest if not x.startswith("--config.") or "=" not in x]
     if bad:
@@ -131,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     compiled = trainer.compile_train_step(p, batch, lm_loss, cfg.train.grad_accum)
     print(f"lowered and compiled the train step in {time.time() - t0:.1f} s", flush=True)
+    if a.hlo_out:
+        text = compiled.as_text()
+        with open(a.hlo_out, "w") as f:
+            f.write(text)
+        print(f"HLO: {a.hlo_out} ({text.count('tpu_custom_call')} Pallas/Mosaic TPU kernel calls)", flush=True)
 
     mem = compiled.memory_analysis()
     if mem is None:

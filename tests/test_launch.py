@@ -163,6 +163,28 @@ def test_aot_compile_reports_memory_and_fails_when_it_does_not_fit():
     assert r.returncode == 2 and "no HBM size known for 'v9:2x2'" in r.stderr
 
 
+LIBTPU = REPO / ".venv" / "libtpu"  # `make test` unpacks libtpu here, outside the venv's site-packages
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (LIBTPU / "libtpu").is_dir(), reason="libtpu is not unpacked in .venv/libtpu")
+def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
+    """The train step with attn_impl=splash, compiled ahead of time for a v5e 2x2 slice (libtpu, no TPU): the
+    splash kernel lowers through Mosaic (fwd, dq and dkv for the encoder and the decoder), not interpret mode."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(LIBTPU), str(REPO)])
+    counts = {}
+    for impl in ("splash", "xla"):
+        hlo = tmp_path / f"{impl}.hlo"
+        r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", "configs/tiny.py", "--topology",
+                            "v5e:2x2", f"--config.model.attn_impl={impl}", "--hlo_out", str(hlo)],
+                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "4 x TPU v5 lite" in r.stdout
+        counts[impl] = hlo.read_text().count("tpu_custom_call")
+    assert counts == {"splash": 6, "xla": 0}
+
+
 @pytest.fixture
 def fake_gcs(monkeypatch):
     """`gs://` paths served by fsspec's in-memory file system through epath's fsspec backend (no network)."""

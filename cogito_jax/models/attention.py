@@ -3,9 +3,9 @@
 Implementations (``impl``): ``"xla"`` (reference einsum path, float32 softmax, any backend),
 ``"dot_product_attention"`` (``jax.nn.dot_product_attention``, XLA), ``"cudnn"`` (the same call with
 cuDNN flash attention on NVIDIA GPUs) and ``"splash"`` (the Pallas splash-attention kernel for TPU, from
-``jax.experimental.pallas.ops.tpu``; on other backends it runs in Pallas' interpret mode, slowly, which
-is how it is tested on CPU). A masked key gets the most negative finite logit, so a query with no visible
-key (a left-padding position) yields finite values, as in HF's eager attention.
+``jax.experimental.pallas.ops.tpu``; a program compiled for another platform runs it in Pallas' interpret
+mode, slowly, which is how it is tested on CPU). A masked key gets the most negative finite logit, so a
+query with no visible key (a left-padding position) yields finite values, as in HF's eager attention.
 
 Masks are boolean ``[B, T, S]`` (:func:`attention_mask`): padding (``key_valid``), causality by
 absolute index, and packed-sequence segment ids (a query sees only keys of its own segment). Splash
@@ -200,8 +200,9 @@ def _block(length: int) -> int:
     return next(b for b in (512, 256, 128) if length % b == 0)
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool):
+    """Built inside each trace: its mask tables become that trace's constants (a kernel cached across traces
+    would carry one trace's tracers into another); the mask analysis itself is cached by the splash module."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
         splash_attention_mask as sm,
@@ -232,12 +233,15 @@ def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, ma
     q = pad((q_btnh * jnp.asarray(scale, q_btnh.dtype)), tp).transpose(0, 2, 1, 3)  # [B, N, Tp, H]
     k, v = (pad(x, sp).transpose(0, 2, 1, 3) for x in (k_bskh, v_bskh))  # [B, K, Sp, H]
     q_seg, k_seg = pad(mask.q_segments, tp, -1), pad(mask.k_segments, sp, -2)
-    interpret = jax.default_backend() != "tpu"
 
-    def local(q, k, v, q_seg, k_seg):
+    def run(q, k, v, q_seg, k_seg, interpret):
         kernel = _splash_kernel(q.shape[1], tp, sp, mask.causal, interpret)
         return jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=sk.SegmentIds(qs, ks)))(
             q, k, v, q_seg, k_seg)
+
+    def local(*args):  # the Mosaic kernel where the program is compiled for TPU (also ahead of time from a CPU)
+        return jax.lax.platform_dependent(*args, tpu=functools.partial(run, interpret=False),
+                                          default=functools.partial(run, interpret=True))
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or not mesh.axis_names:
