@@ -99,16 +99,24 @@ def test_adapters_without_a_peft_module_are_refused(adapted, tmp_path):
         save_peft(conv, cfg, tmp_path / "conv")
 
 
-def test_qwen3_omni_thinker_adapters_load_in_peft(tmp_path):
-    """LM attention and audio-tower projections of the MoE thinker (the experts are not PEFT modules)."""
+@pytest.mark.parametrize("targets, wrapped_per_layer, audio", [
+    # LM attention and audio-tower projections
+    (r"^llm/layers/self_attn/(q|k|v|o)_proj/kernel$|^audio_encoder/(layers/q_proj|proj1)/kernel$", 4, True),
+    # configs/audio_cogito.py's targets: attention and every expert projection (gate + up fused at rank 2r)
+    (r"^llm/layers/(self_attn/(q|k|v|o)_proj/kernel|mlp/(gate|up|down)_proj)$", 4 + 2, False),
+    # the up half of the fused gate_up_proj only
+    (r"^llm/layers/mlp/up_proj$", 1, False),
+])
+def test_qwen3_omni_thinker_adapters_load_in_peft(tmp_path, targets, wrapped_per_layer, audio):
+    """Adapters of the MoE thinker, experts included (PEFT ``target_parameters`` on transformers' fused expert
+    parameters), load with ``peft.PeftModel`` and give our unmerged logits."""
     from cogito_jax.data.chat import num_audio_tokens
     from tests.hf_tiny_qwen3_omni import save_thinker
 
     hf_dir = tmp_path / "hf"
     hf = save_thinker(hf_dir)
     model, cfg = load_hf(hf_dir)
-    lora = LoRA(model, rank=2, alpha=4, targets=r"^llm/layers/self_attn/(q|k|v|o)_proj/kernel$"
-                r"|^audio_encoder/(layers/q_proj|proj1)/kernel$", rngs=nnx.Rngs(1))
+    lora = LoRA(model, rank=2, alpha=4, targets=targets, rngs=nnx.Rngs(1))
     for i, name in enumerate(sorted(lora.lora_b)):
         v = lora.lora_b[name]
         v[...] = 0.3 * jax.random.normal(jax.random.key(i), v.shape, jnp.float32)
@@ -130,5 +138,10 @@ def test_qwen3_omni_thinker_adapters_load_in_peft(tmp_path):
     assert not [str(w.message) for w in caught if "missing" in str(w.message).lower()
                 or "unexpected" in str(w.message).lower()]
     wrapped = [n for n, m in pm.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
-    assert len(wrapped) == 4 * cfg.text.num_layers + cfg.audio.num_layers + 1
+    assert len(wrapped) == wrapped_per_layer * cfg.text.num_layers + (cfg.audio.num_layers + 1) * audio
     assert rel_err(hf_logits(pm, *batch), ours) <= 1e-4
+    conf = json.loads((out / "adapter_config.json").read_text())
+    if "gate" in targets:  # separate gate and up adapters of rank 2 are one of rank 4 on gate_up_proj
+        assert conf["target_parameters"] == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+        assert conf["rank_pattern"] == {"mlp.experts.gate_up_proj": 4}
+        assert conf["alpha_pattern"] == {"mlp.experts.gate_up_proj": 8.0}

@@ -16,6 +16,13 @@ adapter path is not part of this weight-space formulation (``dropout`` must be 0
 transformers module name of the adapted Linear: the family's weight table gives its checkpoint name
 (one module per stacked layer), ``MODULE_PREFIXES`` the module tree transformers (>= 5) builds around
 it. ``target_modules`` is a regular expression that matches exactly the adapted modules.
+
+Adapters on MoE experts (stacked ``[layers, experts, ...]``) map onto PEFT's ``target_parameters``: transformers
+keeps each layer's experts fused as ``experts.gate_up_proj [E, 2F, D]`` and ``experts.down_proj [E, D, F]``
+parameters, which PEFT adapts with one ``lora.ParamWrapper`` per parameter (``lora_A [E * r, in]``, expert-major
+rows; ``lora_B [out, r * E]``, expert-minor columns). Separate gate and up adapters of rank ``r`` are one
+adapter of rank ``2r`` on the fused parameter (A stacked, B block-diagonal), exactly; ``rank_pattern`` and
+``alpha_pattern`` keep its scale ``alpha / r``.
 """
 
 from __future__ import annotations
@@ -144,9 +151,9 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
     for the HF model of ``config`` (the ``AudioLMConfig`` of ``lora.base``).
 
     Every adapted kernel must be a Linear weight of the family's HF checkpoint (one per layer for stacked
-    layers); adapters on stacked experts or convolutions have no PEFT module and raise ``ValueError``.
-    Tensors keep the adapters' dtype unless ``dtype`` is given. Under several processes every process calls
-    it; process 0 writes.
+    layers) or an MoE expert projection (see the module docstring); adapters on convolutions have no PEFT
+    module and raise ``ValueError``. Tensors keep the adapters' dtype unless ``dtype`` is given. Under several
+    processes every process calls it; process 0 writes.
     """
     import numpy as np
     from safetensors.numpy import save_file
@@ -161,11 +168,18 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
     patterns: list[str] = []
     linear = {hf_module_name(fam.name, key.removesuffix(".weight")) for key, layout in table.values()
               if layout == LINEAR and key.endswith(".weight") and stack_names(key) in ([], ["i"])}
+    experts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # experts module -> {gate|up|down: (A, B)}
     for name, (a, b) in lora.adapters().items():
         if name not in table:
             raise ValueError(f"adapted parameter {name!r} has no HF tensor in family {fam.name}")
         key, layout = table[name]
         stacked = stack_names(key)
+        expert = re.fullmatch(r"(.+\.experts)\.\{e\}\.(gate|up|down)_proj\.weight", key)
+        if expert and layout == LINEAR and stacked == ["i", "e"]:
+            out_dtype = np.dtype(dtype if dtype is not None else a.dtype)
+            module = hf_module_name(fam.name, expert.group(1))
+            experts.setdefault(module, {})[expert.group(2)] = (_host(a).astype(out_dtype), _host(b).astype(out_dtype))
+            continue
         if layout != LINEAR or not key.endswith(".weight") or stacked not in ([], ["i"]):
             raise ValueError(f"adapter on {name!r} ({key}, layout {layout}) has no PEFT Linear module; "
                              "PEFT export covers Linear weights of unstacked or per-layer modules")
@@ -179,6 +193,7 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
             ai, bi = (a_np[i], b_np[i]) if stacked else (a_np, b_np)
             tensors[f"base_model.model.{mod}.lora_A.weight"] = np.ascontiguousarray(ai.T)  # [r, in]
             tensors[f"base_model.model.{mod}.lora_B.weight"] = np.ascontiguousarray(bi.T)  # [out, r]
+    target_parameters, rank_pattern, alpha_pattern = _expert_tensors(experts, lora, tensors)
     # PEFT turns a regex into the adapted modules' last names for MoE models (whose experts it converts), so
     # the modules that share such a name but have no adapter are excluded explicitly.
     leaves = {m.rsplit(".", 1)[-1] for m in patterns}
@@ -186,10 +201,13 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
     peft_config = {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
         "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": 0.0,
-        "target_modules": _modules_regex(patterns), "exclude_modules": _modules_regex(others) if others else None,
+        "target_modules": _modules_regex(patterns) if patterns else None,
+        "exclude_modules": _modules_regex(others) if others else None,
+        "target_parameters": target_parameters or None,
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
-        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
     }
     out = pathlib.Path(out_dir)
     if jax.process_index() == 0:
@@ -197,3 +215,44 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
         save_file(tensors, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
         (out / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2) + "\n")
     return out
+
+
+def _expert_tensors(experts: dict[str, dict[str, tuple[Any, Any]]], lora: LoRA, tensors: dict[str, Any]
+                    ) -> tuple[list[str], dict[str, int], dict[str, float]]:
+    """Adds the PEFT tensors of expert adapters (``{module with {i}: {gate|up|down: (A [L, E, in, r],
+    B [L, E, r, out])}}``, ours) to ``tensors``; returns (target_parameters, rank_pattern, alpha_pattern)."""
+    import numpy as np
+
+    targets, rank_pattern, alpha_pattern = set(), {}, {}
+    for module, parts in experts.items():
+        params = []  # (parameter, A [L, E, r', in], B [L, E, out, r']) in transformers' registration order
+        gate, up = parts.get("gate"), parts.get("up")
+        if gate or up:  # fused [gate; up]: A stacked on the rank, B block-diagonal
+            a = np.concatenate([p[0].swapaxes(-1, -2) for p in (gate, up) if p], axis=2)  # [L, E, r', D]
+            f = (gate or up)[1].shape[-1]
+            b = np.zeros((*a.shape[:2], 2 * f, a.shape[2]), a.dtype)
+            col = 0
+            for row, part in ((0, gate), (f, up)):
+                if part:
+                    r = part[1].shape[-2]
+                    b[:, :, row:row + f, col:col + r] = part[1].swapaxes(-1, -2)
+                    col += r
+            params.append(("gate_up_proj", a, b))
+        if "down" in parts:
+            a, b = parts["down"]
+            params.append(("down_proj", a.swapaxes(-1, -2), b.swapaxes(-1, -2)))
+        # PEFT wraps the experts module once per targeted parameter, in that order; the last wrapper is the
+        # outermost, so the earlier ones' tensors sit under one more ``base_layer`` per later wrapper.
+        for j, (param, a, b) in enumerate(params):
+            n_layers, n_exp, r2, d_in = a.shape
+            prefix = "base_layer." * (len(params) - 1 - j)
+            for i in range(n_layers):
+                mod = f"base_model.model.{module.format(i=i)}.{prefix}"
+                tensors[f"{mod}lora_A.weight"] = np.ascontiguousarray(a[i].reshape(n_exp * r2, d_in))  # expert-major
+                tensors[f"{mod}lora_B.weight"] = np.ascontiguousarray(  # [out, r' * E], expert-minor
+                    b[i].transpose(1, 2, 0).reshape(-1, r2 * n_exp))
+            key = f"{module.rsplit('.{i}.', 1)[-1]}.{param}"  # e.g. mlp.experts.gate_up_proj
+            targets.add(key)
+            if r2 != lora.rank:
+                rank_pattern[key], alpha_pattern[key] = r2, lora.alpha * r2 / lora.rank
+    return sorted(targets), rank_pattern, alpha_pattern
