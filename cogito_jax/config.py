@@ -198,6 +198,7 @@ def validate(cfg: ConfigDict) -> ConfigDict:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
     if "lora" in cfg:
         validate_lora(cfg.lora)
+    validate_model_settings(cfg.get("model") or {})
     if "data" in cfg:
         validate_data(cfg.data)
     if "sample" in cfg:
@@ -205,6 +206,20 @@ def validate(cfg: ConfigDict) -> ConfigDict:
     if "distill" in cfg:
         validate_distill(cfg.distill)
     return cfg
+
+
+def validate_model_settings(model: Mapping[str, Any]) -> None:
+    """The run-time model settings of a ``model`` section (``registry.OVERRIDES``) that it sets."""
+    from cogito_jax.models import attention, layers, moe
+
+    allowed = {"dtype": tuple(layers.DTYPES), "param_dtype": tuple(layers.DTYPES), "attn_impl": attention.IMPLS,
+               "remat": tuple(layers.REMAT_POLICIES), "moe_impl": moe.IMPLS}
+    for key, values in allowed.items():
+        if model.get(key) and model[key] not in values:
+            raise ConfigError(f"model.{key}={model[key]!r} must be one of {', '.join(values)}")
+    factor = model.get("moe_capacity_factor")
+    if factor is not None and not factor > 0:
+        raise ConfigError(f"model.moe_capacity_factor={factor} must be > 0")
 
 
 def validate_lora(lc: ConfigDict) -> None:

@@ -172,7 +172,7 @@ def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sha
             **config_overrides: Any) -> tuple[nnx.Module, AudioLMConfig]:
     """The model and its config from an HF checkpoint folder, parameters in ``dtype``.
 
-    ``config_overrides``: run-time settings (``remat``, ``attn_impl``; ``registry.OVERRIDES``).
+    ``config_overrides``: run-time settings (``remat``, ``attn_impl``, ``moe_impl``; ``registry.OVERRIDES``).
     """
     path = pathlib.Path(path)
     pdt = jnp.dtype(dtype)

@@ -16,7 +16,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.mesh.data = -1
     c.sharding.rules = "fsdp"
     c.model = ConfigDict(dict(family=arg or "qwen2_audio", size="tiny", checkpoint="", dtype="float32",
-                              param_dtype="float32", remat="none", attn_impl="xla"))
+                              param_dtype="float32", remat="none", attn_impl="xla",
+                              moe_impl="ragged", moe_capacity_factor=1.25))
     # source: "synthetic" (generated into the workdir) or "records" (a dataset written by data_prep.build).
     c.data.update(dict(source="synthetic", num_train=256, num_heldout=64, seed=0, dir="", tokenizer="",
                        vocab_size=512, max_len=192, use_thinking=True, num_workers=0))

@@ -107,3 +107,28 @@ def test_init_from_checkpoint_takes_the_runs_model_settings(tmp_path):
         assert (c.dtype, c.param_dtype, c.remat, c.attn_impl) == ("bfloat16", "float32", "full",
                                                                   "dot_product_attention")
     assert model.llm.embed_tokens.embedding[...].dtype == jnp.float32
+
+
+def test_moe_settings_reach_the_decoder_only():
+    """model.moe_impl / moe_capacity_factor configure the MoE decoder; the audio encoder has no such fields, and a
+    bad value is an error naming it, for dense decoders too."""
+    import pytest
+
+    from cogito_jax import config as cfglib
+    from cogito_jax.models import registry
+    from cogito_jax.train import run
+
+    cfg = cfglib.load_config("configs/tiny.py:qwen3_omni_thinker", {"model.moe_impl": "capacity",
+                                                                    "model.moe_capacity_factor": 2.0})
+    assert run.model_overrides(cfg)["moe_impl"] == "capacity"
+    mcfg = registry.config_for(cfg.model)
+    assert (mcfg.text.moe_impl, mcfg.text.moe_capacity_factor) == ("capacity", 2.0)
+    assert (mcfg.text.moe_config().impl, mcfg.text.moe_config().capacity_factor) == ("capacity", 2.0)
+    assert not hasattr(mcfg.audio, "moe_impl")
+    for family in ("qwen3_omni_thinker", "qwen2_audio"):
+        with pytest.raises(ValueError, match="moe impl='grouped' must be one of"):
+            registry.config_for({"family": family, "size": "tiny", "moe_impl": "grouped"})
+    with pytest.raises(cfglib.ConfigError, match="model.moe_impl='grouped' must be one of ragged, capacity, dense"):
+        cfglib.load_config("configs/tiny.py", {"model.moe_impl": "grouped"})
+    with pytest.raises(cfglib.ConfigError, match="model.attn_impl='flash' must be one of xla, dot_product"):
+        cfglib.load_config("configs/tiny.py", {"model.attn_impl": "flash"})

@@ -35,7 +35,7 @@ from cogito_jax.models.attention import (
     shared_prefix_attention,
 )
 from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
-from cogito_jax.models.moe import MoEConfig, SparseMoE
+from cogito_jax.models.moe import IMPLS as MOE_IMPLS, MoEConfig, SparseMoE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,8 @@ class DecoderConfig:
         dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
         if self.num_experts:
             self.moe_config()  # validates top-k and the implementation
+        elif self.moe_impl not in MOE_IMPLS:
+            raise ValueError(f"moe impl={self.moe_impl!r} must be one of {MOE_IMPLS}")
 
     def moe_config(self) -> MoEConfig:
         return MoEConfig(self.hidden_size, self.moe_intermediate_size, self.num_experts, self.num_experts_per_tok,

@@ -33,7 +33,10 @@ from cogito_jax.models.decoder import DecoderConfig
 from cogito_jax.models.hf_weights import CONV1D, LINEAR, SAME
 from cogito_jax.models.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 
-OVERRIDES = ("dtype", "param_dtype", "remat", "attn_impl")  # run-time settings a caller may override
+# Run-time settings a caller may override (a run config's ``model`` section, ``convert.load``): the first four
+# apply to the audio encoder and the decoder, the MoE ones (``DecoderConfig``'s) to the decoder only.
+DECODER_OVERRIDES = ("moe_impl", "moe_capacity_factor")
+OVERRIDES = ("dtype", "param_dtype", "remat", "attn_impl", *DECODER_OVERRIDES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,26 +76,28 @@ def _with_defaults(section: Mapping[str, Any] | None, defaults: Mapping[str, Any
 
 
 
-def _check_overrides(overrides: Mapping[str, Any]) -> None:
+def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the audio encoder's, the decoder's) of the run-time ``overrides``."""
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown model settings {sorted(unknown)}; known: {OVERRIDES}")
+    return {k: v for k, v in overrides.items() if k not in DECODER_OVERRIDES}, dict(overrides)
 
 
 def _qwen2_audio_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
-    _check_overrides(overrides)
+    audio_over, text_over = _split_overrides(overrides)
     a, t = _with_defaults(hf.get("audio_config"), AUDIO_DEFAULTS), _with_defaults(hf.get("text_config"), TEXT_DEFAULTS)
     audio = WhisperEncoderConfig(
         num_mel_bins=a["num_mel_bins"], d_model=a["d_model"], num_layers=a["encoder_layers"],
         num_heads=a["encoder_attention_heads"], ffn_dim=a["encoder_ffn_dim"],
-        max_source_positions=a["max_source_positions"], **overrides,
+        max_source_positions=a["max_source_positions"], **audio_over,
     )
     text = DecoderConfig(
         vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
         num_heads=t["num_attention_heads"], num_kv_heads=t.get("num_key_value_heads") or t["num_attention_heads"],
         head_dim=t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"],
         intermediate_size=t["intermediate_size"], rope_theta=_rope_theta(t), rms_eps=t["rms_norm_eps"],
-        qkv_bias=True, qk_norm=False, tie_embeddings=False, **overrides,
+        qkv_bias=True, qk_norm=False, tie_embeddings=False, **text_over,
     )
     token = hf.get("audio_token_id", hf.get("audio_token_index", 151646))
     return AudioLMConfig("qwen2_audio", audio, text, int(token), hf_extra=(("config", json.dumps(dict(hf))),))
@@ -162,7 +167,7 @@ Q3_AUDIO_DEFAULTS = dict(num_mel_bins=128, d_model=1280, encoder_layers=32, enco
 
 
 def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
-    _check_overrides(overrides)
+    audio_over, text_over = _split_overrides(overrides)
     t = _with_defaults(hf.get("text_config"), Q3_TEXT_DEFAULTS)
     a = _with_defaults(hf.get("audio_config"), Q3_AUDIO_DEFAULTS)
     if t["attention_bias"]:
@@ -170,7 +175,7 @@ def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
     if t["decoder_sparse_step"] != 1 or t["mlp_only_layers"]:
         raise NotImplementedError(f"dense layers among the MoE ones (decoder_sparse_step={t['decoder_sparse_step']}, "
                                   f"mlp_only_layers={t['mlp_only_layers']}) are not supported")
-    audio = aut_encoder.AuTEncoderConfig.from_hf(a, **overrides)
+    audio = aut_encoder.AuTEncoderConfig.from_hf(a, **audio_over)
     text = DecoderConfig(
         vocab_size=t["vocab_size"], hidden_size=t["hidden_size"], num_layers=t["num_hidden_layers"],
         num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"],
@@ -180,7 +185,7 @@ def _qwen3_omni_from_hf(hf: Mapping[str, Any], **overrides) -> AudioLMConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), num_experts=t["num_experts"],
         num_experts_per_tok=t["num_experts_per_tok"], moe_intermediate_size=t["moe_intermediate_size"],
         norm_topk_prob=bool(t["norm_topk_prob"]), router_aux_loss_coef=float(t.get("router_aux_loss_coef", 0.001)),
-        **overrides,
+        **text_over,
     )
     token = hf.get("audio_token_id", hf.get("audio_token_index", 151675))
     return AudioLMConfig("qwen3_omni_thinker", audio, text, int(token),

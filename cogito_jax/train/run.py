@@ -38,7 +38,7 @@ def pipeline_options(cfg: Any, model_cfg: Any) -> dict[str, Any]:
 
 
 def model_overrides(cfg: Any) -> dict[str, Any]:
-    """The run's model settings (``registry.OVERRIDES``: dtypes, remat, attention) that it sets."""
+    """The run's model settings (``registry.OVERRIDES``: dtypes, remat, attention, MoE) that it sets."""
     return {k: cfg.model[k] for k in registry.OVERRIDES if cfg.model.get(k)}
 
 
