@@ -76,12 +76,16 @@ def _launch(n, out, corpus, ckpt, judge, **popen):
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _build(n, out, corpus, ckpt, judge):
-    _seed_caches(out)
+def _run(n, out, corpus, ckpt, judge):
     p = _launch(n, out, corpus, ckpt, judge)
     log, _ = p.communicate(timeout=600)
     assert p.returncode == 0, log[-3000:] + _logs(out)
     return json.loads((out / "report.json").read_text())
+
+
+def _build(n, out, corpus, ckpt, judge):
+    _seed_caches(out)
+    return _run(n, out, corpus, ckpt, judge)
 
 
 def _logs(out):
@@ -227,27 +231,16 @@ def _assert_resumed(out, n, partial, finished, reference, judge_requests):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rerun", [2, 1])
 def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(reference, corpus, ckpt, judge,
-                                                                            tmp_path):
+                                                                            tmp_path, rerun):
+    """Re-run with the same process count, or another one: then the killed job's finished prompts count as done
+    (its files are read, not written) and the rest is generated with the seeds an uninterrupted run gives them."""
     out = tmp_path / "out"
     partial, finished = _kill_during_think(out, corpus, ckpt, judge)
     before = len(judge.requests)
-    p = _launch(2, out, corpus, ckpt, judge)
-    log, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, log[-3000:] + _logs(out)
-    _assert_resumed(out, 2, partial, finished, reference, len(judge.requests) - before)
-
-
-@pytest.mark.slow
-def test_a_killed_two_process_job_resumes_on_one_process(reference, corpus, ckpt, judge, tmp_path):
-    """The re-run may have another process count: the killed job's finished prompts count as done (its files
-    are read, not written) and the rest is generated with the seeds an uninterrupted run gives them."""
-    out = tmp_path / "out"
-    partial, finished = _kill_during_think(out, corpus, ckpt, judge)
-    before = len(judge.requests)
-    p = _launch(1, out, corpus, ckpt, judge)
-    log, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, log[-3000:] + _logs(out)
-    mine = {r["id"] for r in _lines(out / "cache" / "think_samples.jsonl")}
-    assert not mine & finished and mine | finished == set(QUESTIONS)
-    _assert_resumed(out, 1, partial, finished, reference, len(judge.requests) - before)
+    _run(rerun, out, corpus, ckpt, judge)
+    if rerun == 1:
+        mine = {r["id"] for r in _lines(out / "cache" / "think_samples.jsonl")}
+        assert not mine & finished and mine | finished == set(QUESTIONS)
+    _assert_resumed(out, rerun, partial, finished, reference, len(judge.requests) - before)
