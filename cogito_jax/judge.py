@@ -141,15 +141,20 @@ class EngineJudge:
 
         from cogito_jax.data import chat
         from cogito_jax.sampling import engine_for
+        from cogito_jax.sampling.driver import LENGTH_BUCKETS, bucket_length
 
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
         fmt = chat.chat_format(self.family)
         ids = chat.encode_prompt(self.tokenizer, fmt, user, 0, system)
         eos = [self.tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
+        pad = self.tokenizer.pad_token_id
+        # Left-padded to a length bucket, so the engine compiles one program per bucket, not per prompt length
+        # (a prompt past the largest bucket runs at its own length).
+        width = bucket_length(len(ids), LENGTH_BUCKETS) if len(ids) <= max(LENGTH_BUCKETS) else len(ids)
         self.stats["calls"] += 1
         out = engine_for(self.model).generate(
-            np.asarray(ids)[None], max_new_tokens=max_tokens or self.max_new_tokens, temperature=temperature,
-            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, seed=run)
+            np.asarray([pad] * (width - len(ids)) + list(ids))[None], max_new_tokens=max_tokens or self.max_new_tokens,
+            temperature=temperature, eos_token_id=eos, pad_token_id=pad, seed=run)
         toks = [t for t in np.asarray(out.tokens)[0, 0].tolist() if t not in eos]
         return chat.split_thinking(self.tokenizer.decode(toks, skip_special_tokens=True))[1]

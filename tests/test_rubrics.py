@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from cogito_jax.eval import rubrics
@@ -98,6 +99,23 @@ def test_engine_judge_runs_a_local_model(tmp_path):
     messages = rubrics.judge_prompt(_meta(1), "t", "dog bark")
     a, b = judge.complete(messages, run=0), judge.complete(messages, run=0)
     assert isinstance(a, str) and a == b and judge.stats["calls"] == 2
+    # Prompts of other lengths in the same length bucket reuse the compiled programs.
+    from cogito_jax.sampling import engine_for
+
+    eng = engine_for(model)
+    traces = dict(eng.trace_counts)
+    longer = rubrics.judge_prompt(_meta(1), "t", "dog bark twice, then a door")
+    assert len(tok.encode(longer[-1]["content"])) != len(tok.encode(messages[-1]["content"]))
+    judge.complete(longer, run=0)
+    assert eng.trace_counts == traces
+    # Left padding changes nothing: the same prompt unpadded through the engine gives the same answer.
+    from cogito_jax.data import chat
+
+    ids = chat.encode_prompt(tok, chat.chat_format(cfg.family), messages[-1]["content"], 0, messages[0]["content"])
+    eos = [tok.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
+    raw = eng.generate(np.asarray(ids)[None], max_new_tokens=6, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    toks = [t for t in np.asarray(raw.tokens)[0, 0].tolist() if t not in eos]
+    assert chat.split_thinking(tok.decode(toks, skip_special_tokens=True))[1] == a
     # A random model writes no JSON: the item is reported as a judge failure, never scored as zero.
     out = rubrics.score_rubrics([_meta(1)], {"q1": {"answer_prediction": "dog bark"}}, judge, mmar_rule, runs=1)
     assert "q1" in out["failed"] and out["scored"] == 0

@@ -28,6 +28,9 @@ import numpy as np
 
 from cogito_jax.data import chat
 
+# Prompt lengths batches are left-padded to: one compiled program per bucket, not per prompt length.
+LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+
 
 @dataclasses.dataclass(frozen=True)
 class DriverConfig:
@@ -42,7 +45,7 @@ class DriverConfig:
     max_frames: int = 3000
     n_mels: int = 128
     n_window: int = 50
-    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+    length_buckets: tuple[int, ...] = LENGTH_BUCKETS
     system: str | None = chat.CHALLENGE_SYSTEM
 
 
