@@ -145,3 +145,19 @@ def test_bad_arguments(models):
         generate(model, jnp.ones((1, 4), jnp.int32), num_samples=0, max_new_tokens=2, eos_token_id=1, pad_token_id=0)
     with pytest.raises(ValueError, match=r"input_ids must be \[batch, length\]"):
         generate(model, jnp.ones((4,), jnp.int32), max_new_tokens=2, eos_token_id=1, pad_token_id=0)
+
+
+def test_an_engine_goes_with_its_model():
+    """engine_for gives one engine per live model and drops it (and the weights it holds) with the model."""
+    import gc
+    import weakref
+
+    from cogito_jax.models import registry
+
+    model = registry.build(registry.config_for({"family": "qwen2_audio", "size": "tiny"}))
+    eng = engine_for(model)
+    assert engine_for(model) is eng
+    gone, model_gone = weakref.ref(eng), weakref.ref(model)
+    del model, eng
+    gc.collect()
+    assert gone() is None and model_gone() is None

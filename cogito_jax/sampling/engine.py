@@ -18,8 +18,9 @@ updated in place; the uniform numbers for every (row, step) are drawn before the
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -149,16 +150,17 @@ def unstack_fits(model: nnx.Module, fraction: float = 0.25) -> bool:
     return sum(x.addressable_shards[0].data.nbytes for x in leaves) < fraction * limit
 
 
-_ENGINES: dict[int, tuple[Any, Engine]] = {}
+_ENGINES: dict[int, Engine] = {}
 
 
 def engine_for(model: nnx.Module) -> Engine:
-    """One engine (and its compiled programs) per live model object."""
-    entry = _ENGINES.get(id(model))
-    if entry is None or entry[0] is not model:
-        entry = (model, Engine(model))
-        _ENGINES[id(model)] = entry
-    return entry[1]
+    """One engine (and its compiled programs) per live model object; it goes when the model is collected, so a
+    job that loads model after model (self-distillation rounds) does not keep the old ones' weights."""
+    key = id(model)
+    if key not in _ENGINES:
+        _ENGINES[key] = Engine(model)
+        weakref.finalize(model, _ENGINES.pop, key, None)
+    return _ENGINES[key]
 
 
 def generate(model: nnx.Module, input_ids, *, input_features=None, feature_attention_mask=None, num_samples: int = 1,
