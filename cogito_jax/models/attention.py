@@ -225,6 +225,8 @@ def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, ma
 
     from cogito_jax import sharding
 
+    if jax.default_backend() == "gpu":  # it would run interpreted, orders of magnitude slower
+        raise ValueError("attention impl='splash' is the TPU kernel; on GPUs use 'cudnn' or 'dot_product_attention'")
     b, t, n, h = q_btnh.shape
     s, kv = k_bskh.shape[1], k_bskh.shape[2]
     tp, sp = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK, -(-s // SPLASH_BLOCK) * SPLASH_BLOCK
