@@ -48,6 +48,7 @@ import numpy as np
 from flax import nnx
 
 from cogito_jax import sharding
+from cogito_jax.metrics import absolute
 from cogito_jax.models import registry
 from cogito_jax.models.audio_lm import AudioLMConfig
 from cogito_jax.models.hf_weights import layout_perm, stack_names, to_hf, to_ours
@@ -279,14 +280,6 @@ def checkpoint_dtype(path: str | pathlib.Path) -> str | None:
     return names.pop() if len(names) == 1 and None not in names else None
 
 
-def _epath(path: Any):
-    """An absolute ``etils.epath`` path (local or a bucket such as ``gs://``), as Orbax wants it."""
-    from etils import epath
-
-    p = epath.Path(path)
-    return p if "://" in str(path) else epath.Path(pathlib.Path(path).resolve())
-
-
 def save_orbax(model: nnx.Module, config: AudioLMConfig, out_dir: Any, dtype: Any = None) -> Any:
     """Writes ``out_dir/params`` (Orbax, our parameter tree) and ``out_dir/config.json`` (the HF config).
 
@@ -295,7 +288,7 @@ def save_orbax(model: nnx.Module, config: AudioLMConfig, out_dir: Any, dtype: An
     """
     import orbax.checkpoint as ocp
 
-    out = _epath(out_dir)
+    out = absolute(out_dir)
     if (out / ORBAX_PARAMS).exists():
         raise FileExistsError(f"{str(out / ORBAX_PARAMS)!r} already exists; choose a new output folder")
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -317,7 +310,7 @@ def save_orbax(model: nnx.Module, config: AudioLMConfig, out_dir: Any, dtype: An
 
 
 def is_orbax(path: Any) -> bool:
-    return (_epath(path) / ORBAX_PARAMS).is_dir()
+    return (absolute(path) / ORBAX_PARAMS).is_dir()
 
 
 def load_orbax(path: Any, dtype: Any = None, *, mesh: jax.sharding.Mesh | None = None,
@@ -327,7 +320,7 @@ def load_orbax(path: Any, dtype: Any = None, *, mesh: jax.sharding.Mesh | None =
     stored). With a ``mesh`` each device reads only its block of every parameter."""
     import orbax.checkpoint as ocp
 
-    path = _epath(path)
+    path = absolute(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{str(path / 'config.json')!r} does not exist")
     hf = json.loads((path / "config.json").read_text())
@@ -379,8 +372,8 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
     if not src.is_dir():
         raise FileNotFoundError(f"--hf folder {str(src)!r} does not exist")
     registry.family_of(read_config(src))  # unknown model_type: fail before reading any tensor
-    if (_epath(args.out) / ORBAX_PARAMS).exists():
-        raise FileExistsError(f"{str(_epath(args.out) / ORBAX_PARAMS)!r} already exists; choose a new --out")
+    if (absolute(args.out) / ORBAX_PARAMS).exists():
+        raise FileExistsError(f"{str(absolute(args.out) / ORBAX_PARAMS)!r} already exists; choose a new --out")
     dtype = args.dtype or checkpoint_dtype(src) or "float32"
     model, cfg = load_hf(src, dtype, mesh=_local_mesh(), rules=sharding.resolve_rules("fsdp"))
     out = save_orbax(model, cfg, args.out)
@@ -389,7 +382,7 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 
 
 def _orbax_to_hf(args: argparse.Namespace) -> int:
-    src = _epath(args.ckpt)
+    src = absolute(args.ckpt)
     if not src.is_dir():
         raise FileNotFoundError(f"--ckpt folder {args.ckpt!r} does not exist")
     model, cfg = load_orbax(src, args.dtype, mesh=_local_mesh(), rules=sharding.resolve_rules("fsdp"))

@@ -42,6 +42,11 @@ def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``etils.epath`` path, made absolute when local (Orbax refuses relative paths)."""
+    return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
+
+
 class _ObjectLines:
     """An append-only text object on storage without appends: the text is kept in memory and the object
     rewritten whole (at most every ``interval_s`` seconds unless forced)."""

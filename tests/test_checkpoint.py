@@ -68,3 +68,18 @@ def test_empty_workdir_restores_nothing(tmp_path):
     ck = Checkpointer(tmp_path)
     assert ck.latest_step() is None and ck.restore({"x": jax.ShapeDtypeStruct((2,), jnp.float32)}) is None
     ck.close()
+
+
+def test_a_relative_workdir_saves_and_restores(tmp_path, cpu_devices, monkeypatch):
+    """``make demo``'s workdir is relative (workdirs/demo); Orbax wants absolute paths, async saves included."""
+    monkeypatch.chdir(tmp_path)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4))
+    ck = Checkpointer("runs/rel", keep_last=2, async_save=True)
+    state = _state(mesh, P("fsdp", None), 5)
+    ck.save(5, state, data_state=b"{}")
+    ck.wait()
+    assert (tmp_path / "runs/rel/checkpoints/5").is_dir()
+    step, restored, _, _ = Checkpointer("runs/rel").restore(abstract_like(state))
+    assert step == 5
+    np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.asarray(state["params"]["w"]))
+    ck.close()

@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from cogito_jax import metrics
 from cogito_jax.log import logger
 
 
@@ -80,7 +81,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | epath.Path, keep_last: int = 3, keep_every: int = 0,
                  async_save: bool = True):
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = metrics.absolute(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last if keep_last > 0 else None,
             keep_period=keep_every if keep_every > 0 else None,
