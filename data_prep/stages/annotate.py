@@ -195,10 +195,10 @@ def run(clips: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any) -> tuple[di
         shots = pick_shots(pool, clip["id"], a.num_shots, cfg.seed)
         prompts.append({"id": clip["id"], "prompt_text": prompt(desc, shots, a.questions_per_clip)})
     path = out / "cache" / "annotate_outputs.jsonl"
-    generated = len({p["id"] for p in prompts} - generation.done_before(path, 1))
-    outputs = generation.generate(lm, prompts, path, num_samples=1, temperature=a.temperature,
-                                  max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=cfg.seed,
-                                  system=SYSTEM, who="annotate.model")
+    outputs, before = generation.generate(lm, prompts, path, num_samples=1, temperature=a.temperature,
+                                          max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=cfg.seed,
+                                          system=SYSTEM, who="annotate.model")
+    generated = len({p["id"] for p in prompts} - before)
     for p in prompts:
         row = outputs[p["id"]][0]
         parsed = parse_questions(row["answer"])

@@ -154,7 +154,7 @@ def _complete(files: Sequence[pathlib.Path], num_samples: int) -> set[str]:
     return {i for f in files for i, rows in _rows_by_id(f).items() if len(rows) == num_samples}
 
 
-def done_before(path: pathlib.Path, num_samples: int) -> set[str]:
+def _done_before(path: pathlib.Path, num_samples: int) -> set[str]:
     """The prompt ids with all their samples in any of the stage's files before this run generates, whatever
     process count wrote them; in a job of several processes every process reads them before any writes (a
     barrier follows)."""
@@ -171,11 +171,11 @@ def done_before(path: pathlib.Path, num_samples: int) -> set[str]:
 
 def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib.Path, *, num_samples: int,
              temperature: float, max_new_tokens: int, batch_size: int, seed: int, system: str | None,
-             top_p: float = 1.0, who: str = "") -> dict[str, list[dict]]:
-    """``{prompt id: its num_samples driver rows, by sample}`` for ``prompts`` (driver items), generating only
-    those not yet in ``out``. In a job of several processes each process generates its share of the prompts
-    not already in ``out`` into its own file (see :func:`cogito_jax.sampling.driver.run`), and after a barrier
-    every process reads the merged outputs, checked to hold each prompt exactly once."""
+             top_p: float = 1.0, who: str = "") -> tuple[dict[str, list[dict]], set[str]]:
+    """(``{prompt id: its num_samples driver rows, by sample}``, the ids finished before this run) for ``prompts``
+    (driver items), generating only those not yet in the stage's files. In a job of several processes each
+    process generates its share of the prompts into its own file (see :func:`cogito_jax.sampling.driver.run`),
+    and after a barrier every process reads the merged outputs, checked to hold each prompt exactly once."""
     from cogito_jax.eval import predict
     from cogito_jax.sampling import driver
 
@@ -185,16 +185,16 @@ def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib
         family=lm.family, batch_size=batch_size, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=float(temperature), top_p=float(top_p), seed=seed, max_frames=a.num_frames,
         n_mels=a.num_mel_bins, n_window=getattr(a, "n_window", 50), system=system)
-    earlier = _complete(earlier_files(out, count), num_samples)  # done by runs with another process count
-    if any(p["id"] not in earlier for p in prompts):
+    done = _done_before(out, num_samples)
+    if any(p["id"] not in done for p in prompts):
         try:
             driver.run(list(prompts), out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
                        cfg=dcfg, eos_token_ids=predict.stop_ids(lm.tokenizer), pad_token_id=lm.tokenizer.pad_token_id,
-                       process_index=index, process_count=count, done_elsewhere=earlier)
+                       process_index=index, process_count=count, done_elsewhere=done)
         except driver.PromptError as e:
             raise ConfigError(f"{who}: {e}") from None
     barrier(f"{who}: generated")
-    return read_outputs(out, [p["id"] for p in prompts], num_samples, count)
+    return read_outputs(out, [p["id"] for p in prompts], num_samples, count), done
 
 
 def read_outputs(path: pathlib.Path, ids: Sequence[str], num_samples: int, process_count: int = 1

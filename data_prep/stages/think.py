@@ -30,13 +30,12 @@ def run(items: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any, audio_rows:
     t = cfg.think
     check_features(cfg, lm)
     path = out / "cache" / "think_samples.jsonl"
-    before = generation.done_before(path, t.num_samples)
     prompts = [generation.MelItem({"id": it["id"], "question": it["question"], "choices": it["choices"]},
                                   out / "cache" / "mel" / f"{it['clip_id']}.npy", audio_rows[it["clip_id"]]["n_frames"])
                for it in items]
-    samples = generation.generate(lm, prompts, path, num_samples=t.num_samples, temperature=t.temperature,
-                                  top_p=t.top_p, max_new_tokens=t.max_new_tokens, batch_size=t.batch_size,
-                                  seed=cfg.seed, system=generation.SYSTEMS[t.system], who="think.model")
+    samples, before = generation.generate(lm, prompts, path, num_samples=t.num_samples, temperature=t.temperature,
+                                          top_p=t.top_p, max_new_tokens=t.max_new_tokens, batch_size=t.batch_size,
+                                          seed=cfg.seed, system=generation.SYSTEMS[t.system], who="think.model")
     finish = [r["finish_reason"] for rows in samples.values() for r in rows]
     stats = {"questions": len(items), "samples": len(finish), "generated_this_run": len(set(samples) - before),
              "cut_at_max_new_tokens": finish.count("length")}
