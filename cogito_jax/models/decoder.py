@@ -35,7 +35,7 @@ from cogito_jax.models.attention import (
     shared_prefix_attention,
 )
 from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
-from cogito_jax.models.moe import IMPLS as MOE_IMPLS, MoEConfig, SparseMoE
+from cogito_jax.models.moe import MoEConfig, SparseMoE, check_impl as check_moe_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +68,9 @@ class DecoderConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         dtype_of(self.dtype), dtype_of(self.param_dtype), check_remat(self.remat), check_impl(self.attn_impl)
+        check_moe_impl(self.moe_impl)  # dense decoders too: a misspelt run setting is an error everywhere
         if self.num_experts:
-            self.moe_config()  # validates top-k and the implementation
-        elif self.moe_impl not in MOE_IMPLS:
-            raise ValueError(f"moe impl={self.moe_impl!r} must be one of {MOE_IMPLS}")
+            self.moe_config()  # validates top-k and the capacity factor
 
     def moe_config(self) -> MoEConfig:
         return MoEConfig(self.hidden_size, self.moe_intermediate_size, self.num_experts, self.num_experts_per_tok,

@@ -47,10 +47,15 @@ class MoEConfig:
     def __post_init__(self):
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, {self.num_experts}]")
-        if self.impl not in IMPLS:
-            raise ValueError(f"moe impl={self.impl!r} must be one of {IMPLS}")
+        check_impl(self.impl)
         if not self.capacity_factor > 0:
             raise ValueError(f"moe capacity_factor={self.capacity_factor} must be > 0")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"moe impl={impl!r} must be one of {IMPLS}")
+    return impl
 
 
 def route(logits_ne: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
