@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import sys
@@ -179,10 +180,19 @@ def validate(cfg: ConfigDict) -> ConfigDict:
                 raise ConfigError(f"mesh.{key}={v} must be a positive size or -1 (the rest)")
     if sum(cfg.mesh.get(a, 1) == -1 for a in sharding.MESH_AXES) > 1:
         raise ConfigError(f"mesh: at most one axis may be -1, got {dict(cfg.mesh)}")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
     t = cfg.train
     for key in ("steps", "batch_size", "grad_accum", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key}={t[key]} must be >= 1")
+    if t.eval_every < 0:
+        raise ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = no evaluation during training)")
+    _check_number("train.peak_tflops", t.peak_tflops, lambda v: v >= 0, ">= 0 (0 = the device's bf16 peak)")
+    ck = cfg.checkpoint
+    for key, low in (("every", 1), ("keep_last", 1), ("keep_every", 0)):
+        if ck[key] < low:
+            raise ConfigError(f"checkpoint.{key}={ck[key]} must be >= {low}")
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
     if t.trainable not in ("full", "lora", "frozen_encoder", "adapter_only"):
@@ -192,10 +202,7 @@ def validate(cfg: ConfigDict) -> ConfigDict:
     for key in ("param_dtype", "compute_dtype"):
         if t[key] not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"train.{key}={t[key]!r} must be float32, bfloat16 or float16")
-    if cfg.optim.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} must be cosine, linear or constant")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    validate_optim(cfg.optim)
     if "lora" in cfg:
         validate_lora(cfg.lora)
     validate_model_settings(cfg.get("model") or {})
@@ -206,6 +213,27 @@ def validate(cfg: ConfigDict) -> ConfigDict:
     if "distill" in cfg:
         validate_distill(cfg.distill)
     return cfg
+
+
+def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
+    """ConfigError unless ``value`` is a finite number with ``ok(value)`` (NaN and inf always fail)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+        raise ConfigError(f"{name}={value} must be a finite number {rule}")
+
+
+def validate_optim(o: ConfigDict) -> None:
+    """Checks the ``optim`` section: schedule name and every number finite and in its range."""
+    if o.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"optim.schedule={o.schedule!r} must be cosine, linear or constant")
+    _check_number("optim.lr", o.lr, lambda v: v > 0, "> 0")
+    _check_number("optim.eps", o.eps, lambda v: v > 0, "> 0")
+    for key in ("b1", "b2"):
+        _check_number(f"optim.{key}", o[key], lambda v: 0 <= v < 1, "in [0, 1)")
+    _check_number("optim.end_lr_ratio", o.end_lr_ratio, lambda v: 0 <= v <= 1, "in [0, 1]")
+    for key in ("weight_decay", "clip_norm"):
+        _check_number(f"optim.{key}", o[key], lambda v: v >= 0, ">= 0 (0 = off)")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
 
 
 def validate_model_settings(model: Mapping[str, Any]) -> None:
@@ -228,8 +256,7 @@ def validate_lora(lc: ConfigDict) -> None:
 
     if lc.rank < 1:
         raise ConfigError(f"lora.rank={lc.rank} must be >= 1")
-    if lc.alpha <= 0:
-        raise ConfigError(f"lora.alpha={lc.alpha} must be > 0")
+    _check_number("lora.alpha", lc.alpha, lambda v: v > 0, "> 0")
     if lc.dropout:
         raise ConfigError(f"lora.dropout={lc.dropout}: adapters are merged into the weights, so input dropout is not "
                           "available; use 0")
@@ -247,7 +274,8 @@ def validate_data(d: ConfigDict) -> None:
     """Checks the input pipeline's keys of the ``data`` section (those of them the config sets)."""
     if "packing" in d and not isinstance(d.packing, bool):
         raise ConfigError(f"data.packing={d.packing!r} must be True or False")
-    for key, low in (("max_clips_per_row", 1), ("num_workers", 0), ("max_len", 1)):
+    for key, low in (("max_clips_per_row", 1), ("num_workers", 0), ("max_len", 1), ("num_train", 1),
+                     ("num_heldout", 0), ("seed", 0)):
         if key in d and (not _is_int(d[key]) or d[key] < low):
             raise ConfigError(f"data.{key}={d[key]!r} must be an integer >= {low}")
     if "audio_buckets" in d:
@@ -273,14 +301,12 @@ def validate_distill(d: ConfigDict) -> None:
     if d.orders > d.num_samples:
         raise ConfigError(f"distill.orders={d.orders} must be <= distill.num_samples={d.num_samples} "
                           "(each choice order gets num_samples // orders samples)")
-    if d.temperature < 0:
-        raise ConfigError(f"distill.temperature={d.temperature} must be >= 0")
+    _check_number("distill.temperature", d.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
     if d.max_thinking_chars < d.min_thinking_chars:
         raise ConfigError(f"distill.max_thinking_chars={d.max_thinking_chars} is below "
                           f"distill.min_thinking_chars={d.min_thinking_chars}")
     for key in ("all_right_weight", "hint_weight"):
-        if d[key] < 0:
-            raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
+        _check_number(f"distill.{key}", d[key], lambda v: v >= 0, ">= 0")
     if d.all_wrong not in DISTILL_ALL_WRONG:
         raise ConfigError(f"distill.all_wrong={d.all_wrong!r} must be one of {', '.join(DISTILL_ALL_WRONG)}")
     if d.all_wrong == "hint":
@@ -301,12 +327,12 @@ def validate_sample(s: ConfigDict) -> None:
     for key in ("num_samples", "max_new_tokens", "batch_size"):
         if s[key] < 1:
             raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
-    if s.temperature < 0:
-        raise ConfigError(f"sample.temperature={s.temperature} must be >= 0 (0 = greedy)")
+    if not 0 <= s.seed < 2**32:
+        raise ConfigError(f"sample.seed={s.seed} must be in [0, 2**32)")
+    _check_number("sample.temperature", s.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
     if s.top_k < 0:
         raise ConfigError(f"sample.top_k={s.top_k} must be >= 0 (0 = no top-k)")
-    if not 0 < s.top_p <= 1:
-        raise ConfigError(f"sample.top_p={s.top_p} must be in (0, 1]")
+    _check_number("sample.top_p", s.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
     if s.system not in SYSTEM_PROMPTS:
         raise ConfigError(f"sample.system={s.system!r} must be one of {', '.join(SYSTEM_PROMPTS)}")
     b = list(s.length_buckets)
@@ -434,6 +460,24 @@ def usage_error(message: str) -> None:
     prog = spec.name if spec is not None else pathlib.Path(sys.argv[0] if sys.argv else "cogito_jax").name
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Creates folder ``path`` if needed and checks that files can be written in it; ConfigError naming ``what``
+    (e.g. ``--workdir``) and the path otherwise. Object-storage paths (``gs://...``) are left to their client."""
+    text = os.fspath(path)
+    if "://" in text:
+        return
+    folder = pathlib.Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {text!r} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {text!r} is not writable: {e.strerror or type(e).__name__}") from None
 
 
 def define_config_flag(required: bool = True):

@@ -148,6 +148,7 @@ def main(cfg) -> int:
     spec = "configs/demo.py:quick" if _QUICK.value else "configs/demo.py"
     cfg = cfg or cfglib.load_config(spec)
     workdir = pathlib.Path(_WORKDIR.value)
+    cfglib.writable_dir(workdir, "--workdir")
     t0 = time.time()
     report = run(cfg, workdir)
     print("\nexample chains of thought on held-out questions:\n" + _examples(workdir))

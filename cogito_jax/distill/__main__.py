@@ -25,9 +25,7 @@ def main(cfg) -> int:
     if not _WORKDIR.value:
         cfglib.usage_error("--workdir is required")
     workdir = pathlib.Path(_WORKDIR.value)
-    if workdir.exists() and not workdir.is_dir():
-        cfglib.usage_error(f"--workdir {str(workdir)!r} is not a folder")
-    workdir.mkdir(parents=True, exist_ok=True)
+    cfglib.writable_dir(workdir, "--workdir")
     cfglib.dump(cfg, workdir / "config.json")
     data = rounds.run(cfg, workdir)
     print("\n".join(rounds.summary_lines(data)))

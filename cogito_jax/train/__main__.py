@@ -21,6 +21,7 @@ def main(cfg) -> int:
 
     if not _WORKDIR.value:
         cfglib.usage_error("--workdir is required")
+    cfglib.writable_dir(_WORKDIR.value, "--workdir")
     from cogito_jax.train.trainer import NonFiniteLoss
 
     try:

@@ -80,6 +80,9 @@ def train(cfg: Any, workdir: str, *, init_from: str | None = None, init_model: A
         mcfg = model_config(cfg, tok)
     spec = example_spec(cfg, mcfg, tok)
     per_process = cfg.train.batch_size // jax.process_count()
+    check_dataset(records.RecordSource(paths["train"], "train"), spec, "training")
+    if paths["heldout"] is not None:
+        check_dataset(records.RecordSource(paths["heldout"], "train"), spec, "held-out")
     train_data = pipeline.make_dataset(
         records.RecordSource(paths["train"], "train"), tokenizer_dir=str(paths["tokenizer"]), spec=spec,
         batch_size=per_process, seed=cfg.seed, **pipeline_options(cfg, mcfg),
@@ -93,6 +96,17 @@ def train(cfg: Any, workdir: str, *, init_from: str | None = None, init_model: A
             return iter(ds)
     return trainer.run(cfg, workdir, lambda: registry.build(mcfg, cfg.seed), train_data, eval_data=eval_data,
                        mesh=mesh, model=model)
+
+
+def check_dataset(source: records.RecordSource, spec: pipeline.ExampleSpec, what: str) -> None:
+    """ConfigError when a dataset is empty or its log-mel has another number of bins than the model takes."""
+    if len(source) == 0:
+        raise cfglib.ConfigError(f"the {what} dataset {str(source.dataset_dir)!r} has no records")
+    mel = source[0].get("mel")
+    if mel is not None and mel.shape[-1] != spec.n_mels:
+        raise cfglib.ConfigError(
+            f"the {what} dataset {str(source.dataset_dir)!r} holds {mel.shape[-1]}-bin log-mel but the model takes "
+            f"{spec.n_mels} bins: rebuild it with data_prep.build --config.features.n_mels={spec.n_mels}")
 
 
 def load_trained(cfg: Any, workdir: str | pathlib.Path):
