@@ -12,7 +12,11 @@ answer-token accuracy, grad/param norms and learning rate, and over the interval
 ``step_time`` (seconds per step, compilation excluded), ``data_wait`` (seconds per step spent waiting
 for the input pipeline) and its fraction ``data_wait_frac``, ``tokens_per_s`` (attended LLM tokens),
 ``model_tflops_per_s`` (``models.flops.step_flops``) and ``mfu`` against the devices' bf16 peak
-(``train.peak_tflops``, else the known peak of the device kind; not reported for CPUs).
+(``train.peak_tflops``, else the known peak of the device kind; not reported for CPUs), and
+``placeholder_frac``, the share of rows that held no example (longer than ``data.max_len``). A run whose
+steps have no supervised token at all stops with :class:`NoSupervisedTokens` (a one-line config error)
+before it saves a checkpoint. ``train.eval_every`` evaluates the held-out set with one compiled step of
+explicit shardings (:class:`Evaluator`). The progress bar counts steps finished on the device.
 
 The compiled step comes from :func:`compile_train_step` over a :func:`prepare`d model (what trains, what
 stays frozen, the optimizer state and every sharding); ``launch/aot_compile.py`` compiles the same step
@@ -22,6 +26,7 @@ for a TPU topology from an abstract model. With ``train.trainable="lora"`` the m
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
 import time
@@ -234,11 +239,15 @@ def run(
                        flopslib.peak_flops(mesh.devices.flat[0].device_kind, cfg.train.get("peak_tflops", 0.0)))
     bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not is_main_process())
+    progress = CompletedSteps(bar)
+    supervision = SupervisionCheck(cfg.data.get("max_len") if "data" in cfg else None)
+    evaluator = Evaluator(p, loss_fn)
     try:
         with _Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
             for step in range(start, cfg.train.steps):
                 t_wait = time.perf_counter()
                 local = next(data_iter)
+                supervision.batch(local)
                 batch = global_batch(_model_inputs(local), mesh)
                 meter.waited(time.perf_counter() - t_wait)
                 # Which examples this step consumed (all processes' rows, summed on device), to audit resumption.
@@ -253,22 +262,30 @@ def run(
                     _log_memory(compiled)
                 state, metrics = compiled(state, frozen, batch)
                 meter.stepped(metrics, batch["input_ids"].shape[1])
-                bar.update(1)
+                supervision.stepped(metrics["tokens"])
+                progress.dispatched(metrics["loss"])
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                     _check_finite(metrics["loss"], done, ckpt)
-                    writer.write(done, {**metrics, "lr": p.schedule(step), **meter.interval(),
-                                        "data_index_sum": consumed})
-                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+                    progress.drain()  # this step's loss is on the host: every step before it is done
+                    supervision.check(at_end=done == cfg.train.steps)
+                    rates = meter.interval()
+                    writer.write(done, {**metrics, "lr": p.schedule(step), **rates, "data_index_sum": consumed,
+                                        **supervision.interval()})
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", step_time=f"{rates['step_time']:.3g}s",
+                                    refresh=False)
                     last = {"step": done, **metrics}
                 if cfg.train.eval_every and eval_data is not None and done % cfg.train.eval_every == 0:
-                    writer.write_now(done, evaluate(p.graphdef, state.params, frozen, eval_data(), mesh, loss_fn))
+                    writer.write_now(done, evaluator(state.params, frozen, eval_data()))
                 if done % cfg.checkpoint.every == 0 or done == cfg.train.steps or preempt.requested:
                     _check_finite(metrics["loss"], done, ckpt)  # a NaN state is never saved
+                    supervision.check(at_end=True)  # nor one that has learnt from nothing
                     writer.flush(durable=True)  # metrics.jsonl holds every step up to a checkpoint before it
                     ckpt.save(done, state, data_iter.get_state(), meta, force=True)
                 if preempt.requested:
                     break
+        progress.drain()
+        supervision.warn_placeholders()
     finally:  # a crash still records the steps that ran and finishes any async save
         bar.close()
         writer.close()
@@ -329,19 +346,122 @@ def _check_finite(loss: Any, step: int, ckpt: Any) -> None:
         raise NonFiniteLoss(f"loss is {value} at step {step}: training stopped; {kept}")
 
 
-def evaluate(graphdef, params, frozen, batches: Iterable[dict], mesh, loss_fn: LossFn = lm_loss) -> dict:
-    """Token-mean loss, next-token accuracy and answer-token accuracy over all ``batches`` (host-side sums
-    of a jitted per-batch step)."""
-    fn = jax.jit(make_eval_step(graphdef, loss_fn))
-    sums: dict[str, float] = {}
-    for local in batches:
-        out = fn(params, frozen, global_batch(_model_inputs(local), mesh))
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    count = sums.get("tokens", 0.0)
-    return {"eval_loss": sums.get("loss_sum", 0.0) / max(count, 1.0), "eval_tokens": count,
-            "eval_accuracy": sums.get("correct", 0.0) / max(count, 1.0),
-            "eval_answer_accuracy": sums.get("answer_correct", 0.0) / max(sums.get("answer_tokens", 0.0), 1.0)}
+def compile_eval_step(p: Prepared, batch: Mapping[str, Any], loss_fn: LossFn = lm_loss):
+    """The evaluation step (loss and accuracy sums of one batch) jitted with explicit in/out shardings like
+    :func:`compile_train_step`, lowered for ``batch`` and compiled."""
+    batch_sh = batch_shardings(batch, p.mesh, p.rules)
+    jitted = jax.jit(make_eval_step(p.graphdef, loss_fn), in_shardings=(p.state_sh.params, p.frozen_sh, batch_sh),
+                     out_shardings=_replicated(p.mesh))
+    shaped = lambda tree, sh: jax.tree.map(  # noqa: E731  (the arrays may have been donated: shapes only)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    with jax.set_mesh(p.mesh), sharding.use_rules(p.rules):
+        return jitted.lower(shaped(p.state.params, p.state_sh.params), shaped(p.frozen, p.frozen_sh),
+                            shaped(batch, batch_sh)).compile()
+
+
+class Evaluator:
+    """Token-mean loss, next-token accuracy and answer-token accuracy over a stream of held-out batches: one
+    compiled step per batch shape for the whole run, host-side sums of its per-batch outputs."""
+
+    def __init__(self, p: Prepared, loss_fn: LossFn = lm_loss):
+        self.p, self.loss_fn = p, loss_fn
+        self.compiled: dict[tuple, Any] = {}
+
+    def __call__(self, params: Any, frozen: Any, batches: Iterable[dict]) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for local in batches:
+            batch = global_batch(_model_inputs(local), self.p.mesh)
+            key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+            if key not in self.compiled:
+                self.compiled[key] = compile_eval_step(self.p, batch, self.loss_fn)
+            for k, v in self.compiled[key](params, frozen, batch).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        count = sums.get("tokens", 0.0)
+        return {"eval_loss": sums.get("loss_sum", 0.0) / max(count, 1.0), "eval_tokens": count,
+                "eval_accuracy": sums.get("correct", 0.0) / max(count, 1.0),
+                "eval_answer_accuracy": sums.get("answer_correct", 0.0) / max(sums.get("answer_tokens", 0.0), 1.0)}
+
+
+class CompletedSteps:
+    """Advances a progress bar when a step has finished on the device, not when it was dispatched (dispatch
+    runs ahead of the device and then waits), so the bar's count and step time are the real ones."""
+
+    def __init__(self, bar: Any):
+        self.bar = bar
+        self.pending: collections.deque = collections.deque()
+
+    def dispatched(self, loss: jax.Array) -> None:
+        self.pending.append(loss)
+        done = 0
+        while self.pending and self.pending[0].is_ready():
+            self.pending.popleft()
+            done += 1
+        if done:
+            self.bar.update(done)
+
+    def drain(self) -> None:
+        """Waits for every dispatched step and counts it."""
+        if self.pending:
+            jax.block_until_ready(list(self.pending))
+            self.bar.update(len(self.pending))
+            self.pending.clear()
+
+
+class NoSupervisedTokens(cfglib.ConfigError):
+    """No batch of the run had a token with loss weight: the run would train on nothing."""
+
+
+class SupervisionCheck:
+    """Counts placeholder rows (examples longer than ``data.max_len``, kept as rows without loss so the stream
+    keeps its positions) and supervised tokens. Training on nothing is an error; many placeholders a warning."""
+
+    MIN_STEPS = 8  # steps without a supervised token before the run is stopped (or all of a shorter run)
+    WARN_FRACTION = 0.1
+
+    def __init__(self, max_len: int | None):
+        self.max_len = max_len
+        self.rows = self.placeholders = self.steps = 0
+        self.tokens = 0.0
+        self.pending: list[jax.Array] = []
+        self._interval = [0, 0]  # rows, placeholders since the last log
+
+    def batch(self, local: Mapping[str, Any]) -> None:
+        """Counts one local batch's rows; a row with ``index`` -1 (unpacked batches) holds no example."""
+        index = local.get("index")
+        if index is None or np.ndim(index) != 1:
+            return
+        n, empty = len(index), int(np.sum(np.asarray(index) < 0))
+        self.rows += n
+        self.placeholders += empty
+        self._interval[0] += n
+        self._interval[1] += empty
+
+    def stepped(self, tokens: jax.Array) -> None:
+        self.pending.append(tokens)
+        self.steps += 1
+
+    def check(self, at_end: bool = False) -> None:
+        """Raises :class:`NoSupervisedTokens` when this run's steps had no supervised token, once ``MIN_STEPS``
+        steps ran or ``at_end`` (the run's end, or a checkpoint about to be saved)."""
+        self.tokens += sum(float(t) for t in self.pending)
+        self.pending.clear()
+        if self.tokens == 0 and self.steps and (at_end or self.steps >= self.MIN_STEPS):
+            why = (f"{self.placeholders} of {self.rows} rows on this process were examples longer than "
+                   f"data.max_len={self.max_len} tokens" if self.placeholders else "no example has a loss mask")
+            raise NoSupervisedTokens(f"no supervised token in the {self.steps} steps run: {why}; raise "
+                                     "data.max_len or check the dataset")
+
+    def interval(self) -> dict[str, float]:
+        """``placeholder_frac`` over the rows since the last call (unpacked batches only)."""
+        rows, empty = self._interval
+        self._interval = [0, 0]
+        return {"placeholder_frac": empty / rows} if rows else {}
+
+    def warn_placeholders(self) -> None:
+        if self.rows and self.placeholders > self.WARN_FRACTION * self.rows:
+            logger.warning("%d of %d rows (%.0f%%) on this process were placeholders for examples longer than "
+                           "data.max_len=%s tokens (rows without loss); raise data.max_len to train on them",
+                           self.placeholders, self.rows, 100 * self.placeholders / self.rows, self.max_len)
 
 
 def _model_inputs(local: dict) -> dict:
