@@ -21,7 +21,7 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	@# libtpu beside the venv, not in it (JAX would look for TPUs at every start): the ahead-of-time TPU
 	@# compile test puts it on PYTHONPATH, and skips when it could not be installed.
 	$(PY) -m pip install -q --no-deps --target $(VENV)/libtpu 'libtpu==0.0.42.*' \
-	  || echo "warning: libtpu not installed; the TPU compile test will skip" >&2
+	  || echo "warning: libtpu not installed; the TPU compile test will skip (fail under CI=1)" >&2
 	touch $@
 
 venv: $(VENV)/.runtime

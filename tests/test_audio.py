@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from cogito_jax import audio
+from tests.prereq import require
 
 SR = 16000
 
@@ -69,8 +70,7 @@ def test_log_mel_matches_feature_extractor(n_mels):
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_log_mel_on_real_speech(n_mels):
     files = _speech_files()
-    if not files:
-        pytest.skip(NO_SPEECH)
+    require(files, NO_SPEECH)
     for f in files[:3] + files[-2:]:
         w, info = audio.decode(f)
         assert info["orig_sr"] == SR and w.dtype == np.float32 and len(w) > SR
@@ -222,3 +222,54 @@ def test_decode_measures_clipping_before_resampling(tmp_path):
     sf.write(tmp_path / "sq.wav", square, 44100, subtype="FLOAT")
     _, info = audio.decode(tmp_path / "sq.wav")
     assert info["clip_ratio"] == pytest.approx(np.mean(np.abs(square) >= 0.999))
+
+
+def _opened_within(fn, seconds: float = 20.0) -> bool:
+    """Whether ``fn()`` returns (or raises) within ``seconds`` (it runs in a daemon thread)."""
+    import threading
+
+    t = threading.Thread(target=lambda: pytest.raises(audio.AudioError, fn), daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
+
+
+def test_decode_never_opens_a_fifo_or_a_device(tmp_path):
+    import os
+
+    fifo = tmp_path / "clip.wav"
+    os.mkfifo(fifo)
+    try:
+        assert _opened_within(lambda: audio.decode(fifo)), "decode blocked on a FIFO"
+    finally:
+        try:  # a reader still blocked in open() (a failed run) is released by a writer
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    with pytest.raises(audio.UnreadableFileError, match="is a FIFO, not a regular file"):
+        audio.decode(fifo)
+    with pytest.raises(audio.UnreadableFileError, match="is a character device, not a regular file"):
+        audio.decode("/dev/zero")
+
+
+def test_a_zero_sample_rate_header_is_corrupt(tmp_path):
+    p = tmp_path / "sr0.wav"
+    sf.write(p, _tone(1, SR), SR)
+    b = bytearray(p.read_bytes())
+    b[24:32] = bytes(8)  # sample rate and byte rate 0
+    p.write_bytes(bytes(b))
+    with pytest.raises(audio.CorruptFileError, match="sample rate of 0 Hz"):
+        audio.decode(p)
+
+
+@pytest.mark.parametrize("name", ["shadow", "shadow.txt", "shadow.wav", "shadow.flac", "shadow.mp3", "shadow.m4a"])
+def test_decode_errors_never_quote_the_file(tmp_path, name):
+    secret = "root:$6$Zq9secretSALT$hashhashhash:19000:0:99999:7:::\n"
+    p = tmp_path / name
+    p.write_text(secret)
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(p)
+    said = e.value.report_reason()
+    quoted = [secret[i:i + 4] for i in range(len(secret) - 4)]
+    hexed = [secret.encode()[i:i + 3].hex() for i in range(len(secret) - 3)]
+    assert not [q for q in quoted + hexed if q in said], said

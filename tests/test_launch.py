@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from cogito_jax.sweeps import product, run_name, sweep, zip_
+from tests.prereq import require
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -167,10 +168,10 @@ LIBTPU = REPO / ".venv" / "libtpu"  # `make test` unpacks libtpu here, outside t
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (LIBTPU / "libtpu").is_dir(), reason="libtpu is not unpacked in .venv/libtpu")
 def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
     """The train step with attn_impl=splash, compiled ahead of time for a v5e 2x2 slice (libtpu, no TPU): the
     splash kernel lowers through Mosaic (fwd, dq and dkv for the encoder and the decoder), not interpret mode."""
+    require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = os.pathsep.join([str(LIBTPU), str(REPO)])
     counts = {}

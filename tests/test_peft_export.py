@@ -13,8 +13,9 @@ from safetensors.numpy import load_file
 from cogito_jax.convert import load_hf, save_hf
 from cogito_jax.models.lora import LoRA, save_peft
 from tests.hf_tiny import hf_logits, make_batch, rel_err, tiny_qwen2_audio
+from tests.prereq import require_module
 
-peft = pytest.importorskip("peft")
+peft = require_module("peft", "peft is in requirements-test.txt")
 
 # LM attention + MLP + head, two of the audio encoder's projections and the audio projector: every tower
 TARGETS = (r"^llm/layers/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel$|^llm/lm_head/kernel$"
