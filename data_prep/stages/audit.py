@@ -7,10 +7,12 @@ to an LLM judge (an OpenAI-compatible endpoint through :class:`cogito_jax.judge.
 checkpoint through :class:`cogito_jax.judge.EngineJudge`) with a rubric that rejects hallucinated audio
 content, logic errors and shortcuts. Every verdict is a row of ``cache/audit.jsonl`` keyed by trace id
 (``<question id>#s<sample>``) with a digest of the trace, question and key, so a trace that changed is
-audited again. A judge call that fails after its retries, or whose replies hold no readable
-verdict, is recorded as ``judge_failed``: the trace is neither kept nor counted as rejected by the judge, and
-a re-run asks again. A question keeps its first ``audit.max_traces_per_question`` accepted traces (by sample
-index); while a judge verdict it depends on is missing, the question waits (reported as ``judge_failed``).
+audited again. The judge is asked for a JSON verdict (:data:`VERDICT_FORMAT`); :func:`parse_verdict` reads
+that or a line of a lone ACCEPT/REJECT, and a reply with none, or an ambiguous one, holds no readable verdict.
+A judge call that fails after its retries, or whose replies hold no readable verdict, is recorded as
+``judge_failed``: the trace is neither kept nor counted as rejected by the judge, and a re-run asks again.
+A question keeps its first ``audit.max_traces_per_question`` accepted traces (by sample index); while a judge
+verdict it depends on is missing, the question waits (reported as ``judge_failed``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ from cogito_jax.log import logger
 JUDGE_SYSTEM = "You are a strict auditor of reasoning about audio. You follow the rubric exactly."
 JUDGE_REASONS = ("hallucination", "logic_error", "shortcut")
 VERDICT_ATTEMPTS = 3  # judge runs asked for a readable verdict (a remote judge; a local greedy one answers once)
-_VERDICT = re.compile(r"verdict\W{0,3}\s*(accept|reject)", re.I)
-_REASON = re.compile(r"reason\W{0,3}\s*(hallucination|logic[ _-]error|shortcut|none)", re.I)
+_REASON_WORD = r"(hallucination|logic[ _-]error|shortcut|none)\b"
+_REASON = re.compile(r"reason\W{0,3}\s*" + _REASON_WORD, re.I)
+_STRICT_LINE = re.compile(r"^(?:(?:final\s+)?verdict\s*[:=-]?\s*)?(accept|reject)[.!]?$", re.I)
+_LABELLED = re.compile(r"^(?:final\s+)?verdict\b", re.I)
+_TOKEN = re.compile(r"\b(?:ACCEPT|REJECT)\b")  # a verdict word in capitals anywhere in a line
+_MARKUP = re.compile(r"[*`#>\"'~]")
+VERDICT_FORMAT = ('{"verdict": "<ACCEPT or REJECT>", "reason": "<none, hallucination, logic_error or shortcut>", '
+                  '"explanation": "<one sentence>"}')
 
 
 def judge_messages(item: Mapping[str, Any], thinking: str, answer: str) -> list[dict[str, str]]:
@@ -54,23 +62,65 @@ def judge_messages(item: Mapping[str, Any], thinking: str, answer: str) -> list[
         "3. shortcut: it reaches the answer by guessing, or by the wording of the choices, without reasoning "
         "from what is heard.",
         "Otherwise ACCEPT.", "",
-        "Reply with exactly two lines:", "VERDICT: ACCEPT or REJECT",
-        "REASON: none, hallucination, logic_error or shortcut, then one sentence",
+        "Answer with one JSON object on one line and nothing after it:", VERDICT_FORMAT,
+        "where verdict is the single word ACCEPT or the single word REJECT, and reason is none for ACCEPT and "
+        "otherwise the rubric's reason.",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_verdict(reply: str) -> tuple[bool, str] | None:
-    """(accepted, reason label) of a judge reply, or None when it holds no verdict. A rejection without one of
-    the rubric's reasons is ``other``."""
-    m = _VERDICT.search(reply)
-    if m is None:
+def parse_verdict(reply: Any) -> tuple[bool, str] | None:
+    """(accepted, reason label) of a judge reply, or None when its verdict is missing or ambiguous.
+
+    The verdict is a JSON object's ``"verdict"`` or a line that is nothing but ``ACCEPT``/``REJECT`` (after an
+    optional ``VERDICT:``), read after any ``</think>``. Every place that gives a verdict counts: the last one must
+    be one of those two words alone, and all of them must agree; a reply still inside ``<think>`` has none. A
+    rejection without one of the rubric's reasons is ``other``."""
+    if not isinstance(reply, str):
         return None
-    if m.group(1).lower() == "accept":
+    text = reply.rpartition("</think>")[2]
+    if "<think>" in text:
+        return None
+    mentions, reasons = [], []  # (position, verdict or None when unclear), and the reasons given with JSON ones
+    for start, end, obj in _json_objects(text):
+        key = next((k for k in obj if isinstance(k, str) and k.lower() == "verdict"), None)
+        if key is None:
+            continue
+        value = obj[key].strip().upper() if isinstance(obj[key], str) else None
+        mentions.append((start, value if value in ("ACCEPT", "REJECT") else None))
+        reasons.append(str(obj.get("reason", "")))
+        text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        clean = re.sub(r"^[-+\s]+", "", _MARKUP.sub("", line)).strip()
+        strict = _STRICT_LINE.match(clean)
+        if strict or _LABELLED.match(clean) or _TOKEN.search(clean):
+            mentions.append((pos, strict.group(1).upper() if strict else None))
+        pos += len(line)
+    mentions.sort()
+    given = {v for _, v in mentions if v}
+    if not mentions or mentions[-1][1] is None or len(given) > 1:
+        return None
+    if given == {"ACCEPT"}:
         return True, "none"
-    r = _REASON.search(reply)
+    r = re.match(_REASON_WORD, reasons[-1].strip(), re.I) if reasons else _REASON.search(text)
     label = r.group(1).lower().replace(" ", "_").replace("-", "_") if r else "other"
     return False, label if label in JUDGE_REASONS else "other"
+
+
+def _json_objects(text: str) -> list[tuple[int, int, dict]]:
+    """(start, end, object) of each top-level JSON object written in ``text``."""
+    decoder, found, i = json.JSONDecoder(), [], text.find("{")
+    while i != -1:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(obj, dict):
+            found.append((i, end, obj))
+        i = text.find("{", end)
+    return found
 
 
 def make_judge(cfg: Any, out: pathlib.Path) -> Any:
