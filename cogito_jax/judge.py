@@ -1,32 +1,86 @@
 """An LLM judge behind any OpenAI-compatible chat-completions endpoint, built so nothing is lost.
 
-Every call has a timeout; a failed call (connection error, HTTP 429/5xx, timeout, malformed reply)
-is retried with exponential backoff; calls are rate-limited; each successful reply is cached on disk
-(JSONL keyed by the request's hash), so a re-run never pays twice and a crashed run resumes where it
-stopped. A call that still fails after its retries raises :class:`JudgeError`: callers record it as a
-failure and never count it as a verdict.
+Each HTTP attempt runs under one overall deadline (``timeout_s`` for the whole exchange, however slowly the
+server sends its bytes). A timeout, a connection or protocol error, HTTP 408/429/5xx, or a reply that is not
+JSON with a non-empty text in ``choices[0].message.content`` is a failed attempt, retried with exponential
+backoff (or after the server's ``Retry-After``, at most ``max_backoff_s``). Redirects are not followed (the
+API key goes to the configured URL only) and other 4xx replies are not retried: both fail at once. Calls are
+rate-limited; each good reply is cached on disk (JSONL keyed by a hash of URL, model and request), so a re-run
+never pays twice and a crashed run resumes where it stopped; unreadable cache lines are skipped and asked
+again. A call that fails raises :class:`JudgeError`: callers record it as a failure, never as a verdict.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import email.utils
 import hashlib
 import json
 import os
 import pathlib
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
+import tenacity
+
+from cogito_jax.config import ConfigError
 from cogito_jax.log import logger
 
 Messages = Sequence[Mapping[str, str]]
+RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
 
 
 class JudgeError(RuntimeError):
-    """A judge call that failed after all retries; the message says why."""
+    """A judge call that failed (after its retries, or at once when retrying cannot help); says why."""
+
+
+class _Retryable(JudgeError):
+    """One failed attempt worth repeating, with the wait the server asked for (seconds) if it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay in seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def check_settings(judge_url: str, *, prefix: str = "", timeout_s: float = 60.0, **counts: float) -> None:
+    """Raises ConfigError naming the first bad setting: a URL that is not http(s) with a host, a timeout that is
+    not > 0, or a count or rate (``max_retries``, ``backoff_s``, ...) below 0. ``prefix`` is the settings' section."""
+    parts = urlsplit(judge_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{prefix}judge_url={judge_url!r} must be an http:// or https:// URL with a host, e.g. "
+                          "http://localhost:8000/v1")
+    if not timeout_s > 0:
+        raise ConfigError(f"{prefix}timeout_s={timeout_s!r} must be > 0 (seconds for one whole HTTP exchange)")
+    for name, value in counts.items():
+        if not value >= 0:
+            raise ConfigError(f"{prefix}{name}={value!r} must be >= 0")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
 
 
 class HttpJudge:
@@ -45,6 +99,8 @@ class HttpJudge:
         requests_per_s: float = 0.0,
         cache_path: str | pathlib.Path | None = None,
     ):
+        check_settings(base_url, timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
+                       max_backoff_s=max_backoff_s, requests_per_s=requests_per_s)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = os.environ.get(api_key_env, "")
@@ -53,19 +109,22 @@ class HttpJudge:
         self.min_interval = 1.0 / requests_per_s if requests_per_s > 0 else 0.0
         self._last_call = 0.0
         self._lock = threading.Lock()
+        self._ssl = httpx.create_ssl_context()  # made once: building one per request costs ~50 ms
+        self._backoff = tenacity.wait_exponential(multiplier=backoff_s, max=max_backoff_s)
         self.cache_path = pathlib.Path(cache_path) if cache_path else None
         self._cache: dict[str, str] = {}
+        self._cache_torn = False  # the file ends inside a line (a crash mid-write): start the next row on a new one
         self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failures": 0}
         if self.cache_path and self.cache_path.exists():
-            for line in self.cache_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    self._cache[row["key"]] = row["reply"]
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a torn last line from a crash
+            text = self.cache_path.read_text(encoding="utf-8", errors="replace")
+            self._cache_torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                key, reply = _cache_row(line)
+                if key is not None:
+                    self._cache[key] = reply
 
     def _key(self, body: Mapping[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps({"url": self.url, **body}, sort_keys=True).encode()).hexdigest()
 
     def complete(self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 1024,
                  run: int = 0) -> str:
@@ -74,14 +133,21 @@ class HttpJudge:
                 "max_tokens": max_tokens}
         key = self._key({**body, "run": run})
         if key in self._cache:
-            self.stats["cache_hits"] += 1
+            self._count("cache_hits")
             return self._cache[key]
         reply = self._call_with_retries(body)
-        self._cache[key] = reply
-        if self.cache_path:
-            with self._lock, self.cache_path.open("a") as f:
-                f.write(json.dumps({"key": key, "reply": reply}) + "\n")
+        with self._lock:
+            self._cache[key] = reply
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a", encoding="utf-8") as f:
+                    f.write("\n" * self._cache_torn + json.dumps({"key": key, "reply": reply}) + "\n")
+                self._cache_torn = False
         return reply
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.stats[name] += 1
 
     def _throttle(self) -> None:
         if not self.min_interval:
@@ -92,40 +158,95 @@ class HttpJudge:
                 time.sleep(wait)
             self._last_call = time.monotonic()
 
-    def _call_with_retries(self, body: Mapping[str, Any]) -> str:
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
-            self._throttle()
-            self.stats["calls"] += 1
-            try:
-                return self._call(body)
-            except JudgeError as e:
-                last = str(e)
-                logger.debug("judge attempt %d failed: %s", attempt + 1, last)
-        self.stats["failures"] += 1
-        raise JudgeError(f"judge call failed after {self.max_retries + 1} attempts: {last}")
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Seconds before the next attempt: the server's Retry-After if it sent one, else exponential backoff."""
+        error = state.outcome.exception() if state.outcome else None
+        asked = getattr(error, "retry_after", None)
+        return min(asked, self.max_backoff_s) if asked is not None else self._backoff(state)
 
-    def _call(self, body: Mapping[str, Any]) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        self._count("retries")
+        logger.debug("judge attempt %d failed: %s", state.attempt_number, state.outcome.exception())
+
+    def _call_with_retries(self, body: Mapping[str, Any]) -> str:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Retryable), before_sleep=self._before_sleep, reraise=True)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                payload = json.loads(resp.read().decode())
-        except urllib.error.HTTPError as e:
-            raise JudgeError(f"HTTP {e.code} from {self.url}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise JudgeError(f"{type(e).__name__} calling {self.url}: {e}") from e
-        except json.JSONDecodeError as e:
-            raise JudgeError(f"reply from {self.url} is not JSON") from e
+            return retrying(self._attempt, body)
+        except _Retryable as e:
+            self._count("failures")
+            raise JudgeError(f"judge call failed after {self.max_retries + 1} attempts: {e}") from e
+        except JudgeError:
+            self._count("failures")
+            raise
+
+    def _attempt(self, body: Mapping[str, Any]) -> str:
+        """One HTTP exchange under the overall deadline; any failure is a JudgeError (retryable or not)."""
+        self._throttle()
+        self._count("calls")
         try:
-            return payload["choices"][0]["message"]["content"]
+            return _run_coroutine(self._post(body))
+        except JudgeError:
+            raise
+        except TimeoutError as e:
+            raise _Retryable(f"no complete reply from {self.url} within {self.timeout_s:g} s") from e
+        except Exception as e:  # connection, protocol, decoding: this attempt failed, the next may not
+            raise _Retryable(f"{type(e).__name__} calling {self.url}: {_one_line(str(e))}") from e
+
+    async def _post(self, body: Mapping[str, Any]) -> str:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        async with asyncio.timeout(self.timeout_s):
+            async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=self._ssl) as client:
+                resp = await client.post(self.url, json=body, headers=headers)
+        return self._content(resp)
+
+    def _content(self, resp: httpx.Response) -> str:
+        """The reply text of a complete response; raises JudgeError (retryable where a retry can help)."""
+        code = resp.status_code
+        if 300 <= code < 400:
+            raise JudgeError(f"HTTP {code} from {self.url} redirects to {resp.headers.get('location')!r}; redirects "
+                             "are not followed: set the judge URL to the address that serves the API")
+        if code in RETRY_STATUSES or code >= 500:
+            raise _Retryable(f"HTTP {code} from {self.url}", retry_after_s(resp.headers.get("retry-after")))
+        if code != 200:
+            detail = _one_line(resp.content.decode("utf-8", errors="replace"))
+            raise JudgeError(f"HTTP {code} from {self.url} (not retried): {detail or 'no body'}")
+        try:
+            payload = json.loads(resp.content)
+            content = payload["choices"][0]["message"]["content"]
+        except ValueError as e:
+            raise _Retryable(f"reply from {self.url} is not UTF-8 JSON: {_one_line(str(e), 80)}") from e
         except (KeyError, IndexError, TypeError) as e:
-            raise JudgeError(f"reply from {self.url} has no choices[0].message.content") from e
+            raise _Retryable(f"reply from {self.url} has no choices[0].message.content") from e
+        if not isinstance(content, str) or not content.strip():
+            raise _Retryable(f"reply from {self.url} has no text in choices[0].message.content "
+                             f"(got {_one_line(repr(content), 40)})")
+        return content
+
+
+def _cache_row(line: str) -> tuple[str | None, str]:
+    """(key, reply) of one cache line, or (None, "") for a line that is not a usable entry."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None, ""
+    if not isinstance(row, dict):
+        return None, ""
+    key, reply = row.get("key"), row.get("reply")
+    if isinstance(key, str) and isinstance(reply, str) and reply.strip():
+        return key, reply
+    return None, ""
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Runs ``coro`` to completion from synchronous code (in a helper thread if this one runs an event loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class EngineJudge:

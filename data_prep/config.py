@@ -103,6 +103,11 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
                           "are both set; give one judge")
     if a.judge_url and not a.judge_model:
         raise ConfigError(f"audit.judge_url={a.judge_url!r} needs audit.judge_model (the model name it serves)")
+    if a.judge_url:
+        from cogito_jax.judge import check_settings
+
+        check_settings(a.judge_url, prefix="audit.", timeout_s=a.timeout_s, backoff_s=a.backoff_s,
+                       requests_per_s=a.requests_per_s)
     for key in ("num_samples", "batch_size", "max_new_tokens"):
         if cfg.think[key] < 1:
             raise ConfigError(f"think.{key}={cfg.think[key]} must be >= 1")
