@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
-import re
+import stat
 import struct
 import warnings
 
@@ -79,6 +79,10 @@ class UnknownFormatError(AudioError):
 
 class NonFiniteError(AudioError):
     reason = "non_finite"
+
+
+class TooLongError(AudioError):
+    reason = "too_long"
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -216,27 +220,31 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -
     return soxr.resample(np.asarray(waveform, np.float32), orig_sr, target_sr, quality="HQ").astype(np.float32)
 
 
-def decode(path: str | pathlib.Path, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
+def decode(path: str | pathlib.Path, target_sr: int = SAMPLE_RATE, max_seconds: float | None = None
+           ) -> tuple[np.ndarray, dict]:
     """(mono float32 waveform at ``target_sr``, info) for an audio file.
 
     info: ``orig_sr``, ``channels``, ``seconds`` (at ``target_sr``) and ``clip_ratio`` (fraction of source
     samples at full scale, measured before resampling). wav/flac/ogg/mp3/aiff go through soundfile,
-    anything it cannot open through librosa. Raises UnreadableFileError, EmptyFileError, NoSamplesError,
-    TruncatedFileError, CorruptFileError, UnknownFormatError or NonFiniteError (all AudioError).
+    anything it cannot open through librosa. Only regular files are opened (a FIFO or device never blocks).
+    With ``max_seconds``, a clip whose header declares more is rejected before decoding, and a format without
+    a length in its header is decoded no further than just past it. Raises UnreadableFileError,
+    EmptyFileError, NoSamplesError, TruncatedFileError, CorruptFileError, UnknownFormatError, NonFiniteError or
+    TooLongError (all AudioError); no message quotes the file's content.
     """
     p = pathlib.Path(path)
     try:
-        if p.is_dir():
-            raise UnreadableFileError("is a directory", path=p)
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFileError(f"{_file_kind(st.st_mode)}, not a regular file", path=p)
         with open(p, "rb") as f:
             head = f.read(16)
     except OSError as e:
-        raise UnreadableFileError(e.strerror or str(e), path=p) from e
-    if size == 0:
+        raise UnreadableFileError(e.strerror or type(e).__name__, path=p) from e
+    if st.st_size == 0:
         raise EmptyFileError("file has 0 bytes", path=p)
-    _check_riff(p, head, size)
-    data, sr = _read(p, head)
+    _check_riff(p, head, st.st_size)
+    data, sr = _read(p, head, max_seconds)
     if data.size == 0:
         raise NoSamplesError("the file holds no audio samples", path=p)
     channels = 1 if data.ndim == 1 else data.shape[1]
@@ -248,6 +256,22 @@ def decode(path: str | pathlib.Path, target_sr: int = SAMPLE_RATE) -> tuple[np.n
     wave = resample(mono, sr, target_sr)
     return wave, {"orig_sr": int(sr), "channels": int(channels), "seconds": len(wave) / target_sr,
                   "clip_ratio": clip_ratio}
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    kinds = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"), (stat.S_ISSOCK, "is a socket"),
+             (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"))
+    return next((words for test, words in kinds if test(mode)), "is a special file")
+
+
+def _check_rate_and_length(p: pathlib.Path, sr: int, seconds: float, max_seconds: float | None, how: str) -> None:
+    """CorruptFileError for a sample rate below 1 Hz; TooLongError when ``seconds`` (``how`` it was measured)
+    exceed ``max_seconds``."""
+    if sr < 1:
+        raise CorruptFileError(f"the header declares a sample rate of {sr} Hz", path=p)
+    if max_seconds is not None and seconds > max_seconds:
+        raise TooLongError(f"{seconds:.3g} s > {max_seconds:.3g} s ({how})", path=p)
 
 
 def _check_riff(p: pathlib.Path, head: bytes, size: int) -> None:
@@ -277,42 +301,53 @@ def _known(p: pathlib.Path, head: bytes) -> bool:
     return p.suffix.lower() in AUDIO_EXTENSIONS or head.startswith(_MAGIC) or mpeg_sync or head[4:8] == b"ftyp"
 
 
-def _read(p: pathlib.Path, head: bytes) -> tuple[np.ndarray, int]:
+def _read(p: pathlib.Path, head: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     try:
         f = sf.SoundFile(str(p))
     except Exception as sf_error:  # a format soundfile does not know (or a broken file): try librosa
-        return _read_librosa(p, head, sf_error)
+        return _read_librosa(p, head, sf_error, max_seconds)
     with f:
         declared, sr, fmt = f.frames, f.samplerate, f.format
+        estimate = 0.95 if fmt == "MP3" else 1.0  # mp3 frame counts are estimates
+        _check_rate_and_length(p, sr, estimate * declared / max(sr, 1), max_seconds,
+                               "declared by the header; not decoded")
         try:
             data = f.read(dtype="float32", always_2d=False)
         except Exception as e:
-            raise TruncatedFileError(f"decoding stopped before the end ({_first_line(e)})", path=p) from e
+            raise TruncatedFileError(f"decoding stopped before the end ({_decoder_error(e)})", path=p) from e
     got = len(data)
-    if got < declared and (fmt != "MP3" or got < 0.95 * declared):  # mp3 frame counts are estimates
+    if got < estimate * declared:
         raise TruncatedFileError(f"read {got} of the {declared} frames the header declares", path=p)
     return np.asarray(data, np.float32), int(sr)
 
 
-def _read_librosa(p: pathlib.Path, head: bytes, sf_error: Exception) -> tuple[np.ndarray, int]:
+def _read_librosa(p: pathlib.Path, head: bytes, sf_error: Exception, max_seconds: float | None
+                  ) -> tuple[np.ndarray, int]:
     try:
         import librosa
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data, sr = librosa.load(str(p), sr=None, mono=False)
+            # decoding stops just past max_seconds: enough to tell that the clip is longer
+            data, sr = librosa.load(str(p), sr=None, mono=False,
+                                    duration=None if max_seconds is None else max_seconds + 1.0)
     except Exception as e:
         if not _known(p, head):
-            raise UnknownFormatError(f"not a recognised audio format (extension {p.suffix or 'none'!r}, "
-                                     f"first bytes {head[:8].hex()})", path=p) from e
-        raise CorruptFileError(f"cannot decode: {_first_line(sf_error)}", path=p) from e
+            raise UnknownFormatError(f"not a recognised audio format (extension {p.suffix or 'none'!r}, no known "
+                                     "audio signature in its first bytes)", path=p) from e
+        raise CorruptFileError(f"cannot decode: {_decoder_error(sf_error)}", path=p) from e
     data = np.asarray(data, np.float32)
-    return (data.T if data.ndim == 2 else data), int(sr)
+    data = data.T if data.ndim == 2 else data
+    _check_rate_and_length(p, int(sr), len(data) / max(int(sr), 1), max_seconds, "decoding stopped there")
+    return data, int(sr)
 
 
-def _first_line(e: Exception) -> str:
-    """The first line of a decoder's message without its "Error opening '<path>': " prefix."""
-    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return re.sub(r"^Error( opening '.*?')?\s*:\s*", "", line)[:160]
+def _decoder_error(e: Exception) -> str:
+    """What a decoder said, without quoting the file: libsndfile's fixed error text, else the exception's type."""
+    import soundfile as sf
+
+    if isinstance(e, sf.LibsndfileError):
+        return e.error_string.strip()[:160]
+    return type(e).__name__

@@ -1,7 +1,8 @@
 """Per-clip quality checks, exact dedup and the benchmark-contamination guard.
 
 Every rejection has a stable label and a specific detail (``"too_short: 0.05 s < 0.5 s"``). Checks, in
-order: decoding (the ``cogito_jax.audio`` reasons), source sample rate, NaN/Inf, duration bounds,
+order: decoding (the ``cogito_jax.audio`` reasons; a header that declares more than ``max_seconds`` is
+``too_long`` before any decoding), source sample rate, NaN/Inf, duration bounds,
 digital silence, active-frame ratio, clipping (measured on the source samples when decoded from a file),
 integrated loudness (ITU-R BS.1770 LUFS via pyloudnorm, for clips of at least 0.4 s). Exact duplicates
 share the SHA-256 of their 16 kHz PCM16 bytes; the contamination guard drops clips whose audio hash, or
@@ -155,9 +156,10 @@ def check_clip(item_id: str, wave: np.ndarray, cfg: FilterConfig, info: dict | N
 
 
 def check_file(item_id: str, path: str | pathlib.Path, cfg: FilterConfig) -> Result:
-    """Decodes and checks one clip; ``rejection`` is the AudioError when it fails."""
+    """Decodes and checks one clip; ``rejection`` is the AudioError when it fails (a clip whose header declares
+    more than ``cfg.max_seconds`` is rejected before it is decoded)."""
     try:
-        wave, info = audio.decode(path)
+        wave, info = audio.decode(path, max_seconds=cfg.max_seconds)
     except audio.AudioError as e:
         return Result(item_id, rejection=e)
     return check_clip(item_id, wave, cfg, info)

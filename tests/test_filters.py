@@ -161,9 +161,29 @@ def test_parse_span(ts, span):
     assert filters.parse_span(ts) == span
 
 
-def test_decoded_error_reasons_are_stable_labels(tmp_path):
+def test_decoded_error_reasons_are_stable_labels_and_quote_no_content(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     r = filters.check_file("x", tmp_path / "x.txt", CFG)
     assert isinstance(r.rejection, audio.UnknownFormatError)
     assert r.as_rejection().reason == "unknown_format: not a recognised audio format (extension '.txt', " \
-                                      "first bytes 68656c6c6f)"
+                                      "no known audio signature in its first bytes)"
+
+
+def test_a_header_declaring_hours_is_too_long_before_any_decoding(tmp_path, monkeypatch):
+    """An 8-hour WAV (sparse: the header and data size are real, the disk holds nothing) is rejected from its
+    header: decoding it would take gigabytes."""
+    path = tmp_path / "eight_hours.wav"
+    sf.write(path, _sine(1.0), SR, subtype="PCM_16")
+    data_bytes = 8 * 3600 * SR * 2
+    head = bytearray(path.read_bytes()[:44])
+    head[4:8], head[40:44] = (36 + data_bytes).to_bytes(4, "little"), data_bytes.to_bytes(4, "little")
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(44 + data_bytes)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the clip was decoded")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    r = filters.check_file("long", path, CFG)
+    assert r.as_rejection().reason == "too_long: 2.88e+04 s > 60 s (declared by the header; not decoded)"
