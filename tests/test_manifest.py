@@ -126,3 +126,22 @@ def test_a_repeated_id_is_rejected_even_when_its_first_line_was_bad(tmp_path):
 def test_qa_rules(question, choices, answer, label):
     problem = qa_problem(question, choices, answer)
     assert (problem.split(":")[0] if problem else None) == label
+
+
+def test_odd_ids_are_kept_and_lines_that_are_not_text_are_rejected(tmp_path):
+    """Any non-empty id is kept as written (slash, NUL, 300 characters); a NUL in a path, an unpaired surrogate
+    escape and very long values give one short rejection each."""
+    m = _write(tmp_path, [
+        {"id": "../../x/ESCAPED", "audio_path": "a.wav"}, {"id": "a/b\x00c", "audio_path": "a.wav"},
+        {"id": "L" * 300, "audio_path": "a.wav"},
+        {"id": "nul_path", "audio_path": "a\x00.wav"},
+        '{"id": "s\\ud800", "audio_path": "a.wav"}',
+        {"id": "long_answer", "audio_path": "a.wav", **QA, "answer": "x" * 5000},
+        {"id": ["not", "text"], "audio_path": "a.wav"},
+    ])
+    items, rejected = _read(m)
+    assert list(items) == ["../../x/ESCAPED", "a/b\x00c", "L" * 300]
+    assert rejected["nul_path"] == "bad_audio_path: 'a\\x00.wav' contains a NUL character"
+    assert rejected["line 5"] == "bad_text: an unpaired surrogate escape (\\ud800) is not text"
+    assert rejected["long_answer"].startswith("bad_answer: 'xxx") and len(rejected["long_answer"]) < 250
+    assert rejected["line 7"] == "missing_id: 'id' is ['not', 'text']"

@@ -4,7 +4,9 @@ optional ``question``, ``choices``, ``answer``, ``modality``, ``category``, ``me
 ``read_manifest`` yields one item dict per good line and one :class:`Rejection` per bad line, with a
 specific, stable reason (``"label: detail"``); a bad line never stops the build. Relative paths may not
 leave the manifest's folder (checked on the path as written, so symlinks inside the folder still work);
-absolute paths are taken as they are.
+absolute paths are taken as they are. Ids are kept as written (any non-empty text; build files are named by a
+hash of the id); a line whose text is not valid Unicode (an unpaired surrogate escape) is rejected. Reasons
+quote a manifest value only up to ``SHOWN_CHARS`` characters and never the content of an audio file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from typing import Any
 
 MIN_CHOICES, MAX_CHOICES = 2, 6
 TEXT_FIELDS = ("question", "answer", "modality", "category")
+SHOWN_CHARS = 80  # of a manifest value quoted in a rejection reason
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to SHOWN_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +46,17 @@ def qa_problem(question: Any, choices: Any, answer: Any) -> str | None:
     if question is None and choices is None and answer is None:
         return None
     if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
-        return f"bad_choices: {choices!r} is not a list of non-empty strings"
+        return f"bad_choices: {shown(choices)} is not a list of non-empty strings"
     if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
         return f"bad_choices: {len(choices)} choices, need {MIN_CHOICES}-{MAX_CHOICES}"
     folded = [c.strip().casefold() for c in choices]
     dups = sorted({c for c, f in zip(choices, folded, strict=True) if folded.count(f) > 1})
     if dups:
-        return f"bad_choices: duplicate choices {dups}"
+        return f"bad_choices: duplicate choices {shown(dups)}"
     if not isinstance(answer, str) or answer.strip() not in [c.strip() for c in choices]:
-        return f"bad_answer: {answer!r} is not one of the choices {choices}"
+        return f"bad_answer: {shown(answer)} is not one of the choices {shown(choices)}"
     if not isinstance(question, str) or not question.strip():
-        return f"bad_question: {question!r} is empty or not a string"
+        return f"bad_question: {shown(question)} is empty or not a string"
     return None
 
 
@@ -68,16 +77,22 @@ def parse_line(line: str, where: str, root: pathlib.Path) -> dict | Rejection:
         return Rejection(where, f"bad_json: {e.msg} at column {e.colno}")
     if not isinstance(rec, dict):
         return Rejection(where, f"bad_json: expected an object, got {type(rec).__name__}")
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Rejection(where, f"bad_text: an unpaired surrogate escape (\\u{ord(e.object[e.start]):04x}) is not text")
     rid = rec.get("id")
     if isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip():
-        return Rejection(where, f"missing_id: 'id' is {rid!r}")
+        return Rejection(where, f"missing_id: 'id' is {shown(rid)}")
     rid = str(rid)
     audio = rec.get("audio_path")
     if not isinstance(audio, str) or not audio.strip():
-        return Rejection(rid, f"missing_audio_path: 'audio_path' is {audio!r}")
+        return Rejection(rid, f"missing_audio_path: 'audio_path' is {shown(audio)}")
+    if "\0" in audio:
+        return Rejection(rid, f"bad_audio_path: {shown(audio)} contains a NUL character")
     resolved = resolve_audio_path(root, audio)
     if resolved is None:
-        return Rejection(rid, f"path_escapes_manifest_folder: {audio!r} is outside {root}")
+        return Rejection(rid, f"path_escapes_manifest_folder: {shown(audio)} is outside {root}")
     problem = qa_problem(rec.get("question"), rec.get("choices"), rec.get("answer"))
     if problem:
         return Rejection(rid, problem)
@@ -88,7 +103,7 @@ def parse_line(line: str, where: str, root: pathlib.Path) -> dict | Rejection:
         return Rejection(rid, f"bad_metadata: expected an object, got {type(meta).__name__}")
     for key in TEXT_FIELDS:
         if key in rec and rec[key] is not None and not isinstance(rec[key], str):
-            return Rejection(rid, f"bad_{key}: {rec[key]!r} is not a string")
+            return Rejection(rid, f"bad_{key}: {shown(rec[key])} is not a string")
     choices = [c.strip() for c in rec.get("choices") or []]
     return {"id": rid, "audio_path": str(resolved), "question": (rec.get("question") or "").strip(),
             "choices": choices, "answer": (rec.get("answer") or "").strip(),
