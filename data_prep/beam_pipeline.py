@@ -229,6 +229,20 @@ def _delete_tree(path: str) -> None:
         FileSystems.delete(files)
 
 
+def check_dataset_dir(out: str) -> None:
+    """``build.check_dataset_dir`` for ``out/dataset``, local or remote: ConfigError unless it is absent, empty or
+    holds the marker a build writes into it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    local = _local_build()
+    folder = f"{out}/dataset"
+    if not is_remote(out):
+        return local.check_dataset_dir(pathlib.Path(folder))
+    names = {m.path[len(folder) + 1:] for r in FileSystems.match([f"{folder}/**"]) for m in r.metadata_list}
+    if names and not names & set(local.OWN_MARKERS):
+        raise local.foreign_dataset_error(folder)
+
+
 def _read_jsonl(pattern: str) -> list[dict]:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
@@ -292,6 +306,7 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         raise ConfigError(f"source.kind=synthetic writes its audio on this machine, which --out={out!r} workers "
                           "cannot read; write the corpus locally and build from its manifest")
     opts = pipeline_options(cfg, pipeline_args)
+    check_dataset_dir(out)
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cogito_beam_") as scratch:
         t = time.time()
@@ -302,6 +317,8 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         work = f"{out}/cache/beam"
         _delete_tree(work)
         _delete_tree(f"{out}/dataset")
+        _write_lines(f"{out}/dataset/{local.DATASET_MARKER}", ["written by data_prep.beam_pipeline, which replaces "
+                                                                "this folder on a re-run"])
         _write_lines(f"{work}/items.jsonl", (json.dumps({"index": i, "item": it}) for i, it in enumerate(items)))
         builder = tfds_builder.CogitoRecords(data_dir=f"{scratch}/tfds", file_format="array_record",
                                              feat_dim=cfg.features.n_mels,

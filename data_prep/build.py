@@ -20,13 +20,22 @@ Under ``launch/local.sh N python -m data_prep.build ...`` process 0 reads the so
 writes the log-mel of every clip while the others wait (``main_process_first``); then every process reads that
 cache, takes its share of the model stages (see ``data_prep.stages``), and process 0 writes the dataset and
 the report, the same as a 1-process run's.
+
+A clip's cached row (``cache/audio.jsonl``) and log-mel (``cache/mel/<hash of the id>.npy``; ids never name
+files) are reused only while its key holds: the resolved audio path, the file's size and mtime, and the feature
+and filter settings; anything else redoes the clip, kept or rejected. Any failure inside one clip's processing
+rejects that clip alone. ``DIR/dataset`` is replaced only when it is this build's own (its ``COGITO_BUILD``
+marker inside); a folder there without it stops the build before any work, and nothing is deleted.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import hashlib
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -34,9 +43,11 @@ from typing import Any
 from absl import flags
 
 from cogito_jax import config as cfglib
-from data_prep.stages.cache import StageCache
+from data_prep.stages.cache import StageCache, mel_path
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
+DATASET_MARKER = "COGITO_BUILD"  # inside DIR/dataset: the folder is this build's to replace
+OWN_MARKERS = (DATASET_MARKER, "BUILD_KEY")  # either proves it (BUILD_KEY: datasets of earlier versions)
 CHUNKED_FAMILIES = ("qwen3_omni_thinker",)  # audio encoders that take a whole clip and window it themselves
 
 
@@ -63,24 +74,38 @@ def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
 
 
 def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
-    """Decode + quality filters + log-mel for every item not yet in the cache (or cached with other features)."""
+    """Decode + quality filters + log-mel for every item whose cached row has another :func:`clip_key`."""
     import numpy as np
     from tqdm.auto import tqdm
 
     cache = StageCache(out / "cache" / "audio.jsonl")
-    mel_dir = out / "cache" / "mel"
-    mel_dir.mkdir(parents=True, exist_ok=True)
+    (out / "cache" / "mel").mkdir(parents=True, exist_ok=True)
     fcfg = filter_config(cfg)
-    key = features_key(cfg)
-    todo = [it for it in items if it["id"] not in cache
-            or (cache.rows[it["id"]]["ok"] and cache.rows[it["id"]].get("features") != key)]
+    settings = json.dumps([features_key(cfg), dataclasses.asdict(fcfg)], sort_keys=True)
+    keys = {it["id"]: clip_key(it["audio_path"], settings) for it in items}
+    todo = [it for it in items if cache.rows.get(it["id"], {}).get("key") != keys[it["id"]]]
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
         row, mel = process_clip(item, cfg, fcfg)
-        if mel is not None:
-            np.save(mel_dir / f"{item['id']}.npy", mel)
-        cache.add(row)
+        path = mel_path(out, item["id"])
+        if mel is None:
+            path.unlink(missing_ok=True)
+        else:
+            np.save(path, mel)
+        cache.add({**row, "key": keys[item["id"]]})
     cache.close()
     return cache
+
+
+def clip_key(audio_path: str, settings: str) -> str:
+    """What a clip's cached row and log-mel depend on: the resolved file with its size and mtime, and ``settings``
+    (the feature and filter settings); a file that cannot be looked at is keyed by its path alone."""
+    try:
+        resolved = os.path.realpath(audio_path)
+        st = os.stat(resolved)
+        ident = [resolved, st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError):
+        ident = [str(audio_path), None]
+    return hashlib.sha256(json.dumps([ident, settings]).encode()).hexdigest()
 
 
 def long_clip_mode(cfg) -> str:
@@ -110,7 +135,22 @@ def filter_config(cfg):
 
 def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
     """Decode + quality filters + log-mel of one manifest item: ``(cache_row, mel [frames, n_mels] float16)``,
-    mel None for a rejected clip (``row["ok"]`` False with its ``reason``)."""
+    mel None for a rejected clip (``row["ok"]`` False with its ``reason``); whatever fails inside rejects this
+    clip alone (``processing_failed``, with the exception's type)."""
+    try:
+        return _process_clip(item, cfg, fcfg)
+    except Exception as e:  # one bad clip must never stop the build
+        return {"id": item["id"], "ok": False, "reason": failure_reason(e)}, None
+
+
+def failure_reason(e: Exception) -> str:
+    """``processing_failed: <type>: <first line of the message>``, short; a text-decoding error's message is left
+    out (it quotes the bytes it could not read)."""
+    msg = "" if isinstance(e, UnicodeError) else (str(e).strip().splitlines() or [""])[0][:120]
+    return f"processing_failed: {type(e).__name__}" + (f": {msg}" if msg else "")
+
+
+def _process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
     import numpy as np
 
     from cogito_jax import audio
@@ -127,7 +167,7 @@ def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
         wave = wave[: audio.N_SAMPLES]
         mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
     row = {"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
-           "n_frames": mel_mf.shape[1], "features": features_key(cfg)}
+           "n_frames": mel_mf.shape[1]}
     return row, mel_mf.T.astype(np.float16)
 
 
@@ -197,6 +237,7 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     from data_prep import report as report_lib, stages
 
     out = pathlib.Path(out_dir)
+    check_dataset_dir(out / "dataset")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     first = not across_processes or _process_index() == 0
@@ -221,13 +262,12 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
 
     def make_records():
         for item in kept_items:
-            clip = item.get("clip_id", item["id"])
-            yield item_record(item, np.load(out / "cache" / "mel" / f"{clip}.npy"))
+            yield item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
 
     if not first:  # every process has the merged results; process 0 alone writes the dataset and the report
         return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports)
     t = time.time()
-    dataset_dir = _write_if_changed(out, cfg, kept_items, make_records)
+    dataset_dir = _write_if_changed(out, cfg, kept_items, audio_cache.rows, make_records)
     times["write"] = time.time() - t
     report = report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, dataset_dir,
                                   stages=stage_reports)
@@ -247,27 +287,46 @@ def _main_process_first(name: str):
     return sharding.main_process_first(name)
 
 
-def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], make_records) -> pathlib.Path | None:
-    """Writes the dataset unless one with exactly these items and this config already exists; with no kept
-    item there is no dataset (None, and an earlier one is removed)."""
-    import hashlib
+def check_dataset_dir(folder: pathlib.Path) -> None:
+    """ConfigError unless ``folder`` is absent, empty, or a dataset folder a build wrote (its marker inside)."""
+    if not os.path.lexists(folder):
+        return
+    if not folder.is_symlink() and folder.is_dir():
+        if any((folder / m).is_file() for m in OWN_MARKERS) or not any(folder.iterdir()):
+            return
+    raise foreign_dataset_error(folder)
+
+
+def foreign_dataset_error(folder: str | pathlib.Path) -> cfglib.ConfigError:
+    """The one-line error for a dataset folder the build did not write."""
+    return cfglib.ConfigError(f"{folder} exists and is not a dataset folder this build wrote (no {DATASET_MARKER} "
+                              "inside); it is left as it is: move it away or choose another --out")
+
+
+def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict[str, dict], make_records
+                      ) -> pathlib.Path | None:
+    """Writes the dataset unless one with exactly these items, clips and this config already exists; with no kept
+    item there is no dataset (None, and an earlier one is removed). Only a folder the build wrote is replaced."""
+    import shutil
 
     from cogito_jax.data import records
 
-    content = [[i["id"], i.get("clip_id"), i["question"], i["choices"], i["answer"], i.get("thinking", "")]
-               for i in kept_items]
+    content = [[i["id"], i.get("clip_id"), rows[i.get("clip_id", i["id"])].get("key"), i["question"], i["choices"],
+                i["answer"], i.get("thinking", "")] for i in kept_items]
     key = hashlib.sha256(json.dumps([content, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
-    stamp = out / "dataset" / "BUILD_KEY"
-    existing = next((out / "dataset").rglob("dataset_info.json"), None) if (out / "dataset").exists() else None
+    folder = out / "dataset"
+    stamp = folder / "BUILD_KEY"
+    check_dataset_dir(folder)
+    existing = next(folder.rglob("dataset_info.json"), None) if folder.exists() else None
     if existing is not None and stamp.exists() and stamp.read_text() == key:
         return existing.parent
-    if (out / "dataset").exists():
-        import shutil
-
-        shutil.rmtree(out / "dataset")
+    if folder.exists():
+        shutil.rmtree(folder)
     if not kept_items:
         return None
-    path = records.write_dataset(out / "dataset", {"train": make_records}, feat_dim=cfg.features.n_mels,
+    folder.mkdir(parents=True)
+    (folder / DATASET_MARKER).write_text("written by data_prep.build, which replaces this folder on a re-run\n")
+    path = records.write_dataset(folder, {"train": make_records}, feat_dim=cfg.features.n_mels,
                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
     stamp.write_text(key)
     return path

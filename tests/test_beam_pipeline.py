@@ -58,6 +58,8 @@ def corpus(tmp_path_factory):
     sf.write(bad / "nan.wav", np.full(32000, np.nan, np.float32), 16000, subtype="FLOAT")
     sf.write(bad / "zeros.wav", np.zeros(32000, np.float32), 16000)
     sf.write(bad / "tiny.wav", tone[:800], 16000)
+    sf.write(bad / "sr0.wav", tone, 16000)
+    (bad / "sr0.wav").write_bytes((bad / "sr0.wav").read_bytes()[:24] + bytes(8) + (bad / "sr0.wav").read_bytes()[32:])
     (bad / "a_directory.wav").mkdir()
     shutil.copy(root / audio[ids[3]], bad / "copy_of_3.wav")
     base = lines[0]
@@ -67,7 +69,7 @@ def corpus(tmp_path_factory):
     out += lines[9:]
     out += [like(base, "dup_of_3_copied_file", "bad/copy_of_3.wav"), like(base, "dup_of_7", audio[ids[7]])]
     out += [like(base, name, f"bad/{name}.wav") for name in ("empty", "trunc", "random", "nan", "zeros", "tiny",
-                                                            "a_directory", "missing")]
+                                                            "sr0", "a_directory", "missing")]
     sf.write(bad / "unique_tone.wav", tone, 16000)
     sf.write(bad / "yt.wav", 0.5 * tone, 16000)
     out.append(like(base, "yt_overlap", "bad/yt.wav"))
@@ -100,6 +102,7 @@ def test_same_rejections_with_the_same_reasons(both, corpus):
                 ids[10]: "contamination", "yt_overlap": "contamination: source youtube:abcdefghijk",
                 "empty": "empty_file", "trunc": "truncated", "random": "corrupt",
                 "nan": "non_finite", "zeros": "silent", "tiny": "too_short", "a_directory": "unreadable",
+                "sr0": "corrupt: the header declares a sample rate of 0 Hz",
                 "missing": "unreadable", "escape": "path_escapes_manifest_folder", "noq": "no_question",
                 "line 5": "bad_json"}
     for rid, prefix in expected.items():
@@ -233,11 +236,15 @@ def _small_manifest(corpus, folder, n=4):
 
 def test_remote_output_is_written_through_beam_filesystems(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(FakeRemoteFileSystem, "root", str(tmp_path / "store"))
-    (tmp_path / "store" / "bucket" / "run" / "dataset").mkdir(parents=True)
-    (tmp_path / "store" / "bucket" / "run" / "dataset" / "stale-shard").write_text("from an earlier build")
-    cfg = _config(_small_manifest(corpus, tmp_path))
-    report = beam_pipeline.build(cfg, "fakegcs://bucket/run", BEAM_ARGS)
     run = tmp_path / "store" / "bucket" / "run"
+    (run / "dataset").mkdir(parents=True)
+    (run / "dataset" / "stale-shard").write_text("from an earlier build")
+    cfg = _config(_small_manifest(corpus, tmp_path))
+    with pytest.raises(ConfigError, match="fakegcs://bucket/run/dataset exists and is not a dataset folder"):
+        beam_pipeline.build(cfg, "fakegcs://bucket/run", BEAM_ARGS)  # no marker: not this build's to delete
+    assert (run / "dataset" / "stale-shard").exists() and not (run / "cache").exists()
+    (run / "dataset" / build.DATASET_MARKER).write_text("")
+    report = beam_pipeline.build(cfg, "fakegcs://bucket/run", BEAM_ARGS)
     assert report["dataset_dir"] == "fakegcs://bucket/run/dataset/cogito_records/1.0.0"
     assert json.loads((run / "report.json").read_text())["kept"] == report["kept"] == 4
     assert (run / "report.md").exists() and (run / "plots" / "build_summary.png").exists()
@@ -247,6 +254,31 @@ def test_remote_output_is_written_through_beam_filesystems(corpus, tmp_path, mon
     cfg.source.kind = "synthetic"
     with pytest.raises(ConfigError, match="source.kind=synthetic writes its audio on this machine"):
         beam_pipeline.build(cfg, "fakegcs://bucket/run2", BEAM_ARGS)
+
+
+def test_a_failure_inside_one_clip_rejects_that_clip_only(corpus, tmp_path, monkeypatch):
+    m = _small_manifest(corpus, tmp_path)
+    victim = json.loads(m.read_text().splitlines()[1])["id"]
+    real = build._process_clip
+
+    def fails_once(item, *args):
+        if item["id"] == victim:
+            raise MemoryError("cannot allocate")
+        return real(item, *args)
+
+    monkeypatch.setattr(build, "_process_clip", fails_once)
+    report = beam_pipeline.build(_config(m), str(tmp_path / "out"), BEAM_ARGS)
+    assert report["kept"] == 3
+    assert report["rejected"] == [{"id": victim, "reason": "processing_failed: MemoryError: cannot allocate"}]
+
+
+def test_a_local_dataset_folder_the_build_did_not_write_is_kept(corpus, tmp_path):
+    foreign = tmp_path / "out" / "dataset" / "notes.txt"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("mine")
+    with pytest.raises(ConfigError, match="dataset exists and is not a dataset folder this build wrote"):
+        beam_pipeline.build(_config(_small_manifest(corpus, tmp_path)), str(tmp_path / "out"), BEAM_ARGS)
+    assert foreign.read_text() == "mine"
 
 
 def test_a_manifest_with_nothing_to_keep_reports_and_writes_no_dataset(tmp_path):

@@ -159,3 +159,114 @@ def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path
     np.testing.assert_array_equal(mels["chunks"][:3000], mels["truncate"])
     tail = audio.log_mel_frames(wave[16000 * 30:], n_mels=80).T.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(mels["chunks"][3000:], tail)
+
+
+def _tone_file(path, freq, seconds=1.0, sr=16000):
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * np.arange(int(sr * seconds)) / sr)).astype(np.float32), sr)
+
+
+def _manifest_config(root, lines, **filters):
+    from data_prep.config import base_data_config
+
+    (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = base_data_config()
+    cfg.source.manifest, cfg.features.n_mels = str(root / "manifest.jsonl"), 80
+    cfg.filters.update(filters)
+    return cfg
+
+
+def _files_under(root):
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_any_id_stays_an_id_and_never_names_a_file(tmp_path):
+    """Ids that climb out of --out, hold a slash or NUL, or run to 300 characters are kept as they are in the
+    records; every file the build writes stays inside --out."""
+    from data_prep import build
+
+    root = tmp_path / "m"
+    (root / "a").mkdir(parents=True)
+    ids = ["../../../../../../../../tmp/escaped/ESCAPED", "a/b", "nul\x00id", "L" * 300, "plain"]
+    for i in range(len(ids)):
+        _tone_file(root / "a" / f"{i}.wav", 300 + 50 * i)
+    cfg = _manifest_config(root, [_line(x, f"a/{i}.wav") for i, x in enumerate(ids)])
+    before = _files_under(tmp_path)
+    report = build.build(cfg, str(tmp_path / "out"))
+    assert report["kept"] == len(ids) and report["rejected"] == []
+    assert sorted(r["id"] for r in records.RecordSource(report["dataset_dir"])) == sorted(ids)
+    assert all((tmp_path / "out") in p.parents for p in _files_under(tmp_path) - before)
+    assert not pathlib.Path("/tmp/escaped/ESCAPED.npy").exists()
+
+
+def test_a_clip_is_redone_when_its_file_or_settings_change(tmp_path):
+    """The audio cache is keyed by the file (path, size, mtime) and the feature + filter settings: new audio under
+    the same id or the same path, and changed thresholds, redo the clip, whether it was kept or rejected."""
+    from cogito_jax import audio
+    from data_prep import build
+
+    (tmp_path / "a").mkdir()
+    _tone_file(tmp_path / "a" / "x.wav", 440)
+    _tone_file(tmp_path / "a" / "y.wav", 660, seconds=2.0)
+    out = str(tmp_path / "out")
+
+    def mel_of(report):
+        rec = records.RecordSource(report["dataset_dir"])[0]
+        return rec["mel"].astype(np.float32)
+
+    def expected(path):
+        return audio.log_mel_frames(audio.decode(path)[0], n_mels=80).T.astype(np.float16).astype(np.float32)
+
+    cfg = _manifest_config(tmp_path, [_line("clip", "a/x.wav")])
+    np.testing.assert_array_equal(mel_of(build.build(cfg, out)), expected(tmp_path / "a" / "x.wav"))
+    cfg = _manifest_config(tmp_path, [_line("clip", "a/y.wav")])  # same id, another file
+    np.testing.assert_array_equal(mel_of(build.build(cfg, out)), expected(tmp_path / "a" / "y.wav"))
+    _tone_file(tmp_path / "a" / "y.wav", 880, seconds=1.5)  # same path, new content
+    np.testing.assert_array_equal(mel_of(build.build(cfg, out)), expected(tmp_path / "a" / "y.wav"))
+    cfg.filters.min_seconds = 1.6  # a kept clip now rejected ...
+    report = build.build(cfg, out)
+    assert report["kept"] == 0 and report["rejected"][0]["reason"].startswith("too_short")
+    cfg.filters.min_seconds = 0.5  # ... and a rejected one kept again
+    np.testing.assert_array_equal(mel_of(build.build(cfg, out)), expected(tmp_path / "a" / "y.wav"))
+
+
+def test_a_failure_inside_one_clip_rejects_that_clip_only(tmp_path, monkeypatch):
+    from cogito_jax import audio
+    from data_prep import build
+
+    (tmp_path / "a").mkdir()
+    for name, freq in (("ok", 440), ("boom", 660)):
+        _tone_file(tmp_path / "a" / f"{name}.wav", freq)
+    cfg = _manifest_config(tmp_path, [_line("boom", "a/boom.wav"), _line("ok", "a/ok.wav")])
+    real, calls = audio.log_mel_frames, []
+
+    def flaky(wave, *args, **kwargs):  # clips are processed in manifest order: "boom" first
+        calls.append(len(wave))
+        if len(calls) == 1:
+            raise ZeroDivisionError("division by zero\nsecond line")
+        return real(wave, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "log_mel_frames", flaky)
+    report = build.build(cfg, str(tmp_path / "out"))
+    assert report["kept"] == 1
+    assert report["rejected"] == [{"id": "boom", "reason": "processing_failed: ZeroDivisionError: division by zero"}]
+
+
+def test_a_dataset_folder_the_build_did_not_write_is_never_deleted(tmp_path):
+    from cogito_jax.config import ConfigError
+    from data_prep import build
+
+    (tmp_path / "a").mkdir()
+    _tone_file(tmp_path / "a" / "x.wav", 440)
+    cfg = _manifest_config(tmp_path, [_line("x", "a/x.wav")])
+    foreign = tmp_path / "out" / "dataset" / "precious.txt"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("keep me")
+    with pytest.raises(ConfigError, match="dataset exists and is not a dataset folder this build wrote"):
+        build.build(cfg, str(tmp_path / "out"))
+    assert foreign.read_text() == "keep me" and not (tmp_path / "out" / "cache").exists()
+    foreign.unlink()  # an empty folder holds nothing to lose; the build's own folder is replaced on a re-run
+    first = build.build(cfg, str(tmp_path / "out"))
+    cfg.features.n_mels = 64
+    second = build.build(cfg, str(tmp_path / "out"))
+    assert first["dataset_dir"] == second["dataset_dir"] and records.RecordSource(second["dataset_dir"])[0][
+        "mel"].shape == (100, 64)

@@ -1,9 +1,18 @@
-"""The cache of a build stage: per-item results in an append-only JSONL file, keyed by item id."""
+"""The cache of a build stage: per-item results in an append-only JSONL file, keyed by item id; and where a
+clip's cached log-mel lives (a file named by a hash of the clip id, never by the id itself)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+
+
+def mel_path(out: pathlib.Path, clip_id: str) -> pathlib.Path:
+    """The cached ``[frames, n_mels]`` log-mel of a clip under the build folder ``out``: any id (slashes, NUL,
+    hundreds of characters) names a file inside ``out/cache/mel``."""
+    digest = hashlib.sha256(str(clip_id).encode("utf-8", "surrogatepass")).hexdigest()
+    return out / "cache" / "mel" / f"{digest}.npy"
 
 
 class StageCache:

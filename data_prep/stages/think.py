@@ -26,12 +26,13 @@ def run(items: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any, audio_rows:
         ) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """``({question id: its samples (driver rows, by sample)}, stage report)``."""
     from data_prep.stages import generation
+    from data_prep.stages.cache import mel_path
 
     t = cfg.think
     check_features(cfg, lm)
     path = out / "cache" / "think_samples.jsonl"
     prompts = [generation.MelItem({"id": it["id"], "question": it["question"], "choices": it["choices"]},
-                                  out / "cache" / "mel" / f"{it['clip_id']}.npy", audio_rows[it["clip_id"]]["n_frames"])
+                                  mel_path(out, it["clip_id"]), audio_rows[it["clip_id"]]["n_frames"])
                for it in items]
     samples, before = generation.generate(lm, prompts, path, num_samples=t.num_samples, temperature=t.temperature,
                                           top_p=t.top_p, max_new_tokens=t.max_new_tokens, batch_size=t.batch_size,
