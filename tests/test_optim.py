@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -59,18 +60,51 @@ def test_whisper_positions_never_train():
     assert keep(("audio_encoder", "conv1", "kernel"), nnx.Param(jax.numpy.zeros(2)))
 
 
-def test_make_tx_clips_and_steps():
-    cfg = ml_collections.ConfigDict(dict(name="adamw", lr=0.1, warmup_steps=0, schedule="constant",
-                                         end_lr_ratio=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                         clip_norm=1.0))
-    tx, sched = optim.make_tx(cfg, steps=10)
-    params = {"w": jax.numpy.ones((2, 2))}
-    st = tx.init(params)
-    grads = {"w": jax.numpy.full((2, 2), 100.0)}
-    upd, _ = tx.update(grads, st, params)
-    # Adam's first step moves each weight by lr * sign(g) whatever the clipping: check the size.
-    np.testing.assert_allclose(np.asarray(upd["w"]), -0.1, rtol=1e-4)
+OPTIM = dict(name="adamw", lr=0.1, warmup_steps=0, schedule="constant", end_lr_ratio=0.0, b1=0.9, b2=0.999,
+             eps=1e-8, weight_decay=0.1, clip_norm=1.0)
+# Step 1's gradient is far above the clip norm, step 2's below it, step 3's above again: clipping rescales the
+# steps by different factors, which Adam's per-step normalisation does not undo from step 2 on.
+GRADS = [{"w": np.full((2, 2), 100.0), "b": np.array([30.0, -40.0])},
+         {"w": np.array([[0.3, -0.1], [0.2, 0.05]]), "b": np.array([-0.2, 0.1])},
+         {"w": np.array([[5.0, -7.0], [1.0, 2.0]]), "b": np.array([9.0, 3.0])}]
+
+
+def _updates(tx) -> list[dict]:
+    """The updates of ``tx`` over GRADS, starting from fixed parameters (a matrix and a bias)."""
+    params = {"w": jax.numpy.ones((2, 2)), "b": jax.numpy.full((2,), 0.5)}
+    st, out = tx.init(params), []
+    for g in GRADS:
+        upd, st = tx.update(jax.tree.map(jax.numpy.asarray, g), st, params)
+        params = optax.apply_updates(params, upd)
+        out.append(jax.tree.map(np.asarray, upd))
+    return out
+
+
+def _by_hand(clip_norm: float) -> optax.GradientTransformation:
+    adamw = optax.adamw(0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, mask={"w": True, "b": False})
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(np.allclose(x[k], y[k], rtol=1e-5, atol=1e-7) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def test_make_tx_clips_then_adamw():
+    """make_tx equals clip_by_global_norm -> adamw built by hand over several steps; without clipping the same
+    gradients give other updates from step 2 on (step 1 is lr * sign(g) either way)."""
+    tx, sched = optim.make_tx(ml_collections.ConfigDict(OPTIM), steps=10)
+    got, ref, unclipped = _updates(tx), _updates(_by_hand(1.0)), _updates(_by_hand(0.0))
+    assert _same(got, ref)
+    np.testing.assert_allclose(got[0]["w"], unclipped[0]["w"], rtol=1e-5)
+    assert not _same(got[1:2], unclipped[1:2]) and not _same(got[2:], unclipped[2:])
+    assert _same(_updates(optim.make_tx(ml_collections.ConfigDict({**OPTIM, "clip_norm": 0.0}), 10)[0]), unclipped)
     assert float(sched(3)) == pytest.approx(0.1)
-    cfg.name = "sgd"
     with pytest.raises(ValueError, match="optim.name='sgd'"):
-        optim.make_tx(cfg, 10)
+        optim.make_tx(ml_collections.ConfigDict({**OPTIM, "name": "sgd"}), 10)
+
+
+def test_make_tx_comparison_sees_dropped_clipping(monkeypatch):
+    """The comparison above fails when make_tx's clipping is a no-op."""
+    ref = _updates(_by_hand(1.0))
+    monkeypatch.setattr(optim.optax, "clip_by_global_norm", lambda max_norm: optax.identity())
+    assert not _same(_updates(optim.make_tx(ml_collections.ConfigDict(OPTIM), steps=10)[0]), ref)
