@@ -41,24 +41,45 @@ def test_zero_adapters_change_nothing_and_targets_resolve():
         LoRA(base, rank=4, alpha=8, targets=TARGETS, dropout=0.1, rngs=nnx.Rngs(1))
 
 
-def test_train_step_changes_only_adapters_and_merge_matches():
+def _flat(tree) -> dict[str, np.ndarray]:
+    """Host copies of a state's arrays by path (copies: later steps may donate or overwrite the buffers)."""
+    return {optim.path_str(p): np.array(v, copy=True) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _train_lora(steps: int = 3):
+    """Trains the LoRA-wrapped toy LM as the trainer does (trainable split by the "lora" preset, state donated);
+    returns (every parameter before, every parameter after, the trained module, the batch)."""
     lora = LoRA(ToyAudioLM(40, 8, rngs=nnx.Rngs(0)), rank=4, alpha=8, targets=TARGETS, rngs=nnx.Rngs(1))
+    before = _flat(nnx.state(lora, nnx.Param))
     graphdef, params, frozen = nnx.split(lora, optim.trainable_filter("lora"), ...)
-    names = {optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-    assert names and all(n.startswith(("lora_a/", "lora_b/")) for n in names)
-    frozen_before = jax.tree.map(np.asarray, frozen)
     tx = optax.adam(1e-2)
-    step = jax.jit(make_train_step(graphdef, tx))
+    step = jax.jit(make_train_step(graphdef, tx), donate_argnums=0)
     state = TrainState(params, tx.init(params), jnp.int32(0), jax.random.key_data(jax.random.key(0)))
     b = _batch()
-    for _ in range(3):
+    for _ in range(steps):
         state, metrics = step(state, frozen, b)
     assert float(metrics["loss"]) > 0
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, frozen), frozen_before)
-    b_leaves = [np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]
-                if optim.path_str(p).startswith("lora_b/")]
-    assert all(np.abs(x).max() > 0 for x in b_leaves)  # adapters moved away from zero
     trained = nnx.merge(graphdef, state.params, frozen)
+    return before, _flat(nnx.state(trained, nnx.Param)), trained, b
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    assert sorted(before) == sorted(after)
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+def test_train_step_changes_only_adapters_and_merge_matches():
+    before, after, trained, b = _train_lora()
+    adapters = {k for k in before if k.startswith(("lora_a/", "lora_b/"))}
+    assert len(adapters) == 6 and len(before) > len(adapters)
+    assert _changed(before, after) == adapters  # every adapter moved, no base weight did
     merged = trained.merge()
     np.testing.assert_allclose(np.asarray(_fwd(merged, b)), np.asarray(_fwd(trained, b)), rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(_fwd(merged, b)), np.asarray(_fwd(ToyAudioLM(40, 8, rngs=nnx.Rngs(0)), b)))
+
+
+def test_base_weight_check_sees_a_broken_trainable_mask(monkeypatch):
+    """With a "lora" preset that selects every parameter the base weights train, and the check above sees it."""
+    monkeypatch.setitem(optim.TRAINABLE_PRESETS, "lora", ((r".*",), ()))
+    before, after, _, _ = _train_lora()
+    assert {k.split("/")[0] for k in _changed(before, after)} >= {"base", "lora_a", "lora_b"}
