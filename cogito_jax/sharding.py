@@ -166,18 +166,40 @@ def logical_to_spec(
     return PartitionSpec(*out)
 
 
-def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-    """Drops mesh axes from dimensions they do not divide (e.g. 4 kv heads over tensor=8)."""
-    out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+# (parameter path, shape, dropped axes) already reported by fit_spec: one warning per parameter per process.
+_REPORTED_REPLICATION: set[tuple[str, tuple[int, ...], tuple[tuple[int, str], ...]]] = set()
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh, name: str | None = None) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (e.g. 4 kv heads over tensor=8).
+
+    The dimension is then replicated over that axis; for a parameter (``name``: its path) this is logged as a
+    warning, once per parameter however often its sharding is derived.
+    """
+    out, dropped = [], []
+    for i, (dim, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False)):
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
         kept, size = [], 1
         for a in axes:
             if dim % (size * mesh.shape[a]) == 0:
                 kept.append(a)
                 size *= mesh.shape[a]
+            else:
+                dropped.append((i, a))
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    if name is not None and dropped:
+        _report_replication(name, tuple(shape), tuple(dropped), mesh)
     return PartitionSpec(*out)
+
+
+def _report_replication(name: str, shape: tuple[int, ...], dropped: tuple[tuple[int, str], ...], mesh: Mesh) -> None:
+    key = (name, shape, dropped)
+    if key in _REPORTED_REPLICATION:
+        return
+    _REPORTED_REPLICATION.add(key)
+    what = "; ".join(f"dimension {i} (size {shape[i]}) is not divisible by mesh axis {a}={mesh.shape[a]}"
+                     for i, a in dropped)
+    logger.warning("parameter %s of shape %s is replicated where it should be sharded: %s", name, shape, what)
 
 
 def _var_logical(var: nnx.Variable) -> tuple[str | None, ...] | None:
@@ -189,13 +211,14 @@ def _var_logical(var: nnx.Variable) -> tuple[str | None, ...] | None:
 def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     """NamedShardings for every Variable of an (abstract) NNX state, from its logical annotations."""
 
-    def one(var):
+    def one(path, var):
         if not isinstance(var, nnx.Variable):
             return NamedSharding(mesh, PartitionSpec())
         spec = logical_to_spec(_var_logical(var), rules, mesh)
-        return var.replace(NamedSharding(mesh, fit_spec(spec, var.shape, mesh)))
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return var.replace(NamedSharding(mesh, fit_spec(spec, var.shape, mesh, name)))
 
-    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def abstract_model(factory: Callable[[], nnx.Module]) -> nnx.Module:

@@ -1,5 +1,7 @@
 """Mesh construction, logical-axis rules, shardings from abstract NNX state, sharded == unsharded."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,32 @@ def test_indivisible_dims_are_replicated(cpu_devices):
     sh = sharding.state_shardings(abs_state, mesh, rules)
     assert sh["wq_dnh"].get_value().spec == P(None, None, None)  # 4 heads cannot split 8 ways
     assert sh["up_df"].get_value().spec == P(None, "tensor")
+
+
+def test_replicated_parameter_is_logged_once(cpu_devices, monkeypatch, caplog):
+    """Each parameter with a dimension that a mesh axis does not divide is named in one warning (path, shape, each
+    such dimension, the axis and its size), however many times shardings are derived; the others in none."""
+    monkeypatch.setattr(sharding, "_REPORTED_REPLICATION", set())
+    mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=4))
+    rules = sharding.resolve_rules("fsdp_tp")
+    factory = lambda: TinyBlock(nnx.Rngs(0), d=15, f=32, heads=5, vocab=24)  # noqa: E731  embed 15, 5 heads
+    _, abs_state = nnx.split(sharding.abstract_model(factory))
+    monkeypatch.setattr(logging.getLogger("cogito_jax"), "propagate", True)  # log.setup() turns it off
+    with caplog.at_level(logging.WARNING, logger="cogito_jax"):
+        for _ in range(3):
+            sh = sharding.state_shardings(abs_state, mesh, rules)
+        sharding.create_sharded(factory, mesh, rules)
+    assert sh["wq_dnh"].get_value().spec == P(None, None, None) and sh["up_df"].get_value().spec == P(None, "tensor")
+    msgs = [r.getMessage() for r in caplog.records if r.name == "cogito_jax"]
+    head = "parameter {} of shape {} is replicated where it should be sharded: "
+    fsdp = "dimension {} (size 15) is not divisible by mesh axis fsdp=2"
+    assert sorted(msgs) == [
+        head.format("down_fd", (32, 15)) + fsdp.format(1),
+        head.format("embed_vd", (24, 15)) + fsdp.format(1),
+        head.format("up_df", (15, 32)) + fsdp.format(0),
+        head.format("wq_dnh", (15, 5, 3)) + fsdp.format(0)
+        + "; dimension 1 (size 5) is not divisible by mesh axis tensor=4",
+    ]
 
 
 @pytest.mark.parametrize("preset", ["fsdp", "fsdp_tp", "fsdp_ep"])
