@@ -1,14 +1,16 @@
 """Benchmark evaluation: ``python -m cogito_jax.evaluate {score,report,run}``.
 
 ``score`` applies the benchmark's official rule to a prediction file (the challenge format: JSONL with
-``id``, ``answer_prediction``, optional ``thinking_prediction``) and writes OUT.json with overall and
-per-group accuracy, missing items (counted wrong) and bootstrap 95% CIs, the per-item verdicts beside it
-(``<OUT stem>.items.jsonl``) and, for MMAR, ``official.jsonl`` for MMAR's own ``code/evaluation.py``.
-``report`` turns one or two score files into report.md and PNG plots. ``run`` answers a benchmark with a
-model (an HF checkpoint folder, or a run trained here) through the sampler, greedy by default with the
-challenge's baseline prompt, optionally self-consistent over N samples, then scores and reports. Bad
-input exits with code 2 and one line on stderr. ``rubrics`` runs the MMAR-Rubrics protocol with a
-judge behind an OpenAI-compatible endpoint or a local checkpoint.
+``id``, ``answer_prediction``, optional ``thinking_prediction``; MMAU ``model_output``, MMSU ``response``)
+and writes OUT.json with overall and per-group accuracy, missing items (counted wrong) and bootstrap 95%
+CIs, the per-item verdicts beside it (``<OUT stem>.items.jsonl``) and, for MMAR,
+``<OUT stem>.official.jsonl`` for MMAR's own ``code/evaluation.py``. ``report`` turns one or two score
+files into report.md and PNG plots. ``run`` answers a benchmark with a model (an HF checkpoint folder, or
+a run trained here) through the sampler, greedy by default with the challenge's baseline prompt,
+optionally self-consistent over N samples, then scores and reports into its ``--out`` folder (with
+``official.jsonl`` for MMAR). Bad input exits with code 2 and one line on stderr; every output file is
+written whole or not at all. ``rubrics`` runs the MMAR-Rubrics protocol with a judge behind an
+OpenAI-compatible endpoint or a local checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 from cogito_jax.config import usage_error
 from cogito_jax.eval import benchmarks
-from cogito_jax.eval.benchmarks import BenchmarkError, write_official
+from cogito_jax.eval.benchmarks import BenchmarkError, write_atomic, write_official
 from cogito_jax.eval.score import score
 
 __all__ = ["main", "write_official"]
@@ -32,29 +34,35 @@ class _Parser(argparse.ArgumentParser):
         usage_error(message)
 
 
+def _dump(obj: object) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
 def _score(args: argparse.Namespace) -> int:
     bench = benchmarks.get(args.benchmark)
+    out = pathlib.Path(args.out)
+    items_path = out.with_name(out.stem + ".items.jsonl")
+    official = None
+    if bench.name == "mmar":
+        official = pathlib.Path(args.official) if args.official else out.with_name(out.stem + ".official.jsonl")
     loaded = benchmarks.load(args.benchmark, args.meta, args.audio_dir, check_audio=args.audio_dir is not None)
-    predictions = benchmarks.read_predictions(args.predictions)
+    predictions = benchmarks.read_predictions(args.predictions, bench.keys)
     try:
-        summary, verdicts = score(loaded.items, predictions, bench.rule, args.resamples, args.seed)
+        summary, verdicts = score(loaded.items, predictions, bench.rule, args.resamples, args.seed, bench.keys)
     except ValueError as e:
         raise BenchmarkError(f"{args.predictions}: {e} ({args.meta})") from None
     result = {"benchmark": bench.name, **summary}
     if args.audio_dir is not None:
         result["missing_audio"] = loaded.missing_audio
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    items_path = out.with_name(out.stem + ".items.jsonl")
-    items_path.write_text("".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n" for v in verdicts))
-    written = [out, items_path]
-    if bench.name == "mmar":
-        official = pathlib.Path(args.official) if args.official else out.with_name("official.jsonl")
+    written = [write_atomic(items_path, "".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n"
+                                                for v in verdicts))]
+    if official is not None:
         written.append(write_official([it.meta for it in loaded.items], predictions, official))
-    o, ci = result["overall"], result["ci"]["overall"]
+    written.insert(0, write_atomic(out, _dump(result)))  # last: its presence means the others are complete
+    o, a, ci = result["overall"], result["answered"], result["ci"]["overall"]
     print(f"{bench.name}: accuracy {100 * o['accuracy']:.2f}% ({o['correct']}/{o['total']}), 95% CI "
-          f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], missing {result['missing']['total']}; "
+          f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], missing {result['missing']['total']}, unparsed "
+          f"{result['unparsed']['total']}; official script {100 * a['accuracy']:.2f}% ({a['correct']}/{a['total']}); "
           f"wrote {', '.join(map(str, written))}")
     return 0
 
@@ -144,14 +152,14 @@ def _run(args: argparse.Namespace) -> int:
             pick = next(s for s in samples if s["answer"] == common)
         predictions[rid] = {"id": rid, "thinking_prediction": pick["thinking"][:9999],
                             "answer_prediction": pick["answer"]}
-    (out / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n"
-                                                   for p in predictions.values()))
-    summary, verdicts = score(loaded.items, predictions, bench.rule, args.resamples, args.seed)
+    write_atomic(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n"
+                                                    for p in predictions.values()))
+    summary, _ = score(loaded.items, predictions, bench.rule, args.resamples, args.seed, bench.keys)
     result = {"benchmark": bench.name, **summary, "missing_audio": loaded.missing_audio + failed}
-    (out / "scores.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     if bench.name == "mmar":
         write_official([it.meta for it in loaded.items], predictions, out / "official.jsonl")
     write_report(result, out / "report")
+    write_atomic(out / "scores.json", _dump(result))
     o = result["overall"]
     print(f"{bench.name}: accuracy {100 * o['accuracy']:.2f}% ({o['correct']}/{o['total']}), "
           f"{len(result['missing_audio'])} without usable audio; wrote {out}")
@@ -169,7 +177,7 @@ def _rubrics(args: argparse.Namespace) -> int:
     meta = [rec for _, rec in benchmarks.read_records(args.meta)]
     if any("rubric" not in m for m in meta):
         raise BenchmarkError(f"{args.meta}: MMAR-Rubrics needs a 'rubric' list in every record")
-    predictions = benchmarks.read_predictions(args.predictions)
+    predictions = benchmarks.read_predictions(args.predictions, benchmarks.get("mmar").keys)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.judge_url:
@@ -200,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--predictions", required=True, help="JSONL lines with id and answer_prediction")
     s.add_argument("--out", required=True, help="OUT.json to write")
     s.add_argument("--audio-dir", default=None, help="check audio files under this folder (reported, not fatal)")
-    s.add_argument("--official", default=None, help="where to write official.jsonl (MMAR; default beside OUT)")
+    s.add_argument("--official", default=None,
+                   help="where to write the JSONL for MMAR's code/evaluation.py (default <OUT stem>.official.jsonl)")
     s.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(fn=_score)

@@ -33,11 +33,11 @@ MMAU = [
 
 MMSU = [
     {"id": "s1", "audio_path": "audio/s1.wav", "question": "What emotion does the speaker express?",
-     "choice_a": "anger", "choice_b": "joy", "choice_c": "sadness", "choice_d": "neutral", "answer_gt": "B",
+     "choice_a": "anger", "choice_b": "joy", "choice_c": "sadness", "choice_d": "neutral", "answer_gt": "joy",
      "task_name": "emotion_recognition", "category": "perception", "sub-category": "paralinguistics",
      "sub-sub-category": "emotion"},
     {"id": "s2", "audio_path": "audio/s2.wav", "question": "Is the sentence a question?",
-     "choice_a": "yes", "choice_b": "no", "choice_c": None, "choice_d": None, "answer_gt": "A",
+     "choice_a": "yes", "choice_b": "no", "choice_c": None, "choice_d": "", "answer_gt": "yes",
      "task_name": "intonation_judgement", "category": "reasoning", "sub-category": "phonology",
      "sub-sub-category": "prosody"},
 ]
@@ -124,19 +124,36 @@ def test_mmau_test_mini_layout(tmp_path):
     assert "" not in summary["sub-category"] and summary["sub-category"]["Lead"]["total"] == 1
 
 
-def test_mmsu_layout_and_letter_rule(tmp_path):
+def test_mmsu_official_layout_and_letter_rule(tmp_path):
     loaded = benchmarks.load("mmsu", _jsonl(tmp_path / "mmsu.jsonl", MMSU), check_audio=False)
     s1, s2 = loaded.items
     assert (s1.choices, s1.answer, s1.modality) == (["anger", "joy", "sadness", "neutral"], "joy", "speech")
     assert (s2.choices, s2.answer) == (["yes", "no"], "yes")
     assert s1.groups()["task"] == "emotion_recognition" and s1.groups()["sub-sub-category"] == "emotion"
+    assert s1.groups()["category/sub-category"] == "perception/paralinguistics"
     rule = benchmarks.BENCHMARKS["mmsu"].rule
-    assert [rule(p, s1) for p in ("B", "(B) joy", "joy", "Answer: B", "A", "joy or anger", "C")] == [
-        True, True, True, True, False, False, False]
-    assert rule("C", s2) is False and rule("yes", s2) is True
-    bad = {**MMSU[1], "answer_gt": "C"}
-    with pytest.raises(BenchmarkError, match=r"mmsu2\.jsonl:1: 'answer_gt' must be one of A, B, got 'C'"):
-        benchmarks.load("mmsu", _jsonl(tmp_path / "mmsu2.jsonl", [bad]))
+    # The official letter: first character if A-D, else the second-to-last; anything else is dropped (None).
+    assert [rule(p, s1) for p in ("B", "(B) joy", "The answer is B.", "Answer: B", "joy", "C", "b")] == [
+        True, None, True, False, None, False, None]
+    assert rule("C", s2) is False and rule("A", s2) is True and rule("yes", s2) is None
+    for bad, pattern in [({**MMSU[1], "answer_gt": "A"}, r"'answer_gt' must be the text of one of choice_a, "
+                                                          r"choice_b \(the official layout\), got 'A'"),
+                         ({**MMSU[0], "choice_c": None}, r"choices must be choice_a, choice_b, \.\.\. without gaps, "
+                                                         r"got choice_a, choice_b, choice_d")]:
+        with pytest.raises(BenchmarkError, match=r"mmsu2\.jsonl:1: " + pattern):
+            benchmarks.load("mmsu", _jsonl(tmp_path / "mmsu2.jsonl", [bad]))
+
+
+def test_mmau_list_valued_category_is_one_group(tmp_path):
+    listed = {**MMAU[0], "id": "u3", "category": ["Reasoning"]}
+    pair = {**MMAU[0], "id": "u4", "category": ["Reasoning", "Information Extraction"]}
+    plain = {**MMAU[1], "category": "Reasoning"}
+    loaded = benchmarks.load("mmau", _jsonl(tmp_path / "u.jsonl", [listed, pair, plain]), check_audio=False)
+    assert [it.category for it in loaded.items] == ["Reasoning", "Reasoning, Information Extraction", "Reasoning"]
+    preds = {"u3": {"id": "u3", "model_output": "Man", "answer_prediction": "Woman"}}  # the official key wins
+    summary, _ = score(loaded.items, preds, benchmarks.get("mmau").rule, resamples=10)
+    assert summary["category"] == {"Reasoning": {"correct": 1, "total": 2, "accuracy": 0.5},
+                                   "Reasoning, Information Extraction": {"correct": 0, "total": 1, "accuracy": 0.0}}
 
 
 def test_read_predictions_checks_every_line(tmp_path):
@@ -147,7 +164,8 @@ def test_read_predictions_checks_every_line(tmp_path):
                                                "7": {"id": 7, "model_output": "x"}}
     cases = [
         ([{"answer_prediction": "x"}], r"p1\.jsonl:1: prediction has no 'id'"),
-        ([{"id": "a"}, {"id": "b", "thinking_prediction": "t"}], r"p1\.jsonl:1: prediction has none of"),
+        ([{"id": "a"}, {"id": "b", "thinking_prediction": "t"}],
+         r"p1\.jsonl: no prediction has any of answer_prediction, model_output \(the first has id\)"),
         ([{"id": "a", "answer_prediction": None}], r"p1\.jsonl:1: 'answer_prediction' must be a string"),
         ([{"id": "a", "answer_prediction": "x"}, {"id": "a", "answer_prediction": "y"}],
          r"p1\.jsonl:2: duplicate prediction for id 'a'"),
@@ -157,6 +175,19 @@ def test_read_predictions_checks_every_line(tmp_path):
     for records, pattern in cases:
         with pytest.raises(BenchmarkError, match=pattern):
             benchmarks.read_predictions(_jsonl(tmp_path / "p1.jsonl", records))
+
+
+def test_prediction_without_the_key_is_unanswered_not_fatal(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [{"id": "a1", "answer_prediction": "two"}, {"id": "a2", "thinking": "t"},
+                                         {"id": "a3", "answer_prediction": "calm"}])
+    preds = benchmarks.read_predictions(path)
+    loaded = benchmarks.load("mmar", _jsonl(tmp_path / "m.jsonl", MMAR), check_audio=False)
+    summary, verdicts = score(loaded.items, preds, benchmarks.string_rule, resamples=10)
+    assert [(v.correct, v.missing, v.answered) for v in verdicts] == [(True, False, True), (False, True, False),
+                                                                      (True, False, True)]
+    assert summary["overall"]["correct"] == 2 and summary["overall"]["total"] == 3
+    assert summary["answered"] == {"correct": 2, "total": 2, "accuracy": 1.0}
+    assert summary["missing"]["ids"] == ["a2"]
 
 
 def test_write_official_carries_every_meta_field(tmp_path):

@@ -1,4 +1,4 @@
-"""`python -m cogito_jax.evaluate` through a subprocess: score files, official.jsonl, reports, bad input."""
+"""`python -m cogito_jax.evaluate` through a subprocess: score files, the official JSONL, reports, bad input."""
 
 import json
 import os
@@ -76,7 +76,7 @@ def test_score_file_matches_reference(scored):
 def test_official_jsonl_gives_the_same_accuracy(scored):
     d, meta, preds, _ = scored
     out = json.loads((d / "out" / "OUT.json").read_text())
-    official = d / "out" / "official.jsonl"
+    official = d / "out" / "OUT.official.jsonl"
     records = [json.loads(x) for x in official.read_text().splitlines()]
     for m, r in zip(meta, records, strict=True):
         assert {k: r[k] for k in m} == m
@@ -89,6 +89,41 @@ def test_official_jsonl_gives_the_same_accuracy(scored):
         for name, (c, t) in per[key].items():
             g = out[key].get(name, {"correct": 0, "total": 0})
             assert (c, t) == (g["correct"], g["total"])
+
+
+def test_two_scores_in_one_folder_keep_their_own_official_files(scored, tmp_path):
+    d, meta, preds, _ = scored
+    half = dict(list(preds.items())[::2])
+    (tmp_path / "half.jsonl").write_text("".join(json.dumps({"id": k, "answer_prediction": v}) + "\n"
+                                                 for k, v in half.items()))
+    for name, pred in (("A", d / "pred.jsonl"), ("B", tmp_path / "half.jsonl")):
+        assert evaluate.main(["score", "--benchmark", "mmar", "--meta", str(d / "MMAR-meta.jsonl"), "--predictions",
+                              str(pred), "--out", str(tmp_path / f"{name}.json"), "--resamples", "10"]) == 0
+    for name, expected in (("A", preds), ("B", half)):
+        records = [json.loads(x) for x in (tmp_path / f"{name}.official.jsonl").read_text().splitlines()]
+        assert [r["answer_prediction"] for r in records] == [expected.get(m["id"], "") for m in meta]
+        acc, _, _ = official_loop(tmp_path / f"{name}.official.jsonl")
+        out = json.loads((tmp_path / f"{name}.json").read_text())
+        assert acc == pytest.approx(100 * out["overall"]["accuracy"], abs=1e-12)
+    assert not (tmp_path / "official.jsonl").exists()
+
+
+def test_mmsu_official_file_scored_as_its_script_does(tmp_path):
+    from tests.test_score import make_mmsu, ref_mmsu
+
+    records = make_mmsu(120, seed=2)
+    path = tmp_path / "mmsu_with_responses.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    res = cli("score", "--benchmark", "mmsu", "--meta", path, "--predictions", path, "--out", tmp_path / "mmsu.json",
+              "--resamples", 10)
+    assert res.returncode == 0, res.stderr
+    out = json.loads((tmp_path / "mmsu.json").read_text())
+    _, (correct, total), table = ref_mmsu(records)
+    assert (out["answered"]["correct"], out["answered"]["total"]) == (correct, total)
+    assert {n: [g["correct"], g["total"]] for n, g in out["answered_groups"]["category/sub-category"].items()} == table
+    assert out["overall"]["total"] == len(records) and out["overall"]["correct"] == correct
+    assert f"official script {100 * correct / total:.2f}% ({correct}/{total})" in res.stdout
+    assert not (tmp_path / "mmsu.official.jsonl").exists()
 
 
 def test_report_with_comparison(scored, tmp_path):

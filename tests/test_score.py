@@ -1,4 +1,4 @@
-"""The MMAR/MMAU string rule, the MMSU letter rule, breakdowns and CIs against an independent re-implementation."""
+"""The MMAR/MMAU string rule, MMSU's official letter rule, breakdowns and CIs against independent re-implementations."""
 
 import json
 import random
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cogito_jax.eval import benchmarks
-from cogito_jax.eval.score import bootstrap_ci, extract_letter, is_correct, letter_correct, score
+from cogito_jax.eval.score import bootstrap_ci, is_correct, mmsu_letter, score
 
 MODALITIES = ["sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
               "mix-sound-music-speech"]
@@ -185,19 +185,108 @@ def test_string_rule_known_cases(prediction, answer, choices, expected):
     assert ref_correct(prediction, answer, choices) is expected
 
 
-CH = ["A dog barking", "cat", "bird song", "car horn"]
+def ref_mmsu(records: list[dict]) -> tuple[dict, list[int], dict]:
+    """MMSU's official ``mmsu_evaluation.py`` written again: id -> True/False/None (dropped), its [correct, total]
+    and its table per (category, sub-category). Empty and "None" responses are dropped (the official loop would
+    reuse the previous line's letter for them)."""
+    verdict, tally, table = {}, [0, 0], defaultdict(lambda: [0, 0])
+    for rec in records:
+        if "response" not in rec:
+            verdict[rec["id"]] = None
+            continue
+        text = "".join(rec["response"].strip().split("\n"))
+        letter = None
+        if text and text != "None":
+            if re.match(r"[ABCD]", text):
+                letter = text[0]
+            elif re.search(r"[ABCD].\Z", text, re.S):
+                letter = text[-2]
+        if letter is None:
+            verdict[rec["id"]] = None
+            continue
+        ok = rec.get("choice_" + letter.lower(), "") == rec["answer_gt"]
+        verdict[rec["id"]] = ok
+        for counts in (tally, table[f"{rec['category']}/{rec['sub-category']}"]):
+            counts[0] += ok
+            counts[1] += 1
+    return verdict, tally, dict(table)
 
 
-@pytest.mark.parametrize("prediction,letter", [
-    ("B", "B"), ("b", "B"), ("(B)", "B"), ("B.", "B"), ("Answer: B", "B"), ("The answer is (C).", "C"),
-    ("option D", "D"), ("cat", "B"), ("(B) cat", "B"), ("B) cat", "B"), ("A dog barking", "A"),
-    ("Answer: A dog barking", "A"), ("the answer is a car horn", "D"),
-    ("(C) cat", None), ("B and C", None), ("bird song or cat", None), ("E", None), ("", None),
-    ("catapult", None), ("I cannot tell", None),
+MMSU_TEXTS = ["anger", "joy", "sadness", "neutral", "None", "A", "B.", "yes", "no", "Definitely D", "(C)",
+              "a rising tone"]
+MMSU_RESPONSES = [
+    "B", "b", "The answer is C.", "Answer: D", "(A)", "A dog barks", "None", "", "  \n C \n", "E", "x\nB.",
+    "The answer is (B)", "B\r\n", "C and D", "because of the pitch, D", "\u00a0D", "AB", "(E)", "D)",
+    "the answer is d.",
+    "答案是B。", "\nA", "Answer:\nC\n", "ZZ", "A\n\n", "?", "xC\ny", "None.", " None ", "D\n.", "(D)\n", "AnswerB",
+]
+
+
+def make_mmsu(n: int, seed: int) -> list[dict]:
+    """Seeded MMSU records in the official layout (meta + ``response``), with adversarial responses."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rng.choice([2, 4, 4])
+        texts = rng.sample(MMSU_TEXTS, k)
+        if k == 4 and rng.random() < 0.1:
+            texts[3] = texts[0]  # two choices with the gold text: either letter is right
+        rec = {"id": f"s{i:04d}", "audio_path": f"audio/s{i:04d}.wav", "question": f"Q{i}?",
+               **{f"choice_{c}": (texts[j] if j < k else None) for j, c in enumerate("abcd")},
+               "answer_gt": rng.choice(texts), "task_name": rng.choice(["emotion", "tone"]),
+               "category": rng.choice(["Perception", "Reasoning"]),
+               "sub-category": rng.choice(["Linguistics", "Paralinguistics"]), "sub-sub-category": "x"}
+        kind = rng.random()
+        if kind < 0.05:
+            pass  # no response: not answered
+        elif kind < 0.2:
+            rec["response"] = rng.choice(texts)  # the choice text itself
+        else:
+            rec["response"] = rng.choice(MMSU_RESPONSES)
+        out.append(rec)
+    return out
+
+
+def test_mmsu_official_rule_matches_reference(tmp_path):
+    records = make_mmsu(500, seed=7)
+    path = tmp_path / "mmsu.jsonl"  # the official layout: one file holds the meta and the responses
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    bench = benchmarks.get("mmsu")
+    items = benchmarks.load("mmsu", path, check_audio=False).items
+    summary, verdicts = score(items, benchmarks.read_predictions(path, bench.keys), bench.rule, resamples=50,
+                              keys=bench.keys)
+    ref, (correct, total), table = ref_mmsu(records)
+    disagreements = [v.id for v in verdicts if (v.correct if v.answered else None) != ref[v.id]]
+    assert disagreements == []
+    assert summary["answered"] == {"correct": correct, "total": total, "accuracy": correct / total}
+    assert {n: [g["correct"], g["total"]] for n, g in summary["answered_groups"]["category/sub-category"].items()} \
+        == table
+    assert summary["overall"] == {"correct": correct, "total": len(records), "accuracy": correct / len(records)}
+    assert summary["missing"]["ids"] == [r["id"] for r in records if "response" not in r]
+    assert summary["unparsed"]["ids"] == [r["id"] for r in records if "response" in r and ref[r["id"]] is None]
+    # The set exercises every branch: first letter, second-to-last letter, dropped, right and wrong letters.
+    outcomes = [ref[r["id"]] for r in records if "response" in r]
+    assert outcomes.count(None) > 50 and outcomes.count(True) > 50 and outcomes.count(False) > 50
+
+
+@pytest.mark.parametrize("response,letter", [
+    ("B", "B"), ("The answer is C.", "C"), ("(A)", "A"), ("A dog", "A"), (" \n D \n", "D"), ("x\nB.", "B"),
+    ("Answer: D", "A"), ("b", None), ("E", None), ("", None), ("None", None), ("(E)", None), ("answer is b.", None),
 ])
-def test_extract_letter(prediction, letter):
-    assert extract_letter(prediction, CH) == letter
-    assert letter_correct(prediction, "B", CH) is (letter == "B")
+def test_mmsu_letter_known_cases(response, letter):
+    assert mmsu_letter(response) == letter
+
+
+def test_unanswered_records_and_official_keys():
+    item = benchmarks.Item("q", "", "?", ["dog", "cat"], "dog", "sound", "Reasoning", "", {})
+    rule = benchmarks.string_rule
+    preds = {"q": {"id": "q", "thinking_prediction": "no answer key"}}
+    summary, (v,) = score([item], preds, rule, resamples=10)
+    assert (v.correct, v.missing, v.answered) == (False, True, False)
+    assert summary["overall"]["total"] == 1 and summary["answered"]["total"] == 0
+    both = {"q": {"id": "q", "model_output": "dog", "answer_prediction": "cat"}}
+    assert score([item], both, rule, resamples=10, keys=benchmarks.get("mmau").keys)[1][0].correct
+    assert not score([item], both, rule, resamples=10, keys=benchmarks.get("mmar").keys)[1][0].correct
 
 
 def test_bootstrap_ci_width_and_determinism():

@@ -1,19 +1,22 @@
-"""Benchmark loaders (MMAR, MMAU test-mini, MMSU) into one item type, and the prediction-file reader.
+"""Benchmark loaders (MMAR, MMAU test-mini, MMSU) into one item type, and the prediction-file reader/writers.
 
 Meta files may be JSONL (one record per line) or one JSON array; a malformed record raises
 ``BenchmarkError`` naming the file and the line (JSONL) or record number (array). Missing audio is not
-fatal: it is reported per item in ``Loaded.missing_audio``.
+fatal: it is reported per item in ``Loaded.missing_audio``. Each benchmark reads predictions under its
+official key first (MMAR ``answer_prediction``, MMAU ``model_output``, MMSU ``response``); files are
+written whole or not at all (a temporary file renamed into place).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cogito_jax.eval.score import LETTERS, PREDICTION_KEYS, is_correct, letter_correct, prediction_text
+from cogito_jax.eval.score import DEFAULT_KEYS, MMSU_LETTERS, Rule, is_correct, mmsu_letter, prediction_text
 
 
 class BenchmarkError(ValueError):
@@ -102,7 +105,10 @@ def _text(rec: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _opt(rec: Mapping[str, Any], key: str) -> str:
+    """A group name: "" if absent; a list (MMAU test-mini's ``["Reasoning"]``) is one name, its parts joined."""
     value = rec.get(key)
+    if isinstance(value, list):
+        return ", ".join(_opt({key: v}, key) for v in value)
     return "" if value is None else str(value)
 
 
@@ -125,15 +131,20 @@ def _mmau(rec: dict[str, Any], where: str) -> tuple[Item, str]:
 
 def _mmsu(rec: dict[str, Any], where: str) -> tuple[Item, str]:
     _require(rec, where, ("id", "audio_path", "question", "choice_a", "choice_b", "answer_gt"))
-    keys = ("choice_a", "choice_b", "choice_c", "choice_d")
-    choices = [_text(rec, k, where) for k in keys if rec.get(k) is not None]
-    letter = _text(rec, "answer_gt", where).strip().strip("()").upper()
-    if len(letter) != 1 or letter not in LETTERS[: len(choices)]:
-        raise BenchmarkError(f"{where}: 'answer_gt' must be one of {', '.join(LETTERS[: len(choices)])}, "
-                             f"got {rec['answer_gt']!r}")
-    item = Item(str(rec["id"]), "", _text(rec, "question", where), choices, choices[LETTERS.index(letter)],
-                "speech", _opt(rec, "category"), _opt(rec, "sub-category"), rec,
-                {"task": _opt(rec, "task_name"), "sub-sub-category": _opt(rec, "sub-sub-category")})
+    keys = [f"choice_{letter.lower()}" for letter in MMSU_LETTERS]
+    present = [rec.get(k) not in (None, "") for k in keys]
+    if present != sorted(present, reverse=True):
+        raise BenchmarkError(f"{where}: choices must be choice_a, choice_b, ... without gaps, got "
+                             f"{', '.join(k for k, p in zip(keys, present, strict=True) if p)}")
+    choices = [_text(rec, k, where) for k, p in zip(keys, present, strict=True) if p]
+    answer = rec["answer_gt"]
+    if answer not in choices:
+        raise BenchmarkError(f"{where}: 'answer_gt' must be the text of one of "
+                             f"{', '.join(keys[: len(choices)])} (the official layout), got {answer!r}")
+    category, sub = _opt(rec, "category"), _opt(rec, "sub-category")
+    item = Item(str(rec["id"]), "", _text(rec, "question", where), choices, answer, "speech", category, sub, rec,
+                {"task": _opt(rec, "task_name"), "sub-sub-category": _opt(rec, "sub-sub-category"),
+                 "category/sub-category": f"{category}/{sub}" if category and sub else ""})
     return item, _text(rec, "audio_path", where)
 
 
@@ -142,22 +153,26 @@ def string_rule(prediction: str, item: Item) -> bool:
     return is_correct(prediction, item.answer, item.choices)
 
 
-def letter_rule(prediction: str, item: Item) -> bool:
-    """MMSU: the predicted letter (or choice text) equals ``answer_gt``."""
-    return letter_correct(prediction, item.meta["answer_gt"], item.choices)
+def mmsu_rule(prediction: str, item: Item) -> bool | None:
+    """MMSU: the official letter's choice text equals ``answer_gt``; None for a response it drops."""
+    letter = mmsu_letter(prediction)
+    return None if letter is None else item.meta.get(f"choice_{letter.lower()}") == item.meta["answer_gt"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
+    """A benchmark's meta parser, its official rule and its prediction keys (official one first)."""
+
     name: str
     parse: Callable[[dict[str, Any], str], tuple[Item, str]]
-    rule: Callable[[str, Item], bool]
+    rule: Rule
+    keys: tuple[str, ...]
 
 
 BENCHMARKS = {
-    "mmar": Benchmark("mmar", _mmar, string_rule),
-    "mmau": Benchmark("mmau", _mmau, string_rule),
-    "mmsu": Benchmark("mmsu", _mmsu, letter_rule),
+    "mmar": Benchmark("mmar", _mmar, string_rule, DEFAULT_KEYS),
+    "mmau": Benchmark("mmau", _mmau, string_rule, ("model_output", "answer_prediction")),
+    "mmsu": Benchmark("mmsu", _mmsu, mmsu_rule, ("response", "answer_prediction")),
 }
 
 
@@ -202,24 +217,41 @@ def load(name: str, meta_path: str | pathlib.Path, audio_dir: str | pathlib.Path
     return Loaded(items, missing)
 
 
-def read_predictions(path: str | pathlib.Path) -> dict[str, dict[str, Any]]:
-    """id -> prediction record (``answer_prediction`` or ``model_output``, maybe ``thinking_prediction``)."""
+def read_predictions(path: str | pathlib.Path, keys: tuple[str, ...] = DEFAULT_KEYS) -> dict[str, dict[str, Any]]:
+    """id -> prediction record; its text is under the first of ``keys`` it has (none: the item is unanswered).
+
+    A file in which no record has any of ``keys`` raises (predictions under another key, or another file)."""
     out: dict[str, dict[str, Any]] = {}
     where_of: dict[str, str] = {}
     for where, rec in read_records(path):
         if "id" not in rec:
             raise BenchmarkError(f"{where}: prediction has no 'id'")
-        keys = [k for k in PREDICTION_KEYS if k in rec]
-        if not keys:
-            raise BenchmarkError(f"{where}: prediction has none of {', '.join(PREDICTION_KEYS)}")
-        for k in (*keys, "thinking_prediction"):
+        key = next((k for k in keys if k in rec), None)
+        for k in (key, "thinking_prediction"):
             if k in rec and not isinstance(rec[k], str):
                 raise BenchmarkError(f"{where}: {k!r} must be a string, got {rec[k]!r}")
         rid = str(rec["id"])
         if rid in out:
             raise BenchmarkError(f"{where}: duplicate prediction for id {rid!r} (first at {where_of[rid]})")
         out[rid], where_of[rid] = rec, where
+    if out and all(prediction_text(rec, keys) is None for rec in out.values()):
+        first = next(iter(out.values()))
+        raise BenchmarkError(f"{path}: no prediction has any of {', '.join(keys)} (the first has "
+                             f"{', '.join(sorted(first))})")
     return out
+
+
+def write_atomic(path: str | pathlib.Path, text: str) -> pathlib.Path:
+    """Writes ``text`` to ``path`` through a temporary file renamed into place (never a half-written file)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_official(meta_records: list[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
@@ -229,13 +261,11 @@ def write_official(meta_records: list[Mapping[str, Any]], predictions: Mapping[s
     Every record is written; one without a prediction gets ``answer_prediction = ""`` so the official script
     counts it wrong (an empty prediction has no tokens) and prints the same overall accuracy as ``score``.
     """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for meta in meta_records:
-            pred = predictions.get(str(meta["id"]))
-            rec = {k: v for k, v in meta.items() if k not in ("answer_prediction", "thinking_prediction")}
-            rec["answer_prediction"] = "" if pred is None else prediction_text(pred)
-            rec["thinking_prediction"] = "" if pred is None else pred.get("thinking_prediction", "")
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return path
+    lines = []
+    for meta in meta_records:
+        pred = predictions.get(str(meta["id"])) or {}
+        rec = {k: v for k, v in meta.items() if k not in ("answer_prediction", "thinking_prediction")}
+        rec["answer_prediction"] = prediction_text(pred) or ""
+        rec["thinking_prediction"] = pred.get("thinking_prediction", "")
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    return write_atomic(path, "".join(lines))

@@ -13,7 +13,7 @@ ORDER = {
     "modality": ["sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
                  "mix-sound-music-speech"],
 }
-NOT_GROUPS = ("overall", "answered", "missing", "ci")
+NOT_GROUPS = ("overall", "answered", "answered_groups", "missing", "unparsed", "ci")
 
 
 def load_published(path: str | pathlib.Path = PUBLISHED) -> dict[str, list[dict[str, Any]]]:
@@ -88,8 +88,10 @@ def markdown(scores: Mapping[str, Any], compare: Mapping[str, Any] | None = None
            f"({scores.get('missing', {}).get('total', 0)} missing)."]
     if "answered" in scores:
         a = scores["answered"]
+        unparsed = scores.get("unparsed", {}).get("total", 0)
         out.append(f"Over answered items only (what the official script reports): {_pct(a['accuracy'])} % "
-                   f"({a['correct']}/{a['total']}).")
+                   f"({a['correct']}/{a['total']})" + (f"; {unparsed} responses it cannot read left out." if unparsed
+                                                       else "."))
     if compare is not None:
         c = compare["overall"]
         out.append(f"{names[1]}: {_pct(c['accuracy'])} % ({c['correct']}/{c['total']}), CI "
@@ -174,14 +176,17 @@ def plot_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Sequence[str
 
 def write_report(scores: Mapping[str, Any], out_dir: str | pathlib.Path, compare: Mapping[str, Any] | None = None,
                  names: Sequence[str] = ("this run", "other")) -> list[pathlib.Path]:
-    """Writes report.md, one ``accuracy_<key>.png`` per breakdown and ``compare.png``; returns the paths."""
+    """Writes one ``accuracy_<key>.png`` per breakdown, ``compare.png`` and then report.md; returns the paths."""
+    from cogito_jax.eval.benchmarks import write_atomic
+
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "report.md"]
-    written[0].write_text(markdown(scores, compare, names))
+    text = markdown(scores, compare, names)
+    plots = []
     for key in group_keys(scores):
         if scores[key]:
-            written.append(plot_groups(scores, key, out_dir / f"accuracy_{key}.png", f"{names[0]}: by {key}"))
+            plots.append(plot_groups(scores, key, out_dir / f"accuracy_{key.replace('/', '_')}.png",
+                                     f"{names[0]}: by {key}"))
     if compare is not None:
-        written.append(plot_compare(scores, compare, names, out_dir / "compare.png"))
-    return written
+        plots.append(plot_compare(scores, compare, names, out_dir / "compare.png"))
+    return [write_atomic(out_dir / "report.md", text), *plots]

@@ -1,4 +1,4 @@
-"""Benchmark scoring: the official MMAR/MMAU string rule, the MMSU letter rule, breakdowns and bootstrap CIs.
+"""Benchmark scoring: the official MMAR/MMAU string rule, MMSU's official letter rule, breakdowns and CIs.
 
 MMAR rule (``ddlBoJack/MMAR`` ``code/evaluation.py``; MMAU uses the same one): lower-case, take the *set*
 of ``\\b\\w+\\b`` tokens of the answer, the prediction and every choice. A prediction without tokens is
@@ -6,9 +6,16 @@ wrong. The incorrect-token set is the union, over choices whose token set differ
 (choice tokens - answer tokens). Correct iff the answer's tokens are all in the prediction and the
 prediction has none of the incorrect tokens.
 
-Unlike the official script, which skips items without a prediction, every item of the benchmark is
-scored here: an item with no prediction counts as wrong and is reported as missing. ``answered`` holds
-the official number (accuracy over the items that have a prediction).
+MMSU rule (``dingdongwang/MMSU`` ``mmsu_evaluation.py``): the response is stripped and its newlines removed;
+its letter is the first character if that is one of A-D, else the second-to-last character if that is; the
+official script drops every other response from its total. The letter is right iff ``choice_<letter>``
+equals ``answer_gt`` (the gold choice text). An empty or "None" response is dropped too (the official
+loop reuses the previous line's letter for it).
+
+A rule returns True/False, or None for a response the official script leaves out of its total. Unlike
+the official scripts, every item of the benchmark is scored here: an item with no prediction (reported
+under ``missing``) or with a response the official script drops (``unparsed``) counts as wrong in
+``overall``; ``answered`` holds the official number (correct / total over the items it counts).
 """
 
 from __future__ import annotations
@@ -21,12 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.distill.scoring import named_choices
-
 _WORD = re.compile(r"\b\w+\b")
-LETTERS = "ABCDEFGHIJ"
 BREAKDOWNS = ("modality", "category", "sub-category")
-PREDICTION_KEYS = ("answer_prediction", "model_output")
+DEFAULT_KEYS = ("answer_prediction", "model_output")  # the challenge format's key first (MMAR's official one)
+MMSU_LETTERS = "ABCD"
+Rule = Callable[[str, Any], "bool | None"]
 
 
 def tokens(text: str) -> set[str]:
@@ -47,78 +53,52 @@ def is_correct(prediction: str, answer: str, choices: Sequence[str]) -> bool:
     return ans <= pred and pred.isdisjoint(incorrect)
 
 
-_BARE = re.compile(r"^\W*([A-Za-z])\W*$")
-_LEADING = re.compile(r"^\s*\(?([A-Z])(?:\)|\.|:)(?:\s|$)")
-_PAREN = re.compile(r"\(([A-Z])\)")
-_CUED = re.compile(r"(?i:\b(?:answer|option|choice)\b)\s*(?:(?i:is)|:)?\s*\(?([A-Z])\)?(?!\w)")
-
-
-def _phrase(text: str) -> re.Pattern:
-    return re.compile(r"(?<!\w)" + re.escape(text.strip()) + r"(?!\w)", re.I)
-
-
-def extract_letter(prediction: str, choices: Sequence[str]) -> str | None:
-    """The one choice letter a prediction names (by letter or by a choice's text), or None if none or several.
-
-    Accepted: a bare letter ("B", "(b)", "B."), a leading "B." / "(B)" / "B)", "(B)" anywhere, "answer is B",
-    "Answer: B", "option B", and the text of a choice. Letters are looked for only outside the named choice
-    texts, so a choice starting with an article ("A dog") is not read as letter A.
-    """
-    valid = LETTERS[: len(choices)]
-    text = prediction.strip()
-    bare = _BARE.match(text)
-    if bare:
-        letter = bare.group(1).upper()
-        return letter if letter in valid else None
-    named = named_choices(text, choices)
-    found = {valid[i] for i, c in enumerate(choices) if c in named}
-    rest = text
-    for choice in named:
-        rest = _phrase(choice).sub(" ", rest)
-    for pattern in (_LEADING, _PAREN, _CUED):
-        found |= {m.group(1) for m in pattern.finditer(rest) if m.group(1) in valid}
-    return found.pop() if len(found) == 1 else None
-
-
-def letter_correct(prediction: str, answer_letter: str, choices: Sequence[str]) -> bool:
-    """The MMSU verdict: the prediction names exactly the gold letter (by letter or by choice text)."""
-    return extract_letter(prediction, choices) == answer_letter.strip().strip("()").upper()
+def mmsu_letter(response: str) -> str | None:
+    """The letter MMSU's official script reads from a response, or None where it drops the response."""
+    text = response.strip().replace("\n", "")
+    if text in ("", "None"):
+        return None
+    if text[0] in MMSU_LETTERS:
+        return text[0]
+    if len(text) > 1 and text[-2] in MMSU_LETTERS:
+        return text[-2]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """One item's outcome; ``prediction`` is None when the item had no prediction."""
+    """One item's outcome; ``prediction`` is None when the item had no prediction, ``answered`` is False
+    also when the official script drops the response."""
 
     id: str
     correct: bool
     prediction: str | None
     groups: dict[str, str]
+    answered: bool
 
     @property
     def missing(self) -> bool:
         return self.prediction is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "correct": self.correct, "missing": self.missing,
+        return {"id": self.id, "correct": self.correct, "missing": self.missing, "answered": self.answered,
                 "prediction": self.prediction, **self.groups}
 
 
-def prediction_text(record: Mapping[str, Any]) -> str:
-    """The answer text of one prediction record (``answer_prediction``, else MMAU's ``model_output``)."""
-    for key in PREDICTION_KEYS:
-        if key in record:
-            return record[key]
-    raise KeyError(f"prediction for {record.get('id')!r} has none of {PREDICTION_KEYS}")
+def prediction_text(record: Mapping[str, Any], keys: Sequence[str] = DEFAULT_KEYS) -> str | None:
+    """The answer text of one prediction record under the first of ``keys`` it has, or None."""
+    return next((record[k] for k in keys if k in record), None)
 
 
-def verdicts(items: Iterable[Any], predictions: Mapping[str, Mapping[str, Any]],
-             rule: Callable[[str, Any], bool]) -> list[Verdict]:
+def verdicts(items: Iterable[Any], predictions: Mapping[str, Mapping[str, Any]], rule: Rule,
+             keys: Sequence[str] = DEFAULT_KEYS) -> list[Verdict]:
     """One verdict per item (``benchmarks.Item``); ``rule(prediction, item)`` decides correctness."""
     out = []
     for item in items:
         record = predictions.get(item.id)
-        pred = None if record is None else prediction_text(record)
-        out.append(Verdict(item.id, pred is not None and rule(pred, item), pred, item.groups()))
+        pred = None if record is None else prediction_text(record, keys)
+        ok = None if pred is None else rule(pred, item)
+        out.append(Verdict(item.id, bool(ok), pred, item.groups(), ok is not None))
     return out
 
 
@@ -146,7 +126,7 @@ def _group_seed(seed: int, key: str, name: str) -> int:
 
 def summarize(vs: Sequence[Verdict], breakdowns: Sequence[str] = BREAKDOWNS, resamples: int = 1000,
               seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """OUT.json: overall and per-group G, plus ``answered``, ``missing`` and ``ci``.
+    """OUT.json: overall and per-group G, plus ``answered`` (and per group), ``missing``, ``unparsed``, ``ci``.
 
     Group keys beyond ``breakdowns`` that items carry (e.g. MMAU ``difficulty``) get their own table.
     Items whose value for a key is empty are left out of that key's table (as the official script does).
@@ -159,30 +139,46 @@ def summarize(vs: Sequence[Verdict], breakdowns: Sequence[str] = BREAKDOWNS, res
             if name not in (None, ""):
                 members[k].setdefault(str(name), []).append(v)
 
-    answered = [v for v in vs if not v.missing]
     out: dict[str, Any] = {"overall": group_stats(sum(v.correct for v in vs), len(vs))}
     ci: dict[str, Any] = {"level": level, "resamples": resamples, "seed": seed,
                           "overall": bootstrap_ci([v.correct for v in vs], resamples, seed, level)}
-    missing: dict[str, Any] = {"total": len(vs) - len(answered), "ids": [v.id for v in vs if v.missing]}
+    missing: dict[str, Any] = {"total": sum(v.missing for v in vs), "ids": [v.id for v in vs if v.missing]}
+    unparsed = [v.id for v in vs if not v.missing and not v.answered]
+    by_group: dict[str, Any] = {}
     for k in keys:
         groups = dict(sorted(members[k].items()))
         out[k] = {n: group_stats(sum(v.correct for v in g), len(g)) for n, g in groups.items()}
         ci[k] = {n: bootstrap_ci([v.correct for v in g], resamples, _group_seed(seed, k, n), level)
                  for n, g in groups.items()}
         missing[k] = {n: sum(v.missing for v in g) for n, g in groups.items()}
-    out["answered"] = group_stats(sum(v.correct for v in answered), len(answered))
+        by_group[k] = {n: _answered_stats(g) for n, g in groups.items()}
+    out["answered"] = _answered_stats(vs)
+    out["answered_groups"] = by_group
     out["missing"] = missing
+    out["unparsed"] = {"total": len(unparsed), "ids": unparsed}
     out["ci"] = ci
     return out
 
 
-def score(items: Sequence[Any], predictions: Mapping[str, Mapping[str, Any]],
-          rule: Callable[[str, Any], bool], resamples: int = 1000,
-          seed: int = 0) -> tuple[dict[str, Any], list[Verdict]]:
-    """(OUT.json dict, per-item verdicts) for ``items`` under ``rule``; unknown prediction ids raise ValueError."""
-    known = {item.id for item in items}
+def _answered_stats(vs: Sequence[Verdict]) -> dict[str, Any]:
+    """G over the verdicts the official script counts."""
+    answered = [v for v in vs if v.answered]
+    return group_stats(sum(v.correct for v in answered), len(answered))
+
+
+def check_known(ids: Iterable[str], predictions: Mapping[str, Any]) -> None:
+    """Raises ValueError if a prediction's id is not among ``ids`` (a prediction file for another set)."""
+    known = set(ids)
     unknown = [pid for pid in predictions if pid not in known]
     if unknown:
         raise ValueError(f"{len(unknown)} prediction id(s) not in the benchmark, first {unknown[0]!r}")
-    vs = verdicts(items, predictions, rule)
+
+
+def score(items: Sequence[Any], predictions: Mapping[str, Mapping[str, Any]], rule: Rule, resamples: int = 1000,
+          seed: int = 0, keys: Sequence[str] = DEFAULT_KEYS) -> tuple[dict[str, Any], list[Verdict]]:
+    """(OUT.json dict, per-item verdicts) for ``items`` under ``rule``; unknown prediction ids raise ValueError.
+
+    A prediction's text is its value under the first of ``keys`` it has; a record with none is unanswered."""
+    check_known((item.id for item in items), predictions)
+    vs = verdicts(items, predictions, rule, keys)
     return summarize(vs, resamples=resamples, seed=seed), vs
