@@ -8,9 +8,10 @@ CIs, the per-item verdicts beside it (``<OUT stem>.items.jsonl``) and, for MMAR,
 files into report.md and PNG plots. ``run`` answers a benchmark with a model (an HF checkpoint folder, or
 a run trained here) through the sampler, greedy by default with the challenge's baseline prompt,
 optionally self-consistent over N samples, then scores and reports into its ``--out`` folder (with
-``official.jsonl`` for MMAR). Bad input exits with code 2 and one line on stderr; every output file is
-written whole or not at all. ``rubrics`` runs the MMAR-Rubrics protocol with a judge behind an
-OpenAI-compatible endpoint or a local checkpoint.
+``official.jsonl`` for MMAR). ``rubrics`` runs the MMAR-Rubrics protocol with a judge behind an
+OpenAI-compatible endpoint or a local checkpoint; it exits with code 1 if the judge failed on an item,
+unless ``--allow-failures``. Bad input exits with code 2 and one line on stderr; every output file is
+written whole or not at all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from cogito_jax.config import usage_error
 from cogito_jax.eval import benchmarks
 from cogito_jax.eval.benchmarks import BenchmarkError, write_atomic, write_official
-from cogito_jax.eval.score import score
+from cogito_jax.eval.score import check_known, score
 
 __all__ = ["main", "write_official"]
 
@@ -174,11 +175,15 @@ def _rubrics(args: argparse.Namespace) -> int:
 
     if bool(args.judge_url) == bool(args.judge_checkpoint):
         raise BenchmarkError("give exactly one of --judge-url (OpenAI-compatible) or --judge-checkpoint (local)")
-    meta = [rec for _, rec in benchmarks.read_records(args.meta)]
-    if any("rubric" not in m for m in meta):
-        raise BenchmarkError(f"{args.meta}: MMAR-Rubrics needs a 'rubric' list in every record")
-    predictions = benchmarks.read_predictions(args.predictions, benchmarks.get("mmar").keys)
     out = pathlib.Path(args.out)
+    mmar = benchmarks.get("mmar")
+    meta = [it.meta for it in benchmarks.load("mmar", args.meta, check_audio=False).items]
+    rubrics.check_rubrics(meta, args.meta)
+    predictions = benchmarks.read_predictions(args.predictions, mmar.keys)
+    try:
+        check_known((str(m["id"]) for m in meta), predictions)
+    except ValueError as e:
+        raise BenchmarkError(f"{args.predictions}: {e} ({args.meta})") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.judge_url:
         judge = HttpJudge(args.judge_url, args.judge_model, timeout_s=args.timeout, max_retries=args.retries,
@@ -192,9 +197,17 @@ def _rubrics(args: argparse.Namespace) -> int:
         judge = EngineJudge(model, toklib.load(args.judge_checkpoint), mcfg.family)
     result = rubrics.score_rubrics(meta, predictions, judge, is_correct)
     result["judge_stats"] = judge.stats
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"mmar-rubrics: {result['rubric_score']:.2f} (accuracy {100 * result['accuracy']:.2f}%, CRS "
-          f"{result['crs']:.3f}) over {result['scored']} items; {len(result['failed'])} judge failures reported")
+    write_atomic(out, _dump(result))
+    failed = result["failed"]
+    print(f"mmar-rubrics: {result['rubric_score']:.2f} over {result['scored']} of {result['total']} items "
+          f"(accuracy {100 * result['accuracy']:.2f}% = {result['correct']}/{result['total']}, CRS "
+          f"{result['crs']:.3f}); {failed['count']} judge failure(s); wrote {out}")
+    if failed["count"] and not args.allow_failures:
+        shown = ", ".join(failed["ids"][:5]) + (", ..." if failed["count"] > 5 else "")
+        print(f"mmar-rubrics: the judge failed on {failed['count']} correct item(s) ({shown}), left out of the "
+              f"rubric score; rerun to retry them (good replies are cached) or pass --allow-failures",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -250,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--timeout", type=float, default=60.0)
     j.add_argument("--retries", type=int, default=5)
     j.add_argument("--rate", type=float, default=0.0, help="max requests per second (0 = no limit)")
+    j.add_argument("--allow-failures", "--allow_failures", dest="allow_failures", action="store_true",
+                   help="exit 0 even if the judge failed on some items (they are listed in OUT)")
     j.set_defaults(fn=_rubrics)
     return p
 

@@ -20,8 +20,8 @@ def mmar_rule(prediction, answer, choices):
 
 def _meta(i):
     return {"id": f"q{i}", "question": f"Question {i}?", "choices": ["dog bark", "cat meow"], "answer": "dog bark",
-            "thinking": "ref", "rubric": [{"name": f"r{k}", "scoring_point": f"point {k}", "note": ""}
-                                          for k in range(5)]}
+            "modality": "sound", "category": "Perception Layer", "thinking": "ref",
+            "rubric": [{"name": f"r{k}", "scoring_point": f"point {k}", "note": ""} for k in range(5)]}
 
 
 def _reply(messages):
@@ -48,12 +48,13 @@ def test_rubric_protocol_hand_computed(tmp_path):
                           cache_path=tmp_path / "c.jsonl")
         out = rubrics.score_rubrics(meta, preds, judge, mmar_rule)
     # q3 has no prediction: wrong, 0. Scored items: q0, q1, q2, q3 (q4 failed and is reported).
-    assert out["failed"].keys() == {"q4"} and "no JSON object" in out["failed"]["q4"]
-    assert out["scored"] == 4
+    assert out["failed"]["count"] == 1 and out["failed"]["ids"] == ["q4"]
+    assert "no JSON object" in out["failed"]["reasons"]["q4"]
+    assert (out["scored"], out["total"], out["correct"]) == (4, 5, 3)
     assert out["items"]["q1"]["runs"] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert out["rubric_score"] == pytest.approx(100 * (0 + 0.6 + 0.6 + 0) / 4)
-    assert out["accuracy"] == pytest.approx(0.5)
-    assert out["crs"] == pytest.approx(30.0 / 50.0)
+    assert out["accuracy"] == pytest.approx(3 / 5)  # q4's answer is right whatever the judge does
+    assert out["crs"] == pytest.approx((0.6 + 0.6) / 2)  # the mean score of the judged correct items
 
 
 def test_middle_mean():
@@ -82,8 +83,40 @@ def test_rubrics_cli_against_stub(tmp_path):
     out = json.loads((tmp_path / "rub.json").read_text())
     # q0 unanswered and q2 wrong score 0; q1's five runs give 1..5 points: middle three mean 0.6.
     assert out["rubric_score"] == pytest.approx(100 * 0.6 / 3)
-    assert out["judge_stats"]["retries"] == 1 and out["failed"] == {}
+    assert out["judge_stats"]["retries"] == 1 and out["failed"] == {"count": 0, "ids": [], "reasons": {}}
     assert (tmp_path / "rub.judge_cache.jsonl").exists()
+
+
+def _rubrics_cli(tmp_path, url, *extra):
+    import os
+    import subprocess
+    import sys
+
+    args = ["rubrics", "--meta", str(tmp_path / "meta.jsonl"), "--predictions", str(tmp_path / "pred.jsonl"),
+            "--out", str(tmp_path / "rub.json"), "--judge-url", url, "--judge-model", "stub", "--timeout", "2",
+            "--retries", "0", *extra]
+    return subprocess.run([sys.executable, "-m", "cogito_jax.evaluate", *args], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+
+
+def test_rubrics_cli_judge_failures_are_reported_and_fail_the_run(tmp_path):
+    meta = [_meta(i) for i in range(3)]
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    preds = [{"id": "q0", "thinking_prediction": "t", "answer_prediction": "dog bark"},
+             {"id": "q1", "thinking_prediction": "t", "answer_prediction": "cat meow"},
+             {"id": "q2", "thinking_prediction": "t", "answer_prediction": "the dog bark"}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    with JudgeStub(lambda messages: "no verdict") as stub:
+        r = _rubrics_cli(tmp_path, stub.url)
+        assert r.returncode == 1, r.stderr
+        out = json.loads((tmp_path / "rub.json").read_text())
+        assert out["failed"]["count"] == 2 and out["failed"]["ids"] == ["q0", "q2"]
+        assert (out["correct"], out["total"], out["scored"]) == (2, 3, 1)
+        assert "accuracy 66.67% = 2/3" in r.stdout and "2 judge failure(s)" in r.stdout
+        assert "q0, q2" in r.stderr and "--allow-failures" in r.stderr
+        r = _rubrics_cli(tmp_path, stub.url, "--allow-failures")
+    assert r.returncode == 0, r.stderr
+    assert "accuracy 66.67% = 2/3" in r.stdout
 
 
 def test_engine_judge_runs_a_local_model(tmp_path):
@@ -118,4 +151,4 @@ def test_engine_judge_runs_a_local_model(tmp_path):
     assert chat.split_thinking(tok.decode(toks, skip_special_tokens=True))[1] == a
     # A random model writes no JSON: the item is reported as a judge failure, never scored as zero.
     out = rubrics.score_rubrics([_meta(1)], {"q1": {"answer_prediction": "dog bark"}}, judge, mmar_rule, runs=1)
-    assert "q1" in out["failed"] and out["scored"] == 0
+    assert out["failed"]["ids"] == ["q1"] and out["scored"] == 0 and out["accuracy"] == 1.0

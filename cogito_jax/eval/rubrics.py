@@ -4,8 +4,11 @@ Protocol: an item scores 0 if its answer is wrong (official string rule). Otherw
 the item's 5 binary rubric points given the question, the reference answer and thinking, and the
 model's ``"{thinking_prediction} The answer is {answer_prediction}."``; this is repeated 5 times, each
 run normalised to [0, 1]; the item's score is the mean of the middle 3 runs. The benchmark score is
-the mean over items x 100, and CRS = rubric score / accuracy. An item whose judge runs fail is
-reported under ``failed`` and left out of the mean, never scored as zero.
+the mean over items x 100, and CRS = rubric score / accuracy (the mean score of the correct items).
+
+Accuracy counts every item (the string rule needs no judge). A correct item whose judge runs fail has no
+score: it is reported under ``failed`` (count, ids, reasons) and left out of the rubric score's mean and of
+CRS, never scored as zero; ``scored`` says how many items the rubric score covers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cogito_jax.eval.benchmarks import BenchmarkError
+from cogito_jax.eval.score import prediction_text
 from cogito_jax.judge import JudgeError
 
 RUNS = 5
@@ -50,6 +55,15 @@ def parse_scores(reply: str, n_points: int) -> list[int]:
     return [int(s) for s in scores]
 
 
+def check_rubrics(meta_records: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Raises BenchmarkError naming the first record whose ``rubric`` is not a non-empty list of points."""
+    for meta in meta_records:
+        rubric = meta.get("rubric")
+        if not isinstance(rubric, list) or not rubric or not all(isinstance(r, dict) for r in rubric):
+            raise BenchmarkError(f"{path}: record {meta['id']!r} needs 'rubric', a non-empty list of rubric "
+                                 f"points ({{name, scoring_point, note}}) for MMAR-Rubrics, got {rubric!r}")
+
+
 def middle_mean(values: Sequence[float]) -> float:
     """Mean of the middle values after dropping the lowest and highest (of 5 runs: the middle 3)."""
     ordered = sorted(values)
@@ -67,11 +81,12 @@ def score_rubrics(
     """Rubric score, accuracy and CRS over ``meta_records`` (MMAR meta with ``rubric``)."""
     items: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    correct = 0
     for meta in meta_records:
-        rid = meta["id"]
-        pred = predictions.get(rid)
-        answer = (pred or {}).get("answer_prediction", "")
-        if not pred or not is_correct(answer, meta["answer"], meta["choices"]):
+        rid = str(meta["id"])
+        pred = predictions.get(rid) or {}
+        answer = prediction_text(pred)
+        if answer is None or not is_correct(answer, meta["answer"], meta["choices"]):
             items[rid] = {"correct": False, "score": 0.0, "runs": []}
             continue
         messages = judge_prompt(meta, pred.get("thinking_prediction", ""), answer)
@@ -82,17 +97,19 @@ def score_rubrics(
                 run_scores.append(sum(parse_scores(reply, len(meta["rubric"]))) / len(meta["rubric"]))
         except (JudgeError, ValueError, json.JSONDecodeError) as e:
             failed[rid] = f"{type(e).__name__}: {e}"
-            continue
-        items[rid] = {"correct": True, "score": middle_mean(run_scores), "runs": run_scores}
-    scored = list(items.values())
-    n = len(scored)
-    accuracy = sum(i["correct"] for i in scored) / n if n else 0.0
-    rubric = 100.0 * sum(i["score"] for i in scored) / n if n else 0.0
+        else:
+            items[rid] = {"correct": True, "score": middle_mean(run_scores), "runs": run_scores}
+        correct += 1
+    total = len(meta_records)
+    scores = [i["score"] for i in items.values()]
+    judged = sum(i["correct"] for i in items.values())
     return {
-        "rubric_score": rubric,
-        "accuracy": accuracy,
-        "crs": rubric / (100.0 * accuracy) if accuracy else 0.0,
-        "scored": n,
-        "failed": failed,
+        "rubric_score": 100.0 * sum(scores) / len(scores) if scores else 0.0,
+        "accuracy": correct / total if total else 0.0,
+        "crs": sum(scores) / judged if judged else 0.0,
+        "total": total,
+        "correct": correct,
+        "scored": len(scores),
+        "failed": {"count": len(failed), "ids": list(failed), "reasons": failed},
         "items": items,
     }
