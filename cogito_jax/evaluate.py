@@ -10,17 +10,19 @@ a run trained here) through the sampler, greedy by default with the challenge's 
 optionally self-consistent over N samples, then scores and reports into its ``--out`` folder (with
 ``official.jsonl`` for MMAR). ``rubrics`` runs the MMAR-Rubrics protocol with a judge behind an
 OpenAI-compatible endpoint or a local checkpoint; it exits with code 1 if the judge failed on an item,
-unless ``--allow-failures``. Bad input exits with code 2 and one line on stderr; every output file is
-written whole or not at all.
+unless ``--allow-failures``. Bad input exits with code 2 and one line on stderr, before anything is
+written; every output file is written whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cogito_jax.config import usage_error
 from cogito_jax.eval import benchmarks
@@ -35,17 +37,88 @@ class _Parser(argparse.ArgumentParser):
         usage_error(message)
 
 
+def _number(kind: Callable[[str], float], ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` that satisfies ``ok``, else an error saying ``what`` is expected."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_POSITIVE_INT = _number(int, lambda v: v > 0, "an integer >= 1")
+_NATURAL = _number(int, lambda v: v >= 0, "an integer >= 0")
+_POSITIVE = _number(float, lambda v: v > 0, "a number > 0")
+_NONNEGATIVE = _number(float, lambda v: v >= 0, "a number >= 0")
+
+
+def _writable_parent(path: pathlib.Path, flag: str) -> None:
+    """Raises BenchmarkError unless ``path``'s folder exists or can be created, and can be written."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BenchmarkError(f"{flag} {path}: {parent} is a file, not a folder; give a path inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchmarkError(f"{flag} {path}: {parent} is not writable; give a path in a writable folder")
+
+
+def _out_file(value: str, flag: str = "--out") -> pathlib.Path:
+    """``value`` as a file to write; a folder there or an unwritable place is a BenchmarkError."""
+    path = pathlib.Path(value)
+    if path.is_dir():
+        raise BenchmarkError(f"{flag} {value} is a folder; give the path of a file to write")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BenchmarkError(f"{flag} {value} is not writable; give a path that can be written")
+    _writable_parent(path, flag)
+    return path
+
+
+def _out_dir(value: str, flag: str = "--out") -> pathlib.Path:
+    """``value`` as a folder to write into (created if missing); a file there is a BenchmarkError."""
+    path = pathlib.Path(value)
+    if path.exists() and not path.is_dir():
+        raise BenchmarkError(f"{flag} {value} is a file; give a folder (it is created if missing)")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise BenchmarkError(f"{flag} {value} is not writable; give a writable folder")
+    else:
+        _writable_parent(path, flag)
+    return path
+
+
+def _in_dir(value: str | None, flag: str) -> None:
+    """Raises BenchmarkError unless ``value`` (if given) is an existing folder."""
+    if value is not None and not pathlib.Path(value).is_dir():
+        raise BenchmarkError(f"{flag} {value} is not a folder; give an existing folder")
+
+
+def _hf_dir(value: str | None, flag: str) -> None:
+    """Raises BenchmarkError unless ``value`` (if given) is a folder with an HF ``config.json``."""
+    if value and not (pathlib.Path(value) / "config.json").is_file():
+        raise BenchmarkError(f"{flag} {value} has no config.json; give an HF checkpoint folder")
+
+
 def _dump(obj: object) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def _score(args: argparse.Namespace) -> int:
     bench = benchmarks.get(args.benchmark)
-    out = pathlib.Path(args.out)
+    out = _out_file(args.out)
     items_path = out.with_name(out.stem + ".items.jsonl")
+    if args.official and bench.name != "mmar":
+        raise BenchmarkError(f"--official is written for --benchmark mmar only, not {bench.name!r}")
     official = None
     if bench.name == "mmar":
-        official = pathlib.Path(args.official) if args.official else out.with_name(out.stem + ".official.jsonl")
+        official = _out_file(args.official, "--official") if args.official else out.with_name(
+            out.stem + ".official.jsonl")
+    _in_dir(args.audio_dir, "--audio-dir")
     loaded = benchmarks.load(args.benchmark, args.meta, args.audio_dir, check_audio=args.audio_dir is not None)
     predictions = benchmarks.read_predictions(args.predictions, bench.keys)
     try:
@@ -75,21 +148,29 @@ def _read_scores(path: str) -> dict:
         raise BenchmarkError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise BenchmarkError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-    if not isinstance(scores, dict) or "overall" not in scores:
-        raise BenchmarkError(f"{path}: not a score file (no 'overall'); make one with `evaluate score`")
+    except IsADirectoryError:
+        raise BenchmarkError(f"{path} is a folder; give a score file made by `evaluate score`") from None
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(f"{path}: not UTF-8 text ({e.reason}); give a score file made by `evaluate score`") \
+            from None
+    overall = scores.get("overall") if isinstance(scores, dict) else None
+    if not isinstance(overall, dict) or not {"correct", "total", "accuracy"} <= set(overall):
+        raise BenchmarkError(f"{path}: not a score file (no 'overall' with correct, total, accuracy); make one "
+                             f"with `evaluate score`")
     return scores
 
 
 def _report(args: argparse.Namespace) -> int:
     from cogito_jax.eval.report import write_report
 
-    scores = _read_scores(args.scores)
-    compare = _read_scores(args.compare) if args.compare else None
+    out = _out_dir(args.out)
     names = args.names.split(",") if args.names else [pathlib.Path(args.scores).stem,
                                                       pathlib.Path(args.compare or "other").stem]
-    if len(names) != 2:
-        raise BenchmarkError(f"--names must be two comma-separated names, got {args.names!r}")
-    written = write_report(scores, args.out, compare, names)
+    if len(names) != 2 or not all(n.strip() for n in names):
+        raise BenchmarkError(f"--names must be two non-empty comma-separated names, got {args.names!r}")
+    scores = _read_scores(args.scores)
+    compare = _read_scores(args.compare) if args.compare else None
+    written = write_report(scores, out, compare, names)
     print(f"report: wrote {', '.join(map(str, written))}")
     return 0
 
@@ -103,6 +184,10 @@ def _load_model(args: argparse.Namespace):
 
     if args.workdir and not args.config:
         raise BenchmarkError("--workdir needs --config (the run's config file)")
+    if args.workdir and not (pathlib.Path(args.workdir) / "checkpoints").is_dir():
+        raise BenchmarkError(f"--workdir {args.workdir} has no checkpoints/ folder; give the workdir of a run "
+                             f"trained with `python -m cogito_jax.train`")
+    _hf_dir(args.checkpoint, "--checkpoint")
     cfg = load_config(args.config, args.override or ()) if args.workdir else None
     model, tok, mcfg = load_model(checkpoint=args.checkpoint, workdir=args.workdir, cfg=cfg)
     return model, tok, mcfg.family, mcfg.audio.num_frames, mcfg.audio.num_mel_bins
@@ -120,9 +205,10 @@ def _run(args: argparse.Namespace) -> int:
     from cogito_jax.eval.report import write_report
 
     bench = benchmarks.get(args.benchmark)
+    out = _out_dir(args.out)
+    _in_dir(args.audio_dir, "--audio-dir")
     loaded = benchmarks.load(args.benchmark, args.meta, args.audio_dir, check_audio=True)
     model, tok, family, max_frames, n_mels = _load_model(args)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     missing = {m["id"] for m in loaded.missing_audio}
     items, failed = [], []
@@ -175,7 +261,8 @@ def _rubrics(args: argparse.Namespace) -> int:
 
     if bool(args.judge_url) == bool(args.judge_checkpoint):
         raise BenchmarkError("give exactly one of --judge-url (OpenAI-compatible) or --judge-checkpoint (local)")
-    out = pathlib.Path(args.out)
+    _hf_dir(args.judge_checkpoint, "--judge-checkpoint")
+    out = _out_file(args.out)
     mmar = benchmarks.get("mmar")
     meta = [it.meta for it in benchmarks.load("mmar", args.meta, check_audio=False).items]
     rubrics.check_rubrics(meta, args.meta)
@@ -223,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio-dir", default=None, help="check audio files under this folder (reported, not fatal)")
     s.add_argument("--official", default=None,
                    help="where to write the JSONL for MMAR's code/evaluation.py (default <OUT stem>.official.jsonl)")
-    s.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--resamples", type=_POSITIVE_INT, default=1000, help="bootstrap resamples for the 95%% CIs")
+    s.add_argument("--seed", type=_NATURAL, default=0, help="bootstrap seed")
     s.set_defaults(fn=_score)
     r = sub.add_parser("report", help="report.md and plots from a score file, optionally against another")
     r.add_argument("--scores", required=True, help="OUT.json from `score`")
@@ -243,13 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override", action="append", help="config override a.b=v for --config (repeatable)")
     g.add_argument("--system", choices=["challenge", "default", "none"], default="challenge",
                    help="system prompt: the challenge baseline's, the chat template's default, or none")
-    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=1024)
-    g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1,
+    g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=_POSITIVE_INT, default=1024)
+    g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=_POSITIVE_INT, default=1,
                    help="> 1: self-consistency (majority answer over samples)")
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
-    g.add_argument("--resamples", type=int, default=1000)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=_NONNEGATIVE, default=0.0)
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_POSITIVE_INT, default=8)
+    g.add_argument("--resamples", type=_POSITIVE_INT, default=1000)
+    g.add_argument("--seed", type=_NATURAL, default=0)
     g.set_defaults(fn=_run)
     j = sub.add_parser("rubrics", help="MMAR-Rubrics: an LLM judge grades the reasoning of correct answers")
     j.add_argument("--meta", required=True, help="MMAR meta with 'rubric' and 'thinking'")
@@ -260,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge-model", "--judge_model", dest="judge_model", default="gpt-4o-2024-11-20")
     j.add_argument("--judge-checkpoint", "--judge_checkpoint", dest="judge_checkpoint", default=None,
                    help="a local HF checkpoint folder to judge with through the sampler")
-    j.add_argument("--timeout", type=float, default=60.0)
-    j.add_argument("--retries", type=int, default=5)
-    j.add_argument("--rate", type=float, default=0.0, help="max requests per second (0 = no limit)")
+    j.add_argument("--timeout", type=_POSITIVE, default=60.0, help="seconds for one judge request")
+    j.add_argument("--retries", type=_NATURAL, default=5)
+    j.add_argument("--rate", type=_NONNEGATIVE, default=0.0, help="max requests per second (0 = no limit)")
     j.add_argument("--allow-failures", "--allow_failures", dest="allow_failures", action="store_true",
                    help="exit 0 even if the judge failed on some items (they are listed in OUT)")
     j.set_defaults(fn=_rubrics)
@@ -277,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchmarkError, ValueError) as e:
         usage_error(" ".join(str(e).split()))
     except OSError as e:
-        usage_error(f"{e.filename or ''}: {e.strerror or e}")
+        usage_error(f"{e.filename}: {e.strerror or e}" if e.filename else str(e))
     return 2
 
 
