@@ -73,8 +73,9 @@ def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
     return items, rejected
 
 
-def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
-    """Decode + quality filters + log-mel for every item whose cached row has another :func:`clip_key`."""
+def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache, int]:
+    """Decode + quality filters + log-mel for every item whose cached row has another :func:`clip_key`:
+    ``(the cache, how many clips this call processed)``."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -93,7 +94,7 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> StageCache:
             np.save(path, mel)
         cache.add({**row, "key": keys[item["id"]]})
     cache.close()
-    return cache
+    return cache, len(todo)
 
 
 def clip_key(audio_path: str, settings: str) -> str:
@@ -248,7 +249,8 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
         times["source"] = time.time() - t
 
         t = time.time()
-        audio_cache = _audio_stage(items, cfg, out)
+        audio_cache, processed = _audio_stage(items, cfg, out) if first else (StageCache(
+            out / "cache" / "audio.jsonl", writable=False), 0)
         times["audio"] = time.time() - t
 
     t = time.time()
@@ -265,12 +267,13 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
             yield item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
 
     if not first:  # every process has the merged results; process 0 alone writes the dataset and the report
-        return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports)
+        return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports,
+                                    processed=processed)
     t = time.time()
     dataset_dir = _write_if_changed(out, cfg, kept_items, audio_cache.rows, make_records)
     times["write"] = time.time() - t
     report = report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, dataset_dir,
-                                  stages=stage_reports)
+                                  stages=stage_reports, processed=processed)
     report_lib.write(report, out)
     return report
 

@@ -12,10 +12,11 @@ from typing import Any
 
 
 def summarize(items: list[dict], kept: list[dict], rejected: list[dict], audio_rows: dict[str, dict],
-              times: dict[str, float], dataset_dir: pathlib.Path | None, stages: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+              times: dict[str, float], dataset_dir: pathlib.Path | None, stages: dict[str, Any] | None = None,
+              processed: int = 0) -> dict[str, Any]:
     """The report of a build: ``items`` as read from the source, ``kept`` records' items (a question item
-    names its clip in ``clip_id``), every rejection, the per-clip audio rows, stage seconds, model-stage reports."""
+    names its clip in ``clip_id``), every rejection, the per-clip audio rows, stage seconds, model-stage reports,
+    and how many clips this run decoded (``processed``; the others came from the cache)."""
     reasons = collections.Counter(r["reason"].split(":")[0] for r in rejected)
     clips = dict.fromkeys(i.get("clip_id", i["id"]) for i in kept)
     seconds = [audio_rows[c]["seconds"] for c in clips if c in audio_rows]
@@ -23,7 +24,7 @@ def summarize(items: list[dict], kept: list[dict], rejected: list[dict], audio_r
         "kept": len(kept),
         "rejected": rejected,
         "counts": {"manifest_items": len(items), "kept": len(kept), "rejected": len(rejected),
-                   "rejected_by_reason": dict(reasons)},
+                   "rejected_by_reason": dict(reasons), "audio_processed_this_run": processed},
         "durations": {"total_seconds": round(sum(seconds), 2), "min_seconds": min(seconds, default=0.0),
                       "max_seconds": max(seconds, default=0.0), "clip_seconds": [round(s, 3) for s in seconds]},
         "modality": dict(collections.Counter(i.get("modality") or "unknown" for i in kept)),

@@ -97,7 +97,10 @@ def test_build_cli_keeps_good_rejects_bad_and_reruns_for_free(corpus, tmp_path):
     assert (tmp_path / "report.md").exists() and (tmp_path / "plots" / "build_summary.png").stat().st_size > 5000
     mtime = (ds / "dataset_info.json").stat().st_mtime
     r2 = _build(corpus, tmp_path)
-    assert r2.returncode == 0 and "decode + filter" not in r2.stderr  # nothing left to do
+    assert report["counts"]["audio_processed_this_run"] == report["counts"]["manifest_items"] > 0
+    assert r2.returncode == 0
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["counts"]["audio_processed_this_run"] == 0 and again["kept"] == report["kept"]  # all from cache
     assert (ds / "dataset_info.json").stat().st_mtime == mtime
 
 
