@@ -81,7 +81,16 @@ def test_schema_rejects_unknown_section_and_wrong_type():
         ("train.grad_accum", 3, r"batch_size=8 is not divisible by train.grad_accum=3"),
         ("train.trainable", "everything", r"train.trainable='everything' must be one of"),
         ("sharding.rules", "fsdp_xx", r"sharding.rules='fsdp_xx' is not a known rule set"),
-        ("optim.lr", -1.0, r"optim.lr=-1.0 must be > 0"),
+        ("optim.lr", -1.0, r"optim.lr=-1.0 must be a finite number > 0"),
+        ("optim.lr", float("nan"), r"optim.lr=nan must be a finite number > 0"),
+        ("optim.b2", 1.0, r"optim.b2=1.0 must be a finite number in \[0, 1\)"),
+        ("optim.clip_norm", float("inf"), r"optim.clip_norm=inf must be a finite number >= 0"),
+        ("checkpoint.keep_last", 0, r"checkpoint.keep_last=0 must be >= 1"),
+        ("sample.temperature", float("nan"), r"sample.temperature=nan must be a finite number >= 0"),
+        ("distill.hint_weight", float("nan"), r"distill.hint_weight=nan must be a finite number >= 0"),
+        ("lora.alpha", float("nan"), r"lora.alpha=nan must be a finite number > 0"),
+        ("data.seed", -3, r"data.seed=-3 must be an integer >= 0"),
+        ("seed", 2**32, r"seed=4294967296 must be in \[0, 2\*\*32\)"),
     ],
 )
 def test_impossible_values(field, value, message):
