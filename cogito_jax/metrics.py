@@ -10,6 +10,10 @@ workdir ``metrics.jsonl`` is kept in memory and the whole object rewritten at mo
 ``remote_flush_s`` seconds, on :meth:`MetricsWriter.flush` with ``durable=True`` (the trainer's call before
 each checkpoint) and on close. Locally every line is appended and flushed at once. TensorBoard event
 files go through tensorboardX, which writes ``gs://`` with ``google-cloud-storage``.
+
+A resumed run passes ``resume_step`` (the step its checkpoint holds): lines of later steps, written before the
+interruption and about to be logged again, are dropped first (the file is rewritten whole: atomically by
+rename locally), so ``metrics.jsonl`` reads as one run.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class MetricsWriter:
         config: Mapping[str, Any] | None = None,
         all_processes: bool = False,
         remote_flush_s: float = 30.0,
+        resume_step: int | None = None,
     ):
         self.workdir = epath.Path(workdir)
         self.active = all_processes or is_main_process()
@@ -96,6 +101,8 @@ class MetricsWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if jsonl:
             path = self.workdir / "metrics.jsonl"
+            if resume_step is not None:
+                _truncate(path, resume_step)
             if is_remote(path):
                 self._jsonl = _ObjectLines(path, remote_flush_s)
                 text = self._jsonl.text
@@ -170,6 +177,31 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _truncate(path: epath.Path, step: int) -> None:
+    """Drops the lines of steps after ``step`` (and a torn last line) from ``path``, rewriting it whole."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines) and all(line.endswith("\n") for line in lines):
+        return
+    if is_remote(path):  # an object is replaced whole by one write
+        path.write_text("".join(kept))
+    else:
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+    logger.info("metrics.jsonl: dropped %d line(s) after step %d, which this run logs again", len(lines) - len(kept),
+                step)
 
 
 def read_jsonl(path: str | epath.Path) -> list[dict[str, Any]]:

@@ -1,5 +1,9 @@
-"""Orbax checkpoints: exact round trip, resharding on restore, retention, fallback past a damaged step."""
+"""Orbax checkpoints: exact round trip, resharding on restore, retention, damaged steps detected (missing files,
+flipped bytes, garbage JSON), moved aside and skipped, other restore errors stopping, failed saves raised."""
 
+import errno
+import json
+import os
 import shutil
 
 import jax
@@ -8,7 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cogito_jax import sharding
+from cogito_jax import config as cfglib, sharding
+from cogito_jax.train import checkpoint
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
 
 
@@ -33,6 +38,33 @@ def test_roundtrip_and_reshard(tmp_path, cpu_devices):
     ck.close()
 
 
+def _saved(tmp_path, steps, keep_last=3):
+    """A checkpointer with ``steps`` saved (state ``w = arange * step``, iterator state ``{"i": step}``)."""
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, keep_last=keep_last, async_save=False)
+    for s in steps:
+        ck.save(s, _state(mesh, P(), s), data_state={"i": s})
+    ck.wait()
+    return ck, abstract_like(_state(mesh, P(), 0))
+
+
+@pytest.fixture
+def warnings_logged():
+    """The checkpoint module's log records (the project logger may not propagate to pytest's handler)."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    checkpoint.logger.addHandler(handler)
+    yield lambda: [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    checkpoint.logger.removeHandler(handler)
+
+
+def _step_dirs(tmp_path):
+    return sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+
+
 def test_retention_and_fallback_past_damaged_latest(tmp_path, cpu_devices):
     mesh = sharding.make_mesh(dict(data=-1))
     ck = Checkpointer(tmp_path, keep_last=2, keep_every=4, async_save=False)
@@ -40,7 +72,7 @@ def test_retention_and_fallback_past_damaged_latest(tmp_path, cpu_devices):
         ck.save(s, _state(mesh, P(), s), data_state={"i": s})
     ck.wait()
     assert ck.steps() == [4, 5, 6]  # last two, plus every 4th
-    # Damage step 6: its state files vanish. Restore falls back to step 5 with a warning.
+    # Damage step 6: its state files vanish. Restore falls back to step 5 and moves step 6 aside.
     for f in (tmp_path / "checkpoints" / "6" / "state").iterdir():
         if f.is_dir():
             shutil.rmtree(f)
@@ -49,19 +81,154 @@ def test_retention_and_fallback_past_damaged_latest(tmp_path, cpu_devices):
     step, restored, data_state, _ = ck.restore(abstract_like(_state(mesh, P(), 0)))
     assert step == 5 and data_state == {"i": 5}
     np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.arange(64).reshape(8, 8) * 5.0)
+    assert ck.steps() == [4, 5] and _step_dirs(tmp_path) == ["4", "5", "6.corrupt-1"]
+    # Training on from step 5 saves step 6 again (it is no longer in the way), and a later restore reads it.
+    ck.save(6, _state(mesh, P(), 6), data_state={"i": 6})
+    assert ck.restore(abstract_like(_state(mesh, P(), 0)))[0] == 6
     ck.close()
 
 
-def test_all_damaged_raises_instead_of_restarting(tmp_path, cpu_devices):
+def _largest_state_file(step_dir):
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_flipped_bytes_are_detected_and_the_step_moved_aside(tmp_path, cpu_devices, warnings_logged):
+    import orbax.checkpoint as ocp
+
     mesh = sharding.make_mesh(dict(data=-1))
     ck = Checkpointer(tmp_path, async_save=False)
-    ck.save(1, _state(mesh, P(), 1))
-    ck.wait()
+    noise = {"params": {"w": jax.device_put(jax.random.normal(jax.random.key(0), (64, 64)), NamedSharding(mesh, P()))}}
+    for s in (1, 2):
+        ck.save(s, jax.tree.map(lambda x, s=s: x * s, noise), data_state={"i": s})
+    target = abstract_like(noise)
+    path = _largest_state_file(tmp_path / "checkpoints" / "2")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    # Orbax alone reads the flipped value without complaint ...
+    raw = ck.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    assert not np.array_equal(np.asarray(raw["params"]["w"]), 2 * np.asarray(noise["params"]["w"]))
+    # ... the checksum saved with the step does not match it: step 1 is restored, step 2 moved aside.
+    step, restored, data_state, _ = ck.restore(target)
+    assert step == 1 and data_state == {"i": 1}
+    np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.asarray(noise["params"]["w"]))
+    assert _step_dirs(tmp_path) == ["1", "2.corrupt-1"]
+    assert warnings_logged() == [f"checkpoint step 2 in {tmp_path}/checkpoints is damaged (checksum mismatch in 1 "
+                                 "array(s): ['params']['w']): moved to 2.corrupt-1; trying the previous step"]
+    ck.close()
+
+
+@pytest.mark.parametrize("file, content", [
+    ("iterators/process_0-of-1.json", "garbage{"),
+    ("iterators/process_0-of-1.json", json.dumps({"iterator": {"i": 7}, "sha256": "0" * 64})),
+    ("iterators/process_0-of-1.json", json.dumps({"iterator": {"i": 7}})),
+    ("data/metadata", ""),
+    ("meta/metadata", '{"meta": {}, "sha256": "x"}'),
+    ("iterators/process_0-of-1.json", None),
+])
+def test_damaged_json_items_fall_back(tmp_path, cpu_devices, warnings_logged, file, content):
+    ck, target = _saved(tmp_path, [1, 2])
+    path = tmp_path / "checkpoints" / "2" / file
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    step, _, data_state, _ = ck.restore(target)
+    assert step == 1 and data_state == {"i": 1}
+    assert _step_dirs(tmp_path) == ["1", "2.corrupt-1"]
+    [warning] = warnings_logged()
+    assert warning.startswith("checkpoint step 2 in ") and "is damaged (" in warning, warning
+    ck.close()
+
+
+def test_a_step_damaged_twice_is_kept_twice_and_all_damaged_starts_over(tmp_path, cpu_devices):
+    ck, target = _saved(tmp_path, [1])
+    (tmp_path / "checkpoints" / "1" / "data" / "metadata").write_text("{")
+    assert ck.restore(target) is None  # nothing intact is left: the run starts from step 0
+    ck.save(1, _state(sharding.make_mesh(dict(data=-1)), P(), 1), data_state={"i": 1})
+    (tmp_path / "checkpoints" / "1" / "meta" / "metadata").write_text("[]")
+    assert ck.restore(target) is None
+    assert _step_dirs(tmp_path) == ["1.corrupt-1", "1.corrupt-2"]
+    ck.close()
+
+
+def test_other_restore_errors_stop_and_leave_the_step(tmp_path, cpu_devices):
+    """A state that no longer fits (the model changed) is not damage: one line naming the step and the cause."""
+    ck, _ = _saved(tmp_path, [1])
     sds = jax.ShapeDtypeStruct
     other = {"params": {"w": sds((8, 8), jnp.float32), "extra": sds((2,), jnp.float32)}}
-    with pytest.raises(RuntimeError, match="no checkpoint in .* can be restored .*step 1"):
+    with pytest.raises(cfglib.ConfigError, match=r"checkpoint step 1 in .* cannot be restored into this run "
+                                                 r"\(ValueError: Structure mismatch.*use a new workdir") as e:
         ck.restore(other)
+    assert "\n" not in str(e.value) and isinstance(e.value, checkpoint.IncompatibleCheckpoint)
+    other = {"params": {"w": sds((4, 8), jnp.float32)}, "step": sds((), jnp.int32), "rng": sds((2,), jnp.uint32)}
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Requested shape: \(4, 8\)"):
+        ck.restore(other)
+    assert _step_dirs(tmp_path) == ["1"]
     ck.close()
+
+
+def test_damage_is_told_from_other_errors():
+    assert checkpoint.damage(ValueError("DATA_LOSS: Error reading x")) == "ValueError: DATA_LOSS: Error reading x"
+    chained = Exception("Encountered error while reading array index")
+    chained.__cause__ = ValueError("OUT_OF_RANGE: Requested byte range [0, 8) is not valid for value of size 4")
+    assert checkpoint.damage(chained).startswith("ValueError: OUT_OF_RANGE")
+    assert checkpoint.damage(FileNotFoundError("gone")) == "FileNotFoundError: gone"
+    for other in (ValueError("UNAVAILABLE: connection reset"), ValueError("Requested shape: (4, 8) is not"),
+                  PermissionError(13, "Permission denied"), RuntimeError("boom")):
+        assert checkpoint.damage(other) is None, other
+
+
+def test_checksums_do_not_depend_on_the_layout(cpu_devices):
+    x = jax.random.normal(jax.random.key(1), (16, 8)).astype(jnp.bfloat16)
+    mesh = sharding.make_mesh(dict(data=2, fsdp=4))
+    layouts = [np.asarray(x), jax.device_put(x, NamedSharding(mesh, P("fsdp", "data"))),
+               jax.device_put(x, NamedSharding(mesh, P(None, "fsdp")))]
+    sums = [checkpoint.state_checksums({"x": v}) for v in layouts]
+    assert sums[0] == sums[1] == sums[2] and sums[0][0][:2] == ["['x']", "bfloat16"]
+    flipped = np.asarray(x).view(np.uint16).copy()
+    flipped[5, 3] ^= 1  # one bit of one element
+    assert checkpoint.state_checksums({"x": flipped.view(np.asarray(x).dtype)})[0][2] != sums[0][0][2]
+    swapped = np.asarray(x).copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert checkpoint.state_checksums({"x": swapped})[0][2] != sums[0][0][2]
+
+
+def test_a_failed_background_save_is_raised_once(tmp_path, cpu_devices, monkeypatch):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    async def disk_full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", disk_full)
+    ck = Checkpointer(tmp_path, async_save=True)
+    assert ck.save(1, {"w": jnp.ones(3)})
+    with pytest.raises(checkpoint.CheckpointError, match=r"^saving checkpoint step 1 in .*checkpoints failed: "
+                                                         r"No space left on device \(errno 28\)$"):
+        ck.check(wait=True)
+    ck.check(wait=True)  # reported once
+    ck.close()
+    assert ck.steps() == []
+
+
+def test_an_unwritable_checkpoint_folder_is_a_config_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "checkpoints").write_text("")
+    with pytest.raises(cfglib.ConfigError, match=r"checkpoint folder '.*/w/checkpoints' is not a folder"):
+        checkpoint.check_writable(tmp_path / "w")
+    with pytest.raises(cfglib.ConfigError, match=r"checkpoint folder '.*/file/checkpoints' is not writable"):
+        checkpoint.check_writable(tmp_path / "file")
+    ro = tmp_path / "ro"
+    (ro / "checkpoints").mkdir(parents=True)
+    os.chmod(ro / "checkpoints", 0o555)
+    try:
+        if os.access(ro / "checkpoints", os.W_OK):
+            pytest.skip("running as root: a read-only folder is still writable")
+        with pytest.raises(cfglib.ConfigError, match="is not writable: Permission denied"):
+            checkpoint.check_writable(ro)
+    finally:
+        os.chmod(ro / "checkpoints", 0o755)
 
 
 def test_empty_workdir_restores_nothing(tmp_path):
@@ -83,3 +250,66 @@ def test_a_relative_workdir_saves_and_restores(tmp_path, cpu_devices, monkeypatc
     assert step == 5
     np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.asarray(state["params"]["w"]))
     ck.close()
+
+
+MULTIPROCESS = '''
+import json, pathlib, sys
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from cogito_jax import log, sharding
+from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+
+log.setup()
+assert sharding.maybe_initialize_distributed()
+workdir, damage = sys.argv[1], sys.argv[2]
+mesh = sharding.make_mesh(dict(data=-1))
+pid = jax.process_index()
+w = lambda s: jax.make_array_from_callback(  # incompressible: each process's shards fill its own data files
+    (8, 4096), NamedSharding(mesh, P("data")),
+    lambda i: np.random.default_rng(s).standard_normal((8, 4096), dtype=np.float32)[i])
+ck = Checkpointer(workdir, async_save=False)
+for s in (1, 2):
+    ck.save(s, {"w": w(s)}, data_state={"i": s, "process": pid})
+jax.experimental.multihost_utils.sync_global_devices("saved")
+step2 = ck.directory / "2"
+if pid == 0 and damage == "array":  # only process 1 reads this file's chunks: process 0's read succeeds
+    f = max(pathlib.Path(step2, "state", "ocdbt.process_1", "d").iterdir(), key=lambda p: p.stat().st_size)
+    f.write_bytes(f.read_bytes()[:16])
+if pid == 0 and damage == "iterator":  # only process 1's own iterator state is garbage
+    (step2 / "iterators" / "process_1-of-2.json").write_text("garbage")
+jax.experimental.multihost_utils.sync_global_devices("damaged")
+step, state, data_state, _ = ck.restore(abstract_like({"w": w(0)}))
+first = np.asarray(state["w"].addressable_shards[0].data)
+expected = np.asarray(w(1).addressable_shards[0].data)
+ck.save(2, {"w": w(2)}, data_state={"i": 2, "process": pid})
+print(json.dumps({"process": pid, "step": step, "data_state": data_state, "same": bool(np.array_equal(first, expected)),
+                  "dirs": sorted(p.name for p in ck.directory.iterdir()), "steps": ck.steps()}))
+sys.stdout.flush()
+ck.close()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["array", "iterator"])
+def test_processes_agree_on_a_step_damaged_for_one_of_them(tmp_path, damage):
+    """Step 2 is unreadable for process 1 only (a truncated file of its shards, or its own iterator state): both
+    processes restore step 1 with their own iterator positions, process 0 moves step 2 aside once, and both can
+    save step 2 again."""
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    script = tmp_path / "mp_checkpoint.py"
+    script.write_text(MULTIPROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(COGITO_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+    r = subprocess.run(["bash", str(repo / "launch/local.sh"), "2", sys.executable, str(script), str(tmp_path / "w"),
+                        damage], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[1][-3000:]
+    outs = [json.loads(next(ln for ln in log.splitlines() if ln.startswith("{"))) for log in logs]
+    for i, out in enumerate(outs):
+        assert out["step"] == 1 and out["data_state"] == {"i": 1, "process": i} and out["same"], out
+        assert out["dirs"] == ["1", "2", "2.corrupt-1"] and out["steps"] == [1, 2], out
+    assert "checkpoint step 2 in " in logs[0] and "is damaged (" in logs[0] and "moved to 2.corrupt-1" in logs[0]

@@ -132,3 +132,29 @@ def test_missing_workdir_is_a_usage_error():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().endswith("error: --workdir is required"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, why", [
+    ("", "JSONDecodeError: Expecting value"),
+    ('{"done": ["train_0", "eval_0"], "rounds": {"0": {"accura', "JSONDecodeError: Unterminated string"),
+    ("\xff\xfe garbage", "JSONDecodeError"),
+    ("[]", "expected an object with a 'done' list"),
+    ('{"done": "train_0", "rounds": {}}', "expected an object with a 'done' list"),
+    ('{"rounds": {}}', "expected an object with a 'done' list"),
+    ('{"done": [1], "rounds": {}}', "expected an object with a 'done' list"),
+    ('{"done": [], "rounds": {}, "stages": []}', "expected an object with a 'done' list"),
+])
+def test_a_damaged_rounds_json_is_a_one_line_error(tmp_path, content, why):
+    from cogito_jax.config import ConfigError
+    from cogito_jax.distill.rounds import State
+
+    path = tmp_path / "rounds.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"^{path} is not a readable stage record \(.*; restore it, or delete it "
+                                          "to run every stage again$") as e:
+        State(path)
+    assert why in str(e.value) and "\n" not in str(e.value)
+    assert path.read_text() == content  # left as it was
+    good = '{"done": ["train_0"], "rounds": {}, "stages": {"train_0": {"attempts": 1}}}'
+    path.write_text(good)
+    assert State(path).done("train_0")

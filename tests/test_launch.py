@@ -227,3 +227,8 @@ def test_metrics_writer_on_a_gs_workdir(fake_gcs):
         w.write(4, {"loss": 1.0})
     assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == [1, 2, 3, 4]
     assert "gs://bucket/run/metrics.jsonl" in fake_gcs.store  # it went through the (fake) gs:// file system
+    # A run resumed from its step-2 checkpoint drops steps 3 and 4 (rewriting the object), then logs them again.
+    with MetricsWriter(work, tensorboard=False, resume_step=2) as w:
+        assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == [1, 2]
+        w.write(3, {"loss": 0.5})
+    assert [(r["step"], r["loss"]) for r in read_jsonl(work / "metrics.jsonl")] == [(1, 2.0), (2, 1.5), (3, 0.5)]

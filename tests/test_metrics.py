@@ -42,3 +42,26 @@ def test_inactive_on_non_main_process(tmp_path, monkeypatch):
     with metrics.MetricsWriter(tmp_path / "w", tensorboard=False) as w:
         w.write(1, {"loss": 1.0})
     assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_run_drops_the_lines_it_logs_again(tmp_path):
+    """Killed after logging steps 1-5 (and half of 6) with its checkpoint at step 4: the resumed writer keeps
+    steps 1-4 only, so after the rerun every step is in the file once."""
+    with metrics.MetricsWriter(tmp_path, tensorboard=False) as w:
+        for step in range(1, 6):
+            w.write(step, {"loss": 1.0 / step})
+        w.write_now(4, {"eval_loss": 0.5})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')
+    with metrics.MetricsWriter(tmp_path, tensorboard=False, resume_step=4) as w:
+        assert [r["step"] for r in metrics.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 4]
+        for step in range(5, 7):
+            w.write(step, {"loss": 2.0 / step})
+    rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4, 5, 6] and rows[-1]["loss"] == 2.0 / 6
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+    before = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
+    metrics.MetricsWriter(tmp_path, tensorboard=False, resume_step=6).close()  # nothing to drop: left as it is
+    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == before
+    metrics.MetricsWriter(tmp_path, tensorboard=False, resume_step=0).close()  # restarted from scratch
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

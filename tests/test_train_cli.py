@@ -74,6 +74,9 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
     assert p.returncode == 0, out[-3000:]
     assert "resumed from step 4" in out
     assert _rows(tmp_path) == ref  # same loss bitwise and the same examples at every step
+    # Steps logged after the checkpoint and before the kill were dropped on resume: every step is there once.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
 
 
 @pytest.mark.slow

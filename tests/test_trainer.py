@@ -109,7 +109,30 @@ def test_loss_falls_and_resume_is_exact(tmp_path, corpus):
     assert [s for s, _ in _losses(twice)] == list(range(1, 7))
     _run(_cfg(), twice, corpus)
     assert _losses(twice) == losses
+    assert _logged_steps(twice) == list(range(1, 13))  # steps 5 and 6, logged before the crash, appear once
     assert (twice / "config.json").exists()
+    # Flipped bytes in the last checkpoint (step 12): the next run finds its checksum broken, moves it aside,
+    # resumes from step 8 and saves step 12 again, with the same losses; the run after that has nothing left to do.
+    _flip_a_byte(_largest_file(twice / "checkpoints" / "12" / "state"))
+    _run(_cfg(), twice, corpus)
+    assert {"12", "12.corrupt-1"} <= {p.name for p in (twice / "checkpoints").iterdir()}
+    assert _losses(twice) == losses and _logged_steps(twice) == list(range(1, 13))
+    _run(_cfg(), twice, corpus)
+    assert _logged_steps(twice) == list(range(1, 13))
+
+
+def _logged_steps(workdir):
+    return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _largest_file(folder):
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
 
 
 def test_metrics_cover_accuracy_throughput_and_mfu(tmp_path, corpus):
@@ -284,3 +307,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corp
         assert ck.steps() == [4]
     finally:
         ck.close()
+
+
+def test_a_failed_background_save_stops_the_run_at_once(tmp_path, corpus, monkeypatch):
+    """A disk that fills up while step 4 is saved: the run stops a step or two later with the cause, instead of
+    training on to the next save."""
+    import errno
+    import os
+
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    from cogito_jax.train.checkpoint import CheckpointError
+
+    async def disk_full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(CheckpointError, match=r"^saving checkpoint step 4 in .* failed: No space left on device"):
+        _run(_cfg(**{"checkpoint.async_save": True, "train.steps": 40}), tmp_path, corpus)
+    assert max(_logged_steps(tmp_path)) < 8
+    assert Checkpointer(tmp_path).steps() == []
+
+
+def test_an_iterator_state_the_pipeline_rejects_stops_with_one_line(tmp_path):
+    from cogito_jax import config as cfglib
+
+    class Rejects:
+        def set_state(self, state):
+            raise ValueError("unexpected key 'packer'\nsecond line")
+
+    with pytest.raises(cfglib.ConfigError, match=r"^checkpoint step 4 in .*: its input-iterator state does not fit "
+                                                 r"this run's data pipeline \(ValueError: unexpected key 'packer'\); "
+                                                 r"resume with the data settings it was saved with, or use a new "
+                                                 r"workdir$"):
+        trainer._resume_iterator(Rejects(), {"packer": 1}, 4, Checkpointer(tmp_path))

@@ -46,8 +46,24 @@ class State:
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {"done": [], "rounds": {}}
+        self.data = self._read(path) if path.exists() else {"done": [], "rounds": {}}
         self.data.setdefault("stages", {})
+
+    @staticmethod
+    def _read(path: pathlib.Path) -> dict:
+        """The file's content; ConfigError naming it when it is garbled, cut short or not a stage record."""
+        what = f"{path} is not a readable stage record"
+        todo = "restore it, or delete it to run every stage again"
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"{what} ({type(e).__name__}: {e}); {todo}") from None
+        if not (isinstance(data, dict) and isinstance(data.get("done"), list)
+                and all(isinstance(s, str) for s in data["done"])
+                and isinstance(data.get("rounds", {}), dict) and isinstance(data.get("stages", {}), dict)):
+            raise ConfigError(f"{what} (expected an object with a 'done' list of stage names, 'rounds' and "
+                              f"'stages'); {todo}")
+        return data
 
     def done(self, stage: str) -> bool:
         return stage in self.data["done"]

@@ -2,6 +2,8 @@
 
 Appends one JSON line per logged step to `W/metrics.jsonl`, keeps checkpoints in `W/checkpoints/`, and
 continues from the newest checkpoint in `W` by itself (`--config.train.steps=N` is the total).
+Exit status: 0 finished, 2 bad input (one line on stderr), 1 a run-time error (non-finite loss, a checkpoint
+that could not be written).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ def main(cfg) -> int:
     if not _WORKDIR.value:
         cfglib.usage_error("--workdir is required")
     cfglib.writable_dir(_WORKDIR.value, "--workdir")
+    from cogito_jax.train.checkpoint import CheckpointError, check_writable
     from cogito_jax.train.trainer import NonFiniteLoss
 
+    check_writable(_WORKDIR.value)
     try:
         last = train(cfg, _WORKDIR.value)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"done: {last}")

@@ -3,18 +3,33 @@
 A checkpoint at step ``s`` holds ``state`` (parameters that train, optimizer state, step, RNG key
 data), ``iterators`` (every process's input-iterator state, one JSON file per process: each process reads
 its own slice of the data, so their positions differ), ``data`` (process 0's iterator state, as older
-checkpoints have it) and ``meta`` (the config and free-form JSON). Every file goes through
-``etils.epath`` and Orbax, so a ``gs://`` workdir takes the same code path as a local one.
-Orbax writes each step into a temporary folder and renames it when complete, so a crash never
-leaves a half-written step behind; a step that fails to restore (e.g. its files were damaged) is
-skipped with a warning and the previous one is used.
+checkpoints have it) and ``meta`` (the config, free-form JSON and a checksum of every state array). Every
+file goes through ``etils.epath`` and Orbax, so a ``gs://`` workdir takes the same code path as a local one.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a crash never leaves a
+half-written step behind. Damage after that is caught on restore: missing, truncated or garbled files (Orbax
+and TensorStore read errors, undecodable JSON) and changed bytes (each array's :func:`state_checksums`
+and each JSON item's SHA-256, saved with the step, are compared after reading it). Every process reaches
+the same verdict; a damaged step is moved aside to ``<step>.corrupt-<n>`` (by process 0, between two
+barriers), so it is neither restored again nor in the way of saving that step anew, and the previous step
+is tried. Any other restore failure (e.g. a changed model whose shapes no longer fit) stops the run with
+:class:`IncompatibleCheckpoint`. A save that fails in the background (disk full, no permission) is raised
+as :class:`CheckpointError` by the next :meth:`Checkpointer.check`, :meth:`~Checkpointer.save` or
+:meth:`~Checkpointer.close`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
-from collections.abc import Mapping
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -22,8 +37,216 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cogito_jax import metrics
+from cogito_jax import config as cfglib, metrics
 from cogito_jax.log import logger
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message is one line naming the step, folder and cause."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint step's files are missing, truncated, undecodable or do not match their checksums."""
+
+
+class IncompatibleCheckpoint(cfglib.ConfigError):
+    """A checkpoint step is intact but cannot be restored into this run (e.g. the model changed)."""
+
+
+def check_writable(workdir: str | os.PathLike) -> None:
+    """ConfigError unless the checkpoint folder of ``workdir`` can be created and written (local paths)."""
+    cfglib.writable_dir(metrics.absolute(workdir) / "checkpoints", "checkpoint folder")
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def _words(block: np.ndarray) -> np.ndarray:
+    """The bits of ``block`` as uint32 words: one per element (two, in a last axis, per 64-bit element)."""
+    if block.dtype == np.bool_:
+        return block.astype(np.uint32)
+    if block.dtype.itemsize == 8:
+        return np.ascontiguousarray(block).view(np.uint32).reshape(*block.shape, 2)
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[block.dtype.itemsize]
+    return np.ascontiguousarray(block).view(unsigned).astype(np.uint32)
+
+
+def _block_digest(block: np.ndarray, index: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    """uint64[2]: two sums of the words of ``block`` (at ``index`` in an array of ``shape``) times odd weights
+    of their positions in the whole array, modulo 2**32. Sums over disjoint blocks add up to the whole array's
+    digest however it is cut, and changing any one element changes both."""
+    words = _words(block)
+    full = tuple(shape) + words.shape[len(shape):]
+    starts = [sl.start or 0 for sl in index] + [0] * (words.ndim - len(index))
+    pos, stride = np.zeros(words.shape, np.uint32), 1
+    for d in reversed(range(words.ndim)):
+        axis = np.arange(words.shape[d], dtype=np.uint32) + np.uint32(starts[d] % 2**32)
+        pos += (axis * np.uint32(stride % 2**32)).reshape([-1 if i == d else 1 for i in range(words.ndim)])
+        stride *= full[d]
+    a = np.sum(words * (pos * np.uint32(0x9E3779B1) | 1), dtype=np.uint64)
+    b = np.sum((words ^ (words >> 16)) * (pos * np.uint32(0x85EBCA77) + np.uint32(0xC2B2AE3D) | 1), dtype=np.uint64)
+    return np.array([a, b], np.uint64) % 2**32
+
+
+def _local_digest(x: Any) -> np.ndarray:
+    """This process's share of ``x``'s digest: the shards it holds the first replica of."""
+    if isinstance(x, jax.Array):
+        blocks = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0]
+    else:  # a host value, the same on every process: counted once
+        blocks = [((), np.asarray(x))] if jax.process_index() == 0 else []
+    return sum((_block_digest(b, i, x.shape) for i, b in blocks), np.zeros(2, np.uint64)) % 2**32
+
+
+def state_checksums(tree: Any) -> list[list[str]]:
+    """``[path, dtype, digest]`` of every array in ``tree``, the same whatever its sharding (every process
+    calls it: their shares are summed)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    arrays = [(jax.tree_util.keystr(p), x) for p, x in leaves if isinstance(x, (jax.Array, np.ndarray, np.generic))]
+    local = np.stack([_local_digest(x) for _, x in arrays]) if arrays else np.zeros((0, 2), np.uint64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        local = np.asarray(multihost_utils.process_allgather(local.astype(np.uint32)), np.uint64).sum(0)
+    digests = (local % 2**32).astype(np.uint32)
+    return [[path, str(x.dtype), digests[i].tobytes().hex()] for i, (path, x) in enumerate(arrays)]
+
+
+def _verify_state(tree: Any, saved: list[list[str]]) -> None:
+    """CorruptCheckpoint naming the arrays whose checksum differs from the one saved (dtype-cast arrays aside)."""
+    now = state_checksums(tree)
+    if len(now) != len(saved):
+        raise CorruptCheckpoint(f"it holds checksums of {len(saved)} arrays, the state has {len(now)}")
+    bad = [path for (path, dtype, digest), (_, dtype_now, digest_now) in zip(saved, now, strict=True)
+           if dtype == dtype_now and digest != digest_now]
+    if bad:
+        raise CorruptCheckpoint(f"checksum mismatch in {len(bad)} array(s): {', '.join(bad[:3])}")
+
+
+def _sha256(item: Any) -> str:
+    return hashlib.sha256(json.dumps(item, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _seal(item: Mapping[str, Any]) -> dict:
+    """``item`` (JSON-safe) with the SHA-256 of its canonical JSON added."""
+    item = json.loads(json.dumps(dict(item), default=str))
+    return {**item, "sha256": _sha256(item)}
+
+
+def _unseal(item: Any, what: str, required: bool) -> dict:
+    """``item`` without its SHA-256, after checking it; CorruptCheckpoint if it does not match (or is missing
+    where ``required``)."""
+    if not isinstance(item, Mapping):
+        raise CorruptCheckpoint(f"{what} is not a JSON object")
+    body = {k: v for k, v in item.items() if k != "sha256"}
+    if "sha256" not in item:
+        if required:
+            raise CorruptCheckpoint(f"{what} has no checksum")
+        return body
+    if item["sha256"] != _sha256(body):
+        raise CorruptCheckpoint(f"{what} does not match its checksum")
+    return body
+
+
+# Read errors TensorStore reports for missing, truncated or undecodable files (not e.g. UNAVAILABLE: a network
+# error says nothing about the files).
+_DAMAGE_STATUS = re.compile(r"(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|FAILED_PRECONDITION): ")
+
+
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def error_line(e: BaseException) -> str:
+    """``e`` as one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def damage(e: BaseException) -> str | None:
+    """Why ``e`` (a restore error) shows a damaged checkpoint, in one line; None when it does not."""
+    for x in _chain(e):
+        if isinstance(x, CorruptCheckpoint):
+            return str(x)
+        if isinstance(x, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError)):
+            return error_line(x)
+        if isinstance(x, KeyError) and "was not found in the checkpoint" in str(x):
+            return error_line(x)
+        if isinstance(x, ValueError) and _DAMAGE_STATUS.match(str(x)):
+            return error_line(x)
+    return None
+
+
+def _write_error(e: BaseException) -> str:
+    """The cause of a failed save in one line (the OS error where TensorStore reports one)."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.strerror:
+            return f"{x.strerror} (errno {x.errno})"
+        m = re.search(r"os_error_code='(\d+)'", str(x))
+        if m:
+            return f"{os.strerror(int(m.group(1)))} (errno {m.group(1)})"
+    return error_line(e)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _agree(code: int) -> int:
+    """The largest ``code`` over all processes (0 restored, 1 damaged, 2 other error)."""
+    if jax.process_count() == 1:
+        return code
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(code))))
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def _noise(exc_traceback: Any, *paths: str) -> bool:
+    """True for an error raised in Orbax code (given its traceback and the paths of the code that reported it)."""
+    return any(_ORBAX in f for f in [*paths, *(f.filename for f in traceback.extract_tb(exc_traceback))])
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops the library tracebacks of a failed save or read (Orbax's error log records, asyncio's "exception was
+    never retrieved" for its abandoned writes): :class:`Checkpointer` raises the failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.exc_info or not _noise(record.exc_info[2],
+                                                                                   record.pathname)
+
+
+_QUIET = _QuietOrbax()
+
+
+def _quiet_unraisable(unraisable: Any, previous: Any) -> None:
+    """Drops what TensorStore's callbacks raise into the event loop of a save or read that has already failed
+    (``Event loop is closed``) and Orbax coroutines abandoned with it; passes anything else on."""
+    closed = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+    if not (closed or _noise(unraisable.exc_traceback)):
+        previous(unraisable)
+
+
+def _quiet_orbax() -> None:
+    for name in ("absl", "asyncio"):
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
+    if getattr(sys.unraisablehook, "func", None) is not _quiet_unraisable:
+        sys.unraisablehook = functools.partial(_quiet_unraisable, previous=sys.unraisablehook)
+
+
+# ----------------------------------------------------------------------------- JSON per process
 
 
 def _json_safe(state: Any) -> Any:
@@ -76,6 +299,9 @@ class ProcessJsonRestore(ocp.args.CheckpointArgs):
     pass
 
 
+# ----------------------------------------------------------------------------- the checkpointer
+
+
 class Checkpointer:
     """Keep-last-K plus keep-every-M checkpoints under ``workdir/checkpoints``; async saves."""
 
@@ -90,17 +316,47 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data", "iterators", "meta"))
+        self._saving: int | None = None  # the step of the save that may still be running
+        _quiet_orbax()
 
     def save(self, step: int, state: Any, data_state: Any = None, meta: Mapping[str, Any] | None = None,
              force: bool = False) -> bool:
-        """Starts saving ``step`` (returns at once when async); True if a save was started."""
+        """Starts saving ``step`` (returns at once when async); True if a save was started. Raises
+        :class:`CheckpointError` if this save, or the one before it, failed."""
+        self.check(wait=True)
+        iterator = {"iterator": _json_safe(data_state)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave({"iterator": _json_safe(data_state)}),
-            iterators=ProcessJsonSave({"iterator": _json_safe(data_state)}),
-            meta=ocp.args.JsonSave(json.loads(json.dumps(dict(meta or {}), default=str))),
+            data=ocp.args.JsonSave(_seal(iterator)),
+            iterators=ProcessJsonSave(_seal(iterator)),
+            meta=ocp.args.JsonSave(_seal({"meta": dict(meta or {}), "processes": jax.process_count(),
+                                          "state_checksums": state_checksums(state)})),
         )
-        return self.manager.save(step, args=args, force=force)
+        self._saving = step
+        try:
+            started = self.manager.save(step, args=args, force=force)
+        except Exception as e:
+            raise self._failed(step, e) from None
+        if not started:
+            self._saving = None
+        return started
+
+    def check(self, wait: bool = False) -> None:
+        """Raises :class:`CheckpointError` if the last save has failed (cheap while it is still running; ``wait``
+        blocks until it has finished)."""
+        step = self._saving
+        if step is None or (not wait and self.manager.is_saving_in_progress()):
+            return
+        self._saving = None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(step, e) from None
+        if not (self.directory / str(step)).exists():
+            raise CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: it was not committed")
+
+    def _failed(self, step: int, e: BaseException) -> CheckpointError:
+        return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_write_error(e)}")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -110,57 +366,92 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, Any, dict] | None:
-        """(step, state, data_state, meta) of ``step`` or the newest readable one; None if there is none.
+        """(step, state, data_state, meta) of ``step`` or the newest intact one; None if there is none.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with the target shardings, so arrays
-        are restored straight into their (possibly different) sharded layout.
+        are restored straight into their (possibly different) sharded layout. Without ``step``, damaged steps
+        are moved aside and the previous one is tried; with it, damage raises :class:`CorruptCheckpoint`.
         """
-        candidates = [step] if step is not None else list(reversed(self.steps()))
-        errors = []
-        for s in candidates:
+        self.check(wait=True)  # a save still running is finished (or its failure raised) first
+        for s in [step] if step is not None else list(reversed(self.steps())):
+            where = f"checkpoint step {s} in {self.directory}"
+            out, checksums = None, None
             try:
-                out = self.manager.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-            except Exception as e:  # damaged step: fall back to the previous one
-                if step is not None:
-                    raise
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                errors.append(f"step {s}: {reason}")
-                logger.warning("checkpoint step %d in %s cannot be restored (%s); trying the previous one",
-                               s, self.directory, reason)
-                continue
-            return s, out["state"], self._iterator_state(s, out["data"]["iterator"]), dict(out["meta"])
-        if errors:  # never silently start over on top of checkpoints that exist
-            raise RuntimeError(f"no checkpoint in {self.directory} can be restored ({'; '.join(errors)}); "
-                               "was the model or trainable set changed? use a new workdir or remove them")
+                out, checksums = self._read(s, abstract_state)
+                code, why = 0, ""
+            except Exception as e:
+                why = damage(e)
+                code, why = (1, why) if why else (2, error_line(e))
+            agreed = _agree(code)
+            if agreed == 0 and checksums is not None:  # every process has the arrays: verify them together
+                try:
+                    _verify_state(out[1], checksums)
+                except CorruptCheckpoint as e:
+                    agreed, why = 1, str(e)
+            if agreed == 0:
+                return out
+            why = why or "another process could not read it (see that process's log)"
+            if agreed == 2:
+                raise IncompatibleCheckpoint(
+                    f"{where} cannot be restored into this run ({why}); resume with the config it was saved with, "
+                    "or use a new workdir")
+            if step is not None:
+                raise CorruptCheckpoint(f"{where} is damaged: {why}")
+            self._quarantine(s, why)
         return None
 
-    def _iterator_state(self, step: int, process0: Any) -> Any:
-        """This process's iterator state at ``step``; process 0's for checkpoints without per-process states."""
-        own = None
+    def _read(self, step: int, abstract_state: Any) -> tuple[tuple[int, Any, Any, dict], list | None]:
+        """Reads ``step`` and checks its JSON items; returns it and the state checksums saved with it."""
+        items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                     meta=ocp.args.JsonRestore())
         if (self.directory / str(step) / "iterators").exists():
-            own = self.manager.restore(step, args=ocp.args.Composite(iterators=ProcessJsonRestore()))["iterators"]
+            items["iterators"] = ProcessJsonRestore()
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception:
+            # Orbax ends a restore at a barrier; a process whose read failed joins it so the others can go on.
+            if jax.process_count() > 1:
+                ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key("Checkpointer:restore"))
+            raise
+        sealed = isinstance(out["meta"], Mapping) and "sha256" in out["meta"]
+        meta = _unseal(out["meta"], "meta", required=False)
+        checksums = meta.get("state_checksums") if sealed else None
+        data = _unseal(out["data"], "data/ (iterator state)", required=sealed).get("iterator")
+        own = out["iterators"] if "iterators" in items else None
         if own is not None:
-            return _from_json_safe(own["iterator"])
-        if jax.process_count() > 1:
+            data = _unseal(own, f"iterators/{_process_file()}", required=sealed).get("iterator")
+        elif sealed and meta.get("processes") == jax.process_count():
+            raise CorruptCheckpoint(f"iterators/{_process_file()} is missing")
+        elif jax.process_count() > 1:
             logger.warning("checkpoint step %d has no input-iterator state for process %d of %d; using process 0's, "
                            "so this process's data order does not continue exactly", step, jax.process_index(),
                            jax.process_count())
-        return _from_json_safe(process0)
+        user_meta = dict(meta["meta"]) if sealed else meta
+        return (step, out["state"], _from_json_safe(data), user_meta), checksums
+
+    def _quarantine(self, step: int, why: str) -> None:
+        """Moves damaged ``step`` to ``<step>.corrupt-<n>`` (process 0, once every process has stopped reading)."""
+        n = 1
+        while (self.directory / f"{step}.corrupt-{n}").exists():
+            n += 1
+        target = self.directory / f"{step}.corrupt-{n}"
+        _barrier(f"cogito_quarantine_{step}_{n}_read")
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        _barrier(f"cogito_quarantine_{step}_{n}_moved")
+        self.manager.reload()
+        logger.warning("checkpoint step %d in %s is damaged (%s): moved to %s; trying the previous step", step,
+                       self.directory, why, target.name)
 
     def wait(self) -> None:
-        """Blocks until any async save has been committed."""
-        self.manager.wait_until_finished()
+        """Blocks until any async save has been committed; CheckpointError if it failed."""
+        self.check(wait=True)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.check(wait=True)
+        finally:
+            self.manager.close()
 
 
 def abstract_like(tree: Any) -> Any:

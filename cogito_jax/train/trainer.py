@@ -47,7 +47,7 @@ from cogito_jax.log import is_main_process, logger
 from cogito_jax.models import flops as flopslib
 from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
-from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+from cogito_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, abstract_like, check_writable, error_line
 from cogito_jax.train.step import LossFn, TrainState, lm_loss, make_eval_step, make_train_step, model_config
 
 
@@ -200,6 +200,7 @@ def run(
     """
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    check_writable(workdir)  # before any work: an unwritable checkpoint folder is a one-line error
     mesh = mesh or sharding.make_mesh(cfg.mesh)
     rules = sharding.resolve_rules(cfg.sharding.rules)
     if jax.process_index() == 0:
@@ -227,11 +228,11 @@ def run(
         step0, state, data_state, _ = restored
         state = TrainState(*state)
         if data_state is not None:
-            data_iter.set_state(data_state)
+            _resume_iterator(data_iter, data_state, step0, ckpt)
         logger.info("resumed from step %d in %s", step0, ckpt.directory)
     start = int(state.step)
 
-    writer = metricslib.from_config(workdir, cfg)
+    writer = metricslib.from_config(workdir, cfg, resume_step=start)  # drops lines of steps about to be rerun
     index_sum = jax.jit(jnp.sum, out_shardings=_replicated(mesh))
     last: dict[str, Any] = {}
     compiled_by_shape: dict[tuple, Any] = {}  # one executable per batch shape (audio buckets)
@@ -261,6 +262,7 @@ def run(
                     meter.compiled(time.perf_counter() - t_compile)
                     _log_memory(compiled)
                 state, metrics = compiled(state, frozen, batch)
+                ckpt.check()  # a background save that failed (disk full, ...) stops the run here
                 meter.stepped(metrics, batch["input_ids"].shape[1])
                 supervision.stepped(metrics["tokens"])
                 progress.dispatched(metrics["loss"])
@@ -336,6 +338,18 @@ class Throughput:
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite; the run stops without saving that state."""
+
+
+def _resume_iterator(data_iter: Any, data_state: Any, step: int, ckpt: Checkpointer) -> None:
+    """Puts the input iterator where checkpoint ``step`` left it; a state that does not fit this run's pipeline
+    (intact, but saved by other data settings) is :class:`IncompatibleCheckpoint`."""
+    try:
+        data_iter.set_state(data_state)
+    except Exception as e:
+        raise IncompatibleCheckpoint(
+            f"checkpoint step {step} in {ckpt.directory}: its input-iterator state does not fit this run's data "
+            f"pipeline ({error_line(e)}); resume with the data settings it was saved with, or use a new workdir"
+        ) from None
 
 
 def _check_finite(loss: Any, step: int, ckpt: Any) -> None:
