@@ -23,6 +23,9 @@ import ml_collections
 from ml_collections import ConfigDict
 
 EXIT_USAGE = 2
+# A run stopped by SIGTERM (preemption) after saving a checkpoint: not finished, rerun the same command to resume.
+# 128 + SIGTERM, the status a shell reports for a process SIGTERM ended; launch/sweep.py and tpu.py check for it.
+EXIT_PREEMPTED = 143
 
 # Sections whose keys are owned by a component (model family, data source) rather than the base.
 FREE_FORM = ("model", "data", "experiment")

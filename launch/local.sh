@@ -20,7 +20,7 @@ logdir=${COGITO_LOG_DIR:-logs/local}
 mkdir -p "$logdir"
 
 pids=()
-# Interrupted or terminated: pass SIGTERM on (a trainer saves a checkpoint and exits 0).
+# Interrupted or terminated: pass SIGTERM on (a trainer saves a checkpoint and exits 143, preempted).
 stopping=0
 cleanup() { stopping=1; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup INT TERM

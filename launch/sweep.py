@@ -2,6 +2,11 @@
 pod/cluster), and summarise each run's final metrics in a table.
 
     python launch/sweep.py --sweep configs/sweeps/tiny_lr.py --config configs/tiny.py --workdir W [--print_only]
+
+A run that exits with ``config.EXIT_PREEMPTED`` (SIGTERM: it saved a checkpoint and stopped) stops the sweep
+with that status, so whatever restarts it (e.g. ``launch/tpu.py babysit``) reruns the same command: finished
+runs resume at their last step and end at once, the preempted one continues. SIGTERM to the sweep is passed
+on to the run in progress.
 """
 
 from __future__ import annotations
@@ -9,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 
 from etils import epath
 
+from cogito_jax.config import EXIT_PREEMPTED
 from cogito_jax.sweeps import load_sweep, run_name
 
 
@@ -46,6 +53,16 @@ def summarize(workdir: str, names: list[str], keys: tuple[str, ...] = ("step", "
     return head + "".join("| " + " | ".join(r) + " |\n" for r in rows)
 
 
+def run_one(argv: list[str]) -> int:
+    """Runs one training command and returns its exit status; SIGTERM to the sweep is passed on to it."""
+    proc = subprocess.Popen(argv)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -64,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name, argv_run in runs:
         print(" ".join(shlex.quote(c) for c in argv_run), flush=True)
-        if not a.print_only and subprocess.run(argv_run).returncode != 0:
+        if a.print_only:
+            continue
+        rc = run_one(argv_run)
+        if rc == EXIT_PREEMPTED:
+            print(f"sweep: run {name} was preempted (exit {rc}); stopping: rerun the same command to continue",
+                  file=sys.stderr)
+            return EXIT_PREEMPTED
+        if rc != 0:
             failed.append(name)
     if a.print_only:
         return 0

@@ -5,7 +5,8 @@
     python launch/tpu.py setup   --name N --zone Z --project P [--repo URL --ref REF]
     python launch/tpu.py run     --name N --zone Z --project P -- python -m cogito_jax.train --config ...
     python launch/tpu.py babysit --name N ... -- CMD   (recreates the slice after preemption and reruns
-                                                       CMD, which resumes from its gs:// workdir)
+                                                       CMD, which resumes from its gs:// workdir, until it
+                                                       exits 0; exit 2, bad input, is not retried)
     python launch/tpu.py delete  --name N --zone Z --project P [--queued]
 
 ``--dry_run`` prints every gcloud command instead of running it. Multi-slice jobs use queued resources
@@ -109,7 +110,11 @@ def execute(cmds: list[list[str]], dry_run: bool, check: bool = True) -> int:
 
 
 def babysit(a: argparse.Namespace, cmd: Sequence[str]) -> int:
-    """Run CMD; whenever the slice is preempted or the run dies, recreate the slice and run again."""
+    """Run CMD; whenever the slice is preempted or the run stops unfinished (``EXIT_PREEMPTED`` after SIGTERM, a
+    crash, a lost connection), recreate the slice if needed and run again. Exit 0 ends it; so does exit 2 (bad
+    input: a rerun would fail the same way)."""
+    from cogito_jax.config import EXIT_PREEMPTED, EXIT_USAGE
+
     ready = {"READY", "ACTIVE"}
     for attempt in range(1, a.max_restarts + 2):
         print(f"# babysit attempt {attempt}", flush=True)
@@ -124,8 +129,15 @@ def babysit(a: argparse.Namespace, cmd: Sequence[str]) -> int:
             if execute(create_cmds(a), False) or execute(ssh_cmds(a, setup_command(a)), False):
                 time.sleep(a.retry_seconds)
                 continue
-        if execute(ssh_cmds(a, run_command(cmd)), False) == 0:
+        rc = execute(ssh_cmds(a, run_command(cmd)), False)
+        if rc == 0:
             return 0
+        if rc == EXIT_USAGE:
+            print(f"tpu.py: error: the command exited with status {rc} (bad input); not running it again",
+                  file=sys.stderr)
+            return rc
+        print(f"# babysit: the run {'was preempted' if rc == EXIT_PREEMPTED else f'exited with status {rc}'}; "
+              "running it again", flush=True)
         time.sleep(a.retry_seconds)
     print(f"tpu.py: error: gave up after {a.max_restarts} restarts", file=sys.stderr)
     return 1

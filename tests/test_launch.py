@@ -59,6 +59,88 @@ def test_tpu_errors():
     assert rc != 0 and "unknown accelerator type 'v9-8'" in err
 
 
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# gcloud stand-in: the slice is always READY; `ssh --command=C` runs C here, in $FAKE_HOME.
+case "$*" in
+  *describe*) echo READY ;;
+  *ssh*) for arg in "$@"; do case "$arg" in --command=*) cmd="${arg#--command=}" ;; esac; done
+         cd "$FAKE_HOME" && exec bash -c "$cmd" ;;
+esac
+"""
+# The babysat command: counts its runs, then exits with the status of that attempt ($STATUSES, one per run).
+COUNTED = 'n=$(($(cat runs 2>/dev/null || echo 0) + 1)); echo $n > runs; set -- $STATUSES; shift $((n - 1)); exit $1'
+
+
+def _babysit(tmp_path, statuses):
+    (tmp_path / "bin").mkdir(parents=True)
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_GCLOUD)
+    (tmp_path / "bin" / "gcloud").chmod(0o755)
+    (tmp_path / "cogito-jax").mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE_HOME": str(tmp_path),
+           "STATUSES": " ".join(map(str, statuses))}
+    r = subprocess.run([sys.executable, str(REPO / "launch/tpu.py"), "babysit", *LOC, "--retry_seconds", "0",
+                        "--max_restarts", "3", "--", "bash", "-c", COUNTED], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=120)
+    return r, int((tmp_path / "cogito-jax" / "runs").read_text())
+
+
+def test_babysit_reruns_a_preempted_run_and_stops_on_bad_input(tmp_path):
+    from cogito_jax.config import EXIT_PREEMPTED
+
+    r, runs = _babysit(tmp_path / "preempted", [EXIT_PREEMPTED, 1, 0])
+    assert r.returncode == 0 and runs == 3, r.stdout + r.stderr
+    assert "# babysit: the run was preempted; running it again" in r.stdout
+    assert "# babysit: the run exited with status 1; running it again" in r.stdout
+    r, runs = _babysit(tmp_path / "usage", [2, 0])
+    assert r.returncode == 2 and runs == 1, r.stdout + r.stderr
+    assert r.stderr.strip() == "tpu.py: error: the command exited with status 2 (bad input); not running it again"
+
+
+def _sweep_module():
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import sweep as sweep_mod
+    finally:
+        sys.path.remove(str(REPO / "launch"))
+    return sweep_mod
+
+
+def test_sweep_stops_at_a_preempted_run(tmp_path, monkeypatch, capsys):
+    """The second of three runs is preempted: the sweep exits with the preemption status without starting the
+    third or writing a summary, so a rerun of the same command continues the sweep."""
+    from cogito_jax.config import EXIT_PREEMPTED
+
+    sweep_mod = _sweep_module()
+    runs = [(name, [sys.executable, "-c", f"open({str(tmp_path / name)!r}, 'w'); raise SystemExit({rc})"])
+            for name, rc in (("a", 0), ("b", EXIT_PREEMPTED), ("c", 0))]
+    monkeypatch.setattr(sweep_mod, "commands", lambda *args, **kw: runs)
+    rc = sweep_mod.main(["--sweep", "s.py", "--config", "c.py", "--workdir", str(tmp_path)])
+    assert rc == EXIT_PREEMPTED
+    assert (tmp_path / "a").exists() and (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "sweep_summary.md").exists()
+    err = capsys.readouterr().err
+    assert "sweep: run b was preempted (exit 143); stopping: rerun the same command to continue" in err
+
+
+def test_sweep_passes_sigterm_on_to_the_run(tmp_path):
+    import signal
+    import threading
+    import time
+
+    sweep_mod = _sweep_module()
+    ready = tmp_path / "ready"
+    child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             f"open({str(ready)!r}, 'w'); time.sleep(60)")
+
+    def terminate_when_ready():
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    assert sweep_mod.run_one([sys.executable, "-c", child]) == 143  # the run saw SIGTERM; the sweep did not die
+
+
 def _slurm_env(env):
     fake_bin = REPO / "tests" / "scripts"
     script = f'source {REPO}/launch/slurm_env.sh; echo "$COGITO_COORDINATOR|$COGITO_NUM_PROCESSES|' \

@@ -1,6 +1,6 @@
 """`python -m cogito_jax.train` (contract 5): kill -9 and resume, with 2 Grain worker processes, gives the
-same per-step losses and examples as an uninterrupted run without workers; SIGTERM saves the current step
-and exits 0."""
+same per-step losses and examples as an uninterrupted run without workers, each step logged once; SIGTERM
+saves the current step and exits with the preemption status (143)."""
 
 import json
 import os
@@ -80,13 +80,16 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_zero(reference, tmp_path):
+def test_sigterm_saves_and_exits_with_the_preemption_status(reference, tmp_path):
+    from cogito_jax.config import EXIT_PREEMPTED
+
     ref_dir, _ = reference
     p = _start(tmp_path, "--config.train.steps=500", "--config.checkpoint.every=1000", data=ref_dir)
     _wait_for_step(tmp_path, 4, p)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == EXIT_PREEMPTED == 143, out[-3000:]
+    assert "preempted: checkpoint saved; rerun the same command to resume" in out
     steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert steps and 4 <= steps[-1] < 500
     assert max(_rows(tmp_path)) == steps[-1]  # the checkpoint is at the step it stopped on

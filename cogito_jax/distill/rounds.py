@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.config import ConfigError
+from cogito_jax.config import EXIT_PREEMPTED, ConfigError
 from cogito_jax.data import prepare, records
 from cogito_jax.distill.scoring import ScoreConfig, score_trace
 from cogito_jax.distill.select import Decision, Sample, SelectConfig, hint_question, select, select_rationalised
@@ -103,12 +103,12 @@ def _stage(state: State, name: str, fn: Callable[[], dict | None]) -> None:
 
 
 def _train(*args: Any, **kwargs: Any) -> None:
-    """A training stage; a preempted one stops the whole job (exit 0) so it is never marked done."""
+    """A training stage; a preempted one stops the whole job (exit ``EXIT_PREEMPTED``), never marked done."""
     from cogito_jax.train.run import train
 
     if train(*args, **kwargs).get("preempted"):
         logger.warning("training was preempted: stopping; a restart resumes this stage from its checkpoint")
-        raise SystemExit(0)
+        raise SystemExit(EXIT_PREEMPTED)
 
 
 def _stage_cfg(cfg: Any, steps: int, data_dir: str | None = None, tokenizer: str | None = None) -> Any:

@@ -3,7 +3,7 @@
 Appends one JSON line per logged step to `W/metrics.jsonl`, keeps checkpoints in `W/checkpoints/`, and
 continues from the newest checkpoint in `W` by itself (`--config.train.steps=N` is the total).
 Exit status: 0 finished, 2 bad input (one line on stderr), 1 a run-time error (non-finite loss, a checkpoint
-that could not be written).
+that could not be written), 143 (`config.EXIT_PREEMPTED`) stopped by SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def main(cfg) -> int:
     except (NonFiniteLoss, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if last.get("preempted"):
+        print(f"preempted: checkpoint saved; rerun the same command to resume (exit {cfglib.EXIT_PREEMPTED})")
+        return cfglib.EXIT_PREEMPTED
     print(f"done: {last}")
     return 0
 
