@@ -37,11 +37,11 @@ def test_lora_run_trains_only_the_adapters(tmp_path):
     ck.close()
     targets = ["llm/layers/mlp/down_proj/kernel", "llm/layers/self_attn/q_proj/kernel",
                "llm/layers/self_attn/v_proj/kernel"]
-    assert raw["meta"]["lora_targets"] == targets
+    assert raw["meta"]["meta"]["lora_targets"] == targets
     saved = _flat(raw["state"]["params"])
     assert sorted(saved) == sorted(f"lora_{ab}/{t.replace('/', '.')}" for ab in "ab" for t in targets)
     n_adapter = sum(v.size for v in saved.values())
-    assert raw["meta"]["trainable_parameters"] == n_adapter
+    assert raw["meta"]["meta"]["trainable_parameters"] == n_adapter
     # The optimizer state is the adapters' too: nothing of the base model's size is in the checkpoint.
     n_saved = sum(np.asarray(v).size for v in jax.tree.leaves(raw["state"]))
     assert n_saved < 3 * n_adapter + 16

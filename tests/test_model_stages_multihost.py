@@ -97,6 +97,7 @@ def _comparable(report):
     r = json.loads(json.dumps(report))
     r.pop("stage_seconds")
     r.pop("dataset_dir", None)
+    r["counts"].pop("audio_processed_this_run")  # what this run did, like generated_this_run below
     r["stages"]["audit"].pop("judge_calls")  # HTTP call counts of process 0's judge only
     for stage in r["stages"].values():
         stage.pop("generated_this_run", None)

@@ -6,9 +6,9 @@ in report.json, the build finishes, nothing is written outside --out, no file co
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -21,20 +21,31 @@ QA = {"question": "Is this a steady tone or white noise?", "choices": ["a steady
 EIGHT_HOURS = 8 * 3600
 
 
+# Runs a command and writes its peak resident memory (KiB) to argv[1]. The build is this small process's child:
+# a child forked straight from the test process would count the test process's own memory in its peak (Linux
+# keeps the high-water mark of the memory a process had before exec).
+_PEAK = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+         "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
+
+
 def run_cli(out: pathlib.Path, manifest: pathlib.Path, timeout: float = 300) -> tuple[int, str, str, int]:
     """(exit code, stdout, stderr, peak resident memory in MiB) of one build; killed after ``timeout`` seconds."""
     logs = out.parent / f"{out.name}.log"
+    peak = out.parent / f"{out.name}.peak"
     with open(f"{logs}.out", "w") as so, open(f"{logs}.err", "w") as se:
-        p = subprocess.Popen([sys.executable, "-m", "data_prep.build", "--config", "configs/data/manifest.py",
-                              "--out", str(out), f"--config.source.manifest={manifest}", "--config.features.n_mels=80"],
-                             cwd=REPO, stdout=so, stderr=se, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
-        timer.cancel()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, pathlib.Path(f"{logs}.out").read_text(), pathlib.Path(f"{logs}.err").read_text(), \
-        usage.ru_maxrss // 1024
+        p = subprocess.Popen([sys.executable, "-c", _PEAK, str(peak), sys.executable, "-m", "data_prep.build",
+                              "--config", "configs/data/manifest.py", "--out", str(out),
+                              f"--config.source.manifest={manifest}", "--config.features.n_mels=80"],
+                             cwd=REPO, stdout=so, stderr=se, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                             start_new_session=True)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    kib = int(peak.read_text()) if peak.exists() else 0
+    peak.unlink(missing_ok=True)
+    return p.returncode, pathlib.Path(f"{logs}.out").read_text(), pathlib.Path(f"{logs}.err").read_text(), kib // 1024
 
 
 def _tone(path: pathlib.Path, freq: float) -> None:
