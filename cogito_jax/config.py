@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-import math
 import os
 import pathlib
 import sys
@@ -22,17 +21,17 @@ from typing import Any
 import ml_collections
 from ml_collections import ConfigDict
 
-EXIT_USAGE = 2
-# A run stopped by SIGTERM (preemption) after saving a checkpoint: not finished, rerun the same command to resume.
-# 128 + SIGTERM, the status a shell reports for a process SIGTERM ended; launch/sweep.py and tpu.py check for it.
-EXIT_PREEMPTED = 143
+from cogito_jax.errors import (  # noqa: F401
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    ConfigError,
+    check_number as _check_number,
+    is_int as _is_int,
+    usage_error,
+)
 
 # Sections whose keys are owned by a component (model family, data source) rather than the base.
 FREE_FORM = ("model", "data", "experiment")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message is one line that names the bad value."""
 
 
 # How a process joins a multi-process JAX job (``sharding.maybe_initialize_distributed``); launch/local.sh's
@@ -218,12 +217,6 @@ def validate(cfg: ConfigDict) -> ConfigDict:
     return cfg
 
 
-def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
-    """ConfigError unless ``value`` is a finite number with ``ok(value)`` (NaN and inf always fail)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
-        raise ConfigError(f"{name}={value} must be a finite number {rule}")
-
-
 def validate_optim(o: ConfigDict) -> None:
     """Checks the ``optim`` section: schedule name and every number finite and in its range."""
     if o.schedule not in ("cosine", "linear", "constant"):
@@ -267,10 +260,6 @@ def validate_lora(lc: ConfigDict) -> None:
         re.compile(lc.targets)
     except re.error as e:
         raise ConfigError(f"lora.targets={lc.targets!r} is not a valid regex: {e}") from e
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def validate_data(d: ConfigDict) -> None:
@@ -454,15 +443,6 @@ def dump(cfg: ConfigDict, path: str | pathlib.Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI front end
-
-
-def usage_error(message: str) -> None:
-    """Prints one line and exits with code 2 (bad user input, never a traceback)."""
-    main_mod = sys.modules.get("__main__")
-    spec = getattr(main_mod, "__spec__", None)
-    prog = spec.name if spec is not None else pathlib.Path(sys.argv[0] if sys.argv else "cogito_jax").name
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> None:
