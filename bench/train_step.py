@@ -107,12 +107,12 @@ def measure_step(cfg, batch: int, seq: int, steps: int, local: dict | None = Non
 
 def load_config(spec: str, overrides: list[str]):
     """The config ``spec`` (a path, or one relative to the repository) with ``a.b=v`` overrides."""
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli
 
     path = spec.partition(":")[0]
     if not pathlib.Path(path).exists():
         spec = str(REPO / spec)
-    return cfglib.load_config(spec, ["train.grad_accum=1", *overrides])
+    return cli.load_config(spec, ["train.grad_accum=1", *overrides])
 
 
 def main() -> None:

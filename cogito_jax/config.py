@@ -1,10 +1,11 @@
-"""Run configuration: ml-collections files, ``--config.a.b=v`` overrides, validation, CLI front end.
+"""The run configuration's schema: :func:`base_config` (every key with its default and type), loading
+``path.py[:arg]`` files, ``a.b=value`` overrides and writing the resolved config.
 
 A config file is a Python file with ``get_config(arg=None) -> ConfigDict`` (``--config file.py:arg``
 passes ``arg``). Experiments start from :func:`base_config`, whose keys are the schema: a key a file
-or an override adds that the base does not know is an error that names the nearest valid key.
-Every entry point runs through :func:`run_main`, which turns any bad user input into one line on
-stderr and exit code 2.
+or an override adds that the base does not know is an error that names the nearest valid key
+(:func:`check_schema`). The checks of each section's values live with the subsystem that reads it;
+:func:`cogito_jax.cli.validate` runs them all, and :mod:`cogito_jax.cli` is the command-line front end.
 """
 
 from __future__ import annotations
@@ -12,21 +13,16 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-import os
 import pathlib
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import ml_collections
 from ml_collections import ConfigDict
 
 from cogito_jax.errors import (  # noqa: F401
     EXIT_PREEMPTED,
     EXIT_USAGE,
     ConfigError,
-    check_number as _check_number,
-    is_int as _is_int,
     usage_error,
 )
 
@@ -169,183 +165,6 @@ def _compatible(value: Any, ref: Any) -> bool:
     return isinstance(value, type(ref))
 
 
-def validate(cfg: ConfigDict) -> ConfigDict:
-    """Schema plus cross-field checks that need no devices; returns ``cfg`` for chaining."""
-    check_schema(cfg)
-    from cogito_jax import sharding
-
-    sharding.resolve_rules(cfg.sharding.rules)
-    for axis in sharding.MESH_AXES:
-        for key in (axis, f"dcn_{axis}"):
-            v = cfg.mesh.get(key, 1)
-            if v == 0 or v < -1:
-                raise ConfigError(f"mesh.{key}={v} must be a positive size or -1 (the rest)")
-    if sum(cfg.mesh.get(a, 1) == -1 for a in sharding.MESH_AXES) > 1:
-        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(cfg.mesh)}")
-    if not 0 <= cfg.seed < 2**32:
-        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32)")
-    t = cfg.train
-    for key in ("steps", "batch_size", "grad_accum", "log_every"):
-        if t[key] < 1:
-            raise ConfigError(f"train.{key}={t[key]} must be >= 1")
-    if t.eval_every < 0:
-        raise ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = no evaluation during training)")
-    _check_number("train.peak_tflops", t.peak_tflops, lambda v: v >= 0, ">= 0 (0 = the device's bf16 peak)")
-    ck = cfg.checkpoint
-    for key, low in (("every", 1), ("keep_last", 1), ("keep_every", 0)):
-        if ck[key] < low:
-            raise ConfigError(f"checkpoint.{key}={ck[key]} must be >= {low}")
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
-    if t.trainable not in ("full", "lora", "frozen_encoder", "adapter_only"):
-        raise ConfigError(
-            f"train.trainable={t.trainable!r} must be one of full, lora, frozen_encoder, adapter_only"
-        )
-    for key in ("param_dtype", "compute_dtype"):
-        if t[key] not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"train.{key}={t[key]!r} must be float32, bfloat16 or float16")
-    validate_optim(cfg.optim)
-    if "lora" in cfg:
-        validate_lora(cfg.lora)
-    validate_model_settings(cfg.get("model") or {})
-    if "data" in cfg:
-        validate_data(cfg.data)
-    if "sample" in cfg:
-        validate_sample(cfg.sample)
-    if "distill" in cfg:
-        validate_distill(cfg.distill)
-    return cfg
-
-
-def validate_optim(o: ConfigDict) -> None:
-    """Checks the ``optim`` section: schedule name and every number finite and in its range."""
-    if o.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"optim.schedule={o.schedule!r} must be cosine, linear or constant")
-    _check_number("optim.lr", o.lr, lambda v: v > 0, "> 0")
-    _check_number("optim.eps", o.eps, lambda v: v > 0, "> 0")
-    for key in ("b1", "b2"):
-        _check_number(f"optim.{key}", o[key], lambda v: 0 <= v < 1, "in [0, 1)")
-    _check_number("optim.end_lr_ratio", o.end_lr_ratio, lambda v: 0 <= v <= 1, "in [0, 1]")
-    for key in ("weight_decay", "clip_norm"):
-        _check_number(f"optim.{key}", o[key], lambda v: v >= 0, ">= 0 (0 = off)")
-    if o.warmup_steps < 0:
-        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")
-
-
-def validate_model_settings(model: Mapping[str, Any]) -> None:
-    """The run-time model settings of a ``model`` section (``registry.OVERRIDES``) that it sets."""
-    from cogito_jax.models import attention, layers, moe
-
-    allowed = {"dtype": tuple(layers.DTYPES), "param_dtype": tuple(layers.DTYPES), "attn_impl": attention.IMPLS,
-               "remat": tuple(layers.REMAT_POLICIES), "moe_impl": moe.IMPLS}
-    for key, values in allowed.items():
-        if model.get(key) and model[key] not in values:
-            raise ConfigError(f"model.{key}={model[key]!r} must be one of {', '.join(values)}")
-    factor = model.get("moe_capacity_factor")
-    if factor is not None and not factor > 0:
-        raise ConfigError(f"model.moe_capacity_factor={factor} must be > 0")
-
-
-def validate_lora(lc: ConfigDict) -> None:
-    """Checks the ``lora`` section (adapters of ``train.trainable="lora"``)."""
-    import re
-
-    if lc.rank < 1:
-        raise ConfigError(f"lora.rank={lc.rank} must be >= 1")
-    _check_number("lora.alpha", lc.alpha, lambda v: v > 0, "> 0")
-    if lc.dropout:
-        raise ConfigError(f"lora.dropout={lc.dropout}: adapters are merged into the weights, so input dropout is not "
-                          "available; use 0")
-    try:
-        re.compile(lc.targets)
-    except re.error as e:
-        raise ConfigError(f"lora.targets={lc.targets!r} is not a valid regex: {e}") from e
-
-
-def validate_data(d: ConfigDict) -> None:
-    """Checks the input pipeline's keys of the ``data`` section (those of them the config sets)."""
-    if "packing" in d and not isinstance(d.packing, bool):
-        raise ConfigError(f"data.packing={d.packing!r} must be True or False")
-    for key, low in (("max_clips_per_row", 1), ("num_workers", 0), ("max_len", 1), ("num_train", 1),
-                     ("num_heldout", 0), ("seed", 0)):
-        if key in d and (not _is_int(d[key]) or d[key] < low):
-            raise ConfigError(f"data.{key}={d[key]!r} must be an integer >= {low}")
-    if "audio_buckets" in d:
-        b = d.audio_buckets
-        if (not isinstance(b, (tuple, list)) or any(not _is_int(x) or x < 1 for x in b)
-                or list(b) != sorted(set(b))):
-            raise ConfigError(f"data.audio_buckets={b!r} must be increasing positive mel-frame counts, "
-                              "e.g. (500, 1000)")
-
-
-DISTILL_ALL_WRONG = ("drop", "hint")
-
-
-def validate_distill(d: ConfigDict) -> None:
-    """Checks the ``distill`` section (self-distillation rounds)."""
-    for key in ("num_samples", "orders", "max_new_tokens", "batch_size", "max_per_prompt"):
-        if d[key] < 1:
-            raise ConfigError(f"distill.{key}={d[key]} must be >= 1")
-    for key in ("rounds", "sft_steps", "round_steps", "pool_size", "synthetic_pool", "eval_limit",
-                "min_thinking_chars"):
-        if d[key] < 0:
-            raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
-    if d.orders > d.num_samples:
-        raise ConfigError(f"distill.orders={d.orders} must be <= distill.num_samples={d.num_samples} "
-                          "(each choice order gets num_samples // orders samples)")
-    _check_number("distill.temperature", d.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
-    if d.max_thinking_chars < d.min_thinking_chars:
-        raise ConfigError(f"distill.max_thinking_chars={d.max_thinking_chars} is below "
-                          f"distill.min_thinking_chars={d.min_thinking_chars}")
-    for key in ("all_right_weight", "hint_weight"):
-        _check_number(f"distill.{key}", d[key], lambda v: v >= 0, ">= 0")
-    if d.all_wrong not in DISTILL_ALL_WRONG:
-        raise ConfigError(f"distill.all_wrong={d.all_wrong!r} must be one of {', '.join(DISTILL_ALL_WRONG)}")
-    if d.all_wrong == "hint":
-        try:
-            d.hint_template.format(question="q", answer="a")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"distill.hint_template={d.hint_template!r} must use only {{question}} and "
-                              f"{{answer}}: {type(e).__name__}: {e}") from e
-        if "{answer}" not in d.hint_template or "{question}" not in d.hint_template:
-            raise ConfigError(f"distill.hint_template={d.hint_template!r} must contain {{question}} and {{answer}}")
-
-
-SYSTEM_PROMPTS = ("challenge", "default", "none")
-
-
-def validate_sample(s: ConfigDict) -> None:
-    """Checks the ``sample`` section (generation settings of ``python -m cogito_jax.sample``)."""
-    for key in ("num_samples", "max_new_tokens", "batch_size"):
-        if s[key] < 1:
-            raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
-    if not 0 <= s.seed < 2**32:
-        raise ConfigError(f"sample.seed={s.seed} must be in [0, 2**32)")
-    _check_number("sample.temperature", s.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
-    if s.top_k < 0:
-        raise ConfigError(f"sample.top_k={s.top_k} must be >= 0 (0 = no top-k)")
-    _check_number("sample.top_p", s.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
-    if s.system not in SYSTEM_PROMPTS:
-        raise ConfigError(f"sample.system={s.system!r} must be one of {', '.join(SYSTEM_PROMPTS)}")
-    b = list(s.length_buckets)
-    if not b or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in b) or b != sorted(set(b)):
-        raise ConfigError(f"sample.length_buckets={tuple(b)} must be increasing positive integers")
-
-
-def validate_devices(cfg: ConfigDict, num_devices: int, num_slices: int = 1) -> None:
-    """Checks that the mesh fits the devices this job actually has."""
-    from cogito_jax import sharding
-
-    ici, dcn = sharding.mesh_shape(cfg.mesh, num_devices, num_slices)
-    data_parallel = ici["data"] * ici["fsdp"] * ici["expert"] * dcn["data"] * dcn["fsdp"] * dcn["expert"]
-    micro = cfg.train.batch_size // cfg.train.grad_accum
-    if micro % data_parallel:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} / grad_accum={cfg.train.grad_accum} = {micro} "
-            f"is not divisible by the {data_parallel} data-parallel shards (data x fsdp x expert)"
-        )
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -424,11 +243,6 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> ConfigDict:
-    """Loads, overrides and validates a config file (the programmatic twin of the CLI)."""
-    return validate(apply_overrides(load_config_file(spec), overrides))
-
-
 def to_dict(cfg: ConfigDict) -> dict:
     return json.loads(cfg.to_json_best_effort())
 
@@ -440,179 +254,3 @@ def dump(cfg: ConfigDict, path: str | pathlib.Path) -> None:
     p = epath.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(cfg.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
-# ----------------------------------------------------------------------------- CLI front end
-
-
-def writable_dir(path: str | os.PathLike, what: str) -> None:
-    """Creates folder ``path`` if needed and checks that files can be written in it; ConfigError naming ``what``
-    (e.g. ``--workdir``) and the path otherwise. Object-storage paths (``gs://...``) are left to their client."""
-    text = os.fspath(path)
-    if "://" in text:
-        return
-    folder = pathlib.Path(text)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{what} {text!r} is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_probe.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{what} {text!r} is not writable: {e.strerror or type(e).__name__}") from None
-
-
-def define_config_flag(required: bool = True):
-    """Defines ``--config`` (ml-collections config file, ``path.py[:arg]``) once per process."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    if "config" in flags.FLAGS:
-        return flags.FLAGS["config"]
-    return config_flags.DEFINE_config_file(
-        "config", None, "Config file, `path.py[:arg]`; override fields with --config.a.b=value.",
-        lock_config=True,
-    )
-
-
-def _one_line(err: BaseException) -> str:
-    msg = str(err.args[0]) if isinstance(err, (KeyError, AttributeError)) and err.args else str(err)
-    if isinstance(err, AttributeError) and err.args and isinstance(err.args[0], KeyError):
-        msg = str(err.args[0].args[0])
-    return " ".join(msg.replace("\\n", " ").split())
-
-
-def parse_flags(argv: list[str], needs_config: bool = True,
-                validate_fn: Callable[[ConfigDict], ConfigDict] | None = None) -> ml_collections.ConfigDict | None:
-    """Parses absl flags from ``argv``; returns the validated config (or None if not given)."""
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        main_mod = sys.modules.get("__main__")
-        doc = (main_mod.__doc__ or "").strip() if main_mod else ""
-        lines = [doc, "", "flags:"] if doc else ["flags:"]
-        own = [f for mod, fl in FLAGS.flags_by_module_dict().items() for f in fl
-               if mod == sys.argv[0] or mod.endswith(("__main__", "__main__.py")) or f.name == "config"]
-        for f in sorted({f.name: f for f in own}.values(), key=lambda f: f.name):
-            default = "" if f.default is None else f" (default: {f.default!r})"
-            lines.append(f"  --{f.name}: {f.help}{default}")
-        if "--helpfull" in argv:
-            lines += ["", FLAGS.get_help()]
-        print("\n".join(lines))
-        raise SystemExit(0)
-    spec = _config_spec(argv)
-    if spec:
-        path = spec.partition(":")[0]
-        if not pathlib.Path(path).is_file():
-            usage_error(f"config file {path!r} does not exist")
-    try:
-        FLAGS(argv)
-    except flags.IllegalFlagValueError as e:
-        usage_error(_bad_value_message(e, argv))
-    except flags.Error as e:
-        usage_error(_one_line(e))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # ml-collections raises these for unknown keys and unparsable values inside --config.*.
-        bad = next((a for a in argv if a.startswith("--config.")), "")
-        key = bad.split("=", 1)[0].removeprefix("--config.")
-        usage_error(_config_flag_message(e, key, argv))
-    if "config" not in FLAGS or FLAGS["config"].value is None:
-        if needs_config:
-            usage_error("--config is required, e.g. --config configs/tiny.py")
-        return None
-    try:
-        cfg = FLAGS.config
-        if type(cfg).__name__ == "_ErrorConfig":
-            cfg.__getattr__("x")  # re-raises the deferred load error
-        return (validate_fn or validate)(cfg)
-    except ConfigError as e:
-        usage_error(str(e))
-    except Exception as e:
-        usage_error(f"could not load config {FLAGS['config'].config_filename!r}: {_one_line(e)}")
-    return None
-
-
-def _config_spec(argv: list[str]) -> str | None:
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None and "--config" in argv:
-        i = argv.index("--config")
-        spec = argv[i + 1] if i + 1 < len(argv) else None
-    return spec
-
-
-def _bad_value_message(err: BaseException, argv: list[str]) -> str:
-    """'config key 'train.steps' must be int, got 'abc'' for an unparsable --config.* value."""
-    import re
-
-    m = re.match(r"flag --config\.([\w.]+)=(.*?): ", str(err))
-    spec = _config_spec(argv)
-    if m and spec:
-        try:
-            node, leaf = locate(load_config_file(spec), m.group(1))
-            ref = node[leaf]
-            return f"config key {m.group(1)!r} must be {type(ref).__name__} (like {ref!r}), got {m.group(2)!r}"
-        except ConfigError as ce:
-            return str(ce)
-    return _one_line(err)
-
-
-def _config_flag_message(err: BaseException, key: str, argv: list[str]) -> str:
-    spec = _config_spec(argv)
-    # Name the key that really is unknown, with a suggestion over the full key list.
-    if spec:
-        try:
-            cfg = load_config_file(spec)
-            for a in argv:
-                if a.startswith("--config."):
-                    locate(cfg, a.split("=", 1)[0].removeprefix("--config."))
-        except ConfigError as ce:
-            return str(ce)
-    return f"bad override --config.{key}: {_one_line(err)}"
-
-
-def run_main(main: Callable[[ConfigDict | None], int | None], argv: list[str] | None = None,
-             needs_config: bool = True, validate_fn: Callable[[ConfigDict], ConfigDict] | None = None,
-             uses_devices: bool = True) -> None:
-    """Entry-point wrapper: parse flags, validate, set up logging and multi-process, call ``main``."""
-    from cogito_jax import log
-
-    argv = list(sys.argv if argv is None else argv)
-    cfg = parse_flags(argv, needs_config, validate_fn)
-    log.setup()
-    try:
-        if cfg is not None and uses_devices:
-            from cogito_jax import sharding
-
-            sharding.maybe_initialize_distributed(cfg.distributed)
-            import jax
-
-            slices = {getattr(d, "slice_index", 0) for d in jax.devices()}
-            validate_devices(cfg, jax.device_count(), len(slices))
-        rc = main(cfg)
-    except ConfigError as e:
-        usage_error(str(e))
-    except Exception:
-        _exit_now_if_in_a_job()
-        raise
-    raise SystemExit(rc or 0)
-
-
-def _exit_now_if_in_a_job() -> None:
-    """On an error in one process of a multi-process JAX job, print it and exit at once (status 1).
-
-    A normal exit waits at JAX's shutdown barrier for the other processes, which may be blocked in a collective
-    that waits for this one: both would hang until the barrier's timeout (5 minutes) and the error would surface
-    only as "Shutdown barrier has failed". Exiting without it lets the launcher stop the job and lets the
-    coordination service report the lost process to the others.
-    """
-    jax = sys.modules.get("jax")
-    if jax is None or not jax.distributed.is_initialized():
-        return
-    import traceback
-
-    traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)

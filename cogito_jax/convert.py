@@ -48,11 +48,12 @@ import numpy as np
 from flax import nnx
 
 from cogito_jax import sharding
+from cogito_jax.errors import usage_error
 from cogito_jax.metrics import absolute
 from cogito_jax.models import registry
 from cogito_jax.models.audio_lm import AudioLMConfig
 from cogito_jax.models.hf_weights import layout_perm, stack_names, to_hf, to_ours
-from cogito_jax.train.optim import path_str
+from cogito_jax.models.layers import path_str
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -392,8 +393,6 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cogito_jax.config import usage_error
-
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:
             usage_error(message)
@@ -417,7 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv`` and converts; bad input -> one line on stderr and exit code 2."""
-    from cogito_jax.config import usage_error
 
     args = build_parser().parse_args(argv)
     try:

@@ -16,11 +16,11 @@ import time
 
 from absl import flags
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, config as cfglib, errors
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the demo writes its outputs.")
 _QUICK = flags.DEFINE_bool("quick", False, "A smoke-sized run (configs/demo.py:quick).")
-cfglib.define_config_flag()
+cli.define_config_flag()
 
 
 def run(cfg, workdir: pathlib.Path) -> dict:
@@ -146,9 +146,9 @@ def _examples(workdir: pathlib.Path, n: int = 3) -> str:
 
 def main(cfg) -> int:
     spec = "configs/demo.py:quick" if _QUICK.value else "configs/demo.py"
-    cfg = cfg or cfglib.load_config(spec)
+    cfg = cfg or cli.load_config(spec)
     workdir = pathlib.Path(_WORKDIR.value)
-    cfglib.writable_dir(workdir, "--workdir")
+    errors.writable_dir(workdir, "--workdir")
     t0 = time.time()
     report = run(cfg, workdir)
     print("\nexample chains of thought on held-out questions:\n" + _examples(workdir))
@@ -162,4 +162,4 @@ def main(cfg) -> int:
 
 
 if __name__ == "__main__":
-    cfglib.run_main(main, needs_config=False)
+    cli.run_main(main, needs_config=False)

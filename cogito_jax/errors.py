@@ -8,6 +8,7 @@ that names the bad value, and the command-line front end (:mod:`cogito_jax.cli`)
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -38,5 +39,30 @@ def check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) 
         raise ConfigError(f"{name}={value} must be a finite number {rule}")
 
 
+def check_choice(name: str, value: Any, allowed) -> Any:
+    """``value`` if it is one of ``allowed``; ConfigError naming ``name`` and the choices otherwise."""
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(map(str, allowed))}")
+    return value
+
+
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Creates folder ``path`` if needed and checks that files can be written in it; ConfigError naming ``what``
+    (e.g. ``--workdir``) and the path otherwise. Object-storage paths (``gs://...``) are left to their client."""
+    text = os.fspath(path)
+    if "://" in text:
+        return
+    folder = pathlib.Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {text!r} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {text!r} is not writable: {e.strerror or type(e).__name__}") from None

@@ -24,7 +24,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from cogito_jax.config import usage_error
+from cogito_jax.data import chat
+from cogito_jax.errors import usage_error
 from cogito_jax.eval import benchmarks
 from cogito_jax.eval.benchmarks import BenchmarkError, write_atomic, write_official
 from cogito_jax.eval.score import check_known, score
@@ -179,7 +180,7 @@ def _load_model(args: argparse.Namespace):
     """(model, tokenizer, family, max_frames, n_mels) from an HF checkpoint folder or a trained run."""
     if bool(args.checkpoint) == bool(args.workdir):
         raise BenchmarkError("give exactly one of --checkpoint HF_DIR or --workdir RUN (with --config)")
-    from cogito_jax.config import load_config
+    from cogito_jax.cli import load_config
     from cogito_jax.eval.predict import load_model
 
     if args.workdir and not args.config:
@@ -200,7 +201,6 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from cogito_jax import audio
-    from cogito_jax.data import chat
     from cogito_jax.eval import predict as predict_lib
     from cogito_jax.eval.report import write_report
 
@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
         wave = wave[: max_frames * audio.HOP]  # the encoder's window (30 s for the released models)
         items.append({"id": it.id, "question": it.question, "choices": it.choices, "answer": it.answer,
                       "mel": audio.log_mel_frames(wave, n_mels).T})
-    system = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}[args.system]
+    system = chat.SYSTEMS[args.system]
     rows = predict_lib.predict(model, tok, family, items, out / "samples.jsonl", max_frames=max_frames, n_mels=n_mels,
                                batch_size=args.batch_size, num_samples=args.num_samples,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workdir", default=None, help="a run trained with `python -m cogito_jax.train`")
     g.add_argument("--config", default=None, help="that run's config file (with --workdir)")
     g.add_argument("--override", action="append", help="config override a.b=v for --config (repeatable)")
-    g.add_argument("--system", choices=["challenge", "default", "none"], default="challenge",
+    g.add_argument("--system", choices=list(chat.SYSTEMS), default="challenge",
                    help="system prompt: the challenge baseline's, the chat template's default, or none")
     g.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=_POSITIVE_INT, default=1024)
     g.add_argument("--num-samples", "--num_samples", dest="num_samples", type=_POSITIVE_INT, default=1,

@@ -26,10 +26,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import tenacity
 
-from cogito_jax.config import ConfigError
+from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
+from cogito_jax.sampling import engine_for
+from cogito_jax.sampling.driver import LENGTH_BUCKETS, bucket_length
 
 Messages = Sequence[Mapping[str, str]]
 RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
@@ -258,11 +262,7 @@ class EngineJudge:
 
     def complete(self, messages: Messages, *, temperature: float = 0.0, max_tokens: int | None = None,
                  run: int = 0) -> str:
-        import numpy as np
 
-        from cogito_jax.data import chat
-        from cogito_jax.sampling import engine_for
-        from cogito_jax.sampling.driver import LENGTH_BUCKETS, bucket_length
 
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = "\n\n".join(m["content"] for m in messages if m["role"] == "user")

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from cogito_jax import config as cfglib
-from cogito_jax.config import ConfigError
+from cogito_jax import cli, errors
 from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError
 from cogito_jax.sampling.driver import LazyMelPrompt
 
 _INPUT = flags.DEFINE_string("input", None, "Prompts: a JSONL file or a dataset folder written by data_prep.build.")
@@ -35,9 +35,8 @@ _OUT = flags.DEFINE_string("out", None, "Results JSONL (appended to; a rerun res
 _SPLIT = flags.DEFINE_string("split", "train", "Split of a dataset --input.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Sample only the first N prompts (0: all).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar with tokens/s.")
-cfglib.define_config_flag()
+cli.define_config_flag()
 
-SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
 
 
 class AudioFileItem(LazyMelPrompt):
@@ -243,7 +242,7 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
         family=mcfg.family, batch_size=s.batch_size, num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
         temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=s.seed, max_frames=max_frames,
         n_mels=n_mels, n_window=getattr(mcfg.audio, "n_window", 50), length_buckets=tuple(s.length_buckets),
-        system=SYSTEMS[s.system],
+        system=chat.SYSTEMS[s.system],
     )
     try:
         stats = driver.run(items, out, generate_fn=predict.model_generate_fn(model), tokenizer=tok, cfg=dcfg,
@@ -260,11 +259,11 @@ def main(cfg) -> int:
     from cogito_jax import sharding
 
     if not _INPUT.value:
-        cfglib.usage_error("--input is required (a prompts JSONL file or a data_prep dataset folder)")
+        errors.usage_error("--input is required (a prompts JSONL file or a data_prep dataset folder)")
     if not _OUT.value:
-        cfglib.usage_error("--out is required (the results JSONL)")
+        errors.usage_error("--out is required (the results JSONL)")
     if _LIMIT.value < 0:
-        cfglib.usage_error(f"--limit={_LIMIT.value} must be >= 0")
+        errors.usage_error(f"--limit={_LIMIT.value} must be >= 0")
     sharding.maybe_initialize_distributed(cfg.distributed)
     stats = sample(cfg, _INPUT.value, _OUT.value, split=_SPLIT.value, limit=_LIMIT.value, progress=_PROGRESS.value)
     rate = stats["tokens"] / max(stats["seconds"], 1e-9)
@@ -274,4 +273,4 @@ def main(cfg) -> int:
 
 
 if __name__ == "__main__":
-    cfglib.run_main(main, uses_devices=False)
+    cli.run_main(main, uses_devices=False)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cogito_jax.config import ConfigError
+from cogito_jax.errors import ConfigError, is_int
 from cogito_jax.log import logger
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -280,14 +280,25 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
 # ----------------------------------------------------------------------------- mesh
 
 
-def _axis_sizes(cfg: Mapping[str, Any], n: int, what: str) -> dict[str, int]:
-    sizes = {a: int(cfg.get(a, 1)) for a in MESH_AXES}
-    free = [a for a, s in sizes.items() if s == -1]
-    bad = {a: s for a, s in sizes.items() if s == 0 or s < -1}
-    if bad:
-        raise ConfigError(f"{what}: axis sizes must be positive or -1, got {bad}")
+def _checked_sizes(cfg: Mapping[str, Any], prefix: str) -> dict[str, int]:
+    """The sizes of the mesh axes at one level (``mesh.<axis>`` or ``mesh.dcn_<axis>``): positive or one -1."""
+    sizes = {a: cfg.get(f"{prefix.removeprefix('mesh.')}{a}", 1) for a in MESH_AXES}
+    for a, s in sizes.items():
+        if not is_int(s) or s == 0 or s < -1:
+            raise ConfigError(f"{prefix}{a}={s!r} must be a positive size or -1 (the rest)")
+    free = [f"{prefix}{a}" for a, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise ConfigError(f"{what}: at most one axis may be -1 (the rest), got {free}")
+        raise ConfigError(f"{', '.join(free)}: at most one axis may be -1 (the rest)")
+    return sizes
+
+
+def check_mesh_config(mesh_cfg: Mapping[str, Any]) -> None:
+    """The checks of a ``mesh`` section that need no devices (each axis size positive, at most one -1 per level)."""
+    _checked_sizes(mesh_cfg, "mesh."), _checked_sizes(mesh_cfg, "mesh.dcn_")
+
+
+def _axis_sizes(sizes: dict[str, int], n: int, what: str) -> dict[str, int]:
+    free = [a for a, s in sizes.items() if s == -1]
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
         if n % fixed:
@@ -306,14 +317,27 @@ def _axis_sizes(cfg: Mapping[str, Any], n: int, what: str) -> dict[str, int]:
 
 def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int, num_slices: int = 1) -> tuple[dict, dict]:
     """(ICI sizes per slice, DCN sizes across slices) for ``mesh.<axis>`` and ``mesh.dcn_<axis>``."""
-    dcn_cfg = {a: mesh_cfg.get(f"dcn_{a}", 1) for a in MESH_AXES}
-    if num_slices > 1 and all(v == 1 for v in dcn_cfg.values()):
-        dcn_cfg["data"] = -1
-    dcn = _axis_sizes(dcn_cfg, num_slices, "mesh.dcn_*")
+    dcn_sizes = _checked_sizes(mesh_cfg, "mesh.dcn_")
+    if num_slices > 1 and all(v == 1 for v in dcn_sizes.values()):
+        dcn_sizes["data"] = -1
+    ici_sizes = _checked_sizes(mesh_cfg, "mesh.")
+    dcn = _axis_sizes(dcn_sizes, num_slices, "mesh.dcn_*")
     if num_devices % num_slices:
         raise ConfigError(f"{num_devices} devices do not split evenly into {num_slices} slices")
-    ici = _axis_sizes(mesh_cfg, num_devices // num_slices, "mesh")
+    ici = _axis_sizes(ici_sizes, num_devices // num_slices, "mesh")
     return ici, dcn
+
+
+def check_batch_split(batch_size: int, grad_accum: int, mesh_cfg: Mapping[str, Any], num_devices: int,
+                      num_slices: int = 1) -> None:
+    """ConfigError unless a micro-batch (``batch_size / grad_accum``) splits evenly over the data-parallel
+    shards (data x fsdp x expert, within and across slices) of the mesh on these devices."""
+    ici, dcn = mesh_shape(mesh_cfg, num_devices, num_slices)
+    data_parallel = math.prod(ici[a] * dcn[a] for a in ("data", "fsdp", "expert"))
+    micro = batch_size // grad_accum
+    if micro % data_parallel:
+        raise ConfigError(f"train.batch_size={batch_size} / grad_accum={grad_accum} = {micro} is not divisible by "
+                          f"the {data_parallel} data-parallel shards (data x fsdp x expert)")
 
 
 def make_mesh(mesh_cfg: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:

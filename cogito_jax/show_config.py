@@ -2,16 +2,14 @@
 
 from absl import flags
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, config as cfglib, sharding
 
-cfglib.define_config_flag()
+cli.define_config_flag()
 _OUT = flags.DEFINE_string("out", None, "Also write the resolved config to this JSON file.")
 
 
 def main(cfg) -> int:
     import jax
-
-    from cogito_jax import sharding
 
     mesh = sharding.make_mesh(cfg.mesh)
     print(cfg.to_json_best_effort(indent=2, sort_keys=True))
@@ -22,4 +20,4 @@ def main(cfg) -> int:
 
 
 if __name__ == "__main__":
-    cfglib.run_main(main)
+    cli.run_main(main)

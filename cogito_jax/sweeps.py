@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from cogito_jax.config import import_file
+
 Overrides = dict[str, Any]
 
 
@@ -42,7 +44,6 @@ def run_name(overrides: Overrides) -> str:
 
 def load_sweep(spec: str) -> list[Overrides]:
     """Imports ``file.py[:arg]`` and returns ``get_sweep(arg)`` (or ``get_sweep()``)."""
-    from cogito_jax.config import import_file
 
     path, _, arg = spec.partition(":")
     module = import_file(path, "sweep")

@@ -60,7 +60,7 @@ def add_beam_config(c: ConfigDict) -> ConfigDict:
 
 def validate_beam_config(cfg: ConfigDict) -> ConfigDict:
     """Raises ConfigError naming a bad ``runner`` / ``beam.*`` value."""
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
 
     if cfg.runner not in RUNNERS:
         raise ConfigError(f"runner={cfg.runner!r} must be one of {', '.join(RUNNERS)}")
@@ -76,7 +76,7 @@ def validate_beam_config(cfg: ConfigDict) -> ConfigDict:
 
 def _prefix_map(entries: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """``("LOCAL=REMOTE", ...)`` as pairs; ConfigError for an entry without both sides."""
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
 
     if isinstance(entries, str):
         raise ConfigError(f"beam.audio_prefix_map={entries!r} must be a tuple of 'LOCAL=REMOTE' strings")
@@ -270,7 +270,7 @@ def pipeline_options(cfg: ConfigDict, extra: Sequence[str] = ()):
     """PipelineOptions from ``beam.options`` + ``extra``; ConfigError naming options Beam does not know."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
 
     flags = [*cfg.beam.options, *extra]
     opts = PipelineOptions(flags)
@@ -285,14 +285,14 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
     try:
         import apache_beam as beam
     except ImportError as e:
-        from cogito_jax.config import ConfigError
+        from cogito_jax.errors import ConfigError
 
         raise ConfigError("runner=beam needs Apache Beam: pip install apache-beam==2.77.0 "
                           "(apache-beam[gcp] for Dataflow)") from e
     import tensorflow_datasets as tfds
 
-    from cogito_jax.config import ConfigError
     from cogito_jax.data import tfds_builder
+    from cogito_jax.errors import ConfigError
     from data_prep import report as report_lib, stages
 
     local = _local_build()
@@ -407,10 +407,10 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) -> int:
     import collections
 
-    from cogito_jax import config as cfglib
+    from cogito_jax import errors
 
     if not out:
-        cfglib.usage_error("--out is required")
+        errors.usage_error("--out is required")
     report = build(cfg, out, pipeline_args)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
     where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
@@ -419,12 +419,12 @@ def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) ->
 
 
 if __name__ == "__main__":
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli
     from data_prep import beam_pipeline
     from data_prep.build import _OUT
     from data_prep.config import validate_data_config
 
     ours, beam_args = split_argv(sys.argv)
-    cfglib.define_config_flag()
-    cfglib.run_main(lambda cfg: beam_pipeline.main(cfg, _OUT.value, beam_args), argv=ours, uses_devices=False,
+    cli.define_config_flag()
+    cli.run_main(lambda cfg: beam_pipeline.main(cfg, _OUT.value, beam_args), argv=ours, uses_devices=False,
                     validate_fn=lambda c: validate_beam_config(add_beam_config(validate_data_config(c))))

@@ -42,7 +42,7 @@ from typing import Any
 
 from absl import flags
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, errors
 from data_prep.stages.cache import StageCache, mel_path
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
@@ -63,7 +63,7 @@ def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
         if not path.exists():
             synthetic.write_corpus(path.parent, cfg.source.num_items, seed=cfg.seed, split=cfg.source.split)
     if not path.exists():
-        cfglib.usage_error(f"manifest {str(path)!r} does not exist")
+        errors.usage_error(f"manifest {str(path)!r} does not exist")
     items, rejected = [], []
     for entry in manifest_lib.read_manifest(path):
         if isinstance(entry, manifest_lib.Rejection):
@@ -199,7 +199,7 @@ def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[di
 @functools.lru_cache(maxsize=4)
 def contamination_guard(meta_files: tuple[str, ...]):
     """The :class:`data_prep.filters.ContaminationGuard` of benchmark meta files (read once per process)."""
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
     from cogito_jax.eval.benchmarks import BenchmarkError
     from data_prep import filters
 
@@ -300,9 +300,9 @@ def check_dataset_dir(folder: pathlib.Path) -> None:
     raise foreign_dataset_error(folder)
 
 
-def foreign_dataset_error(folder: str | pathlib.Path) -> cfglib.ConfigError:
+def foreign_dataset_error(folder: str | pathlib.Path) -> errors.ConfigError:
     """The one-line error for a dataset folder the build did not write."""
-    return cfglib.ConfigError(f"{folder} exists and is not a dataset folder this build wrote (no {DATASET_MARKER} "
+    return errors.ConfigError(f"{folder} exists and is not a dataset folder this build wrote (no {DATASET_MARKER} "
                               "inside); it is left as it is: move it away or choose another --out")
 
 
@@ -351,11 +351,11 @@ def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, s
 
 def main(cfg) -> int:
     if not _OUT.value:
-        cfglib.usage_error("--out is required")
+        errors.usage_error("--out is required")
     from cogito_jax import sharding
 
     if sharding.maybe_initialize_distributed(cfg.distributed) and cfg.runner == "beam":
-        cfglib.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
+        errors.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
                            "processes share the model stages of runner=local only)")
     if cfg.runner == "beam":
         from data_prep import beam_pipeline
@@ -379,5 +379,5 @@ def main(cfg) -> int:
 if __name__ == "__main__":
     from data_prep.config import validate_data_config
 
-    cfglib.define_config_flag()
-    cfglib.run_main(main, validate_fn=validate_data_config, uses_devices=False)
+    cli.define_config_flag()
+    cli.run_main(main, validate_fn=validate_data_config, uses_devices=False)

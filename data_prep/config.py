@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cogito_jax.config import DISTRIBUTED_DEFAULTS, ConfigError, check_schema
+from cogito_jax.config import DISTRIBUTED_DEFAULTS, check_schema
+from cogito_jax.errors import ConfigError
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
 THINK_SYSTEMS = ("challenge", "default", "none")

@@ -101,17 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    from cogito_jax import config as cfglib, log, sharding
+    from cogito_jax import cli, errors, log, sharding
     from cogito_jax.models import registry
     from cogito_jax.train import trainer
     from cogito_jax.train.step import lm_loss
 
     log.setup()
     try:
-        cfg = cfglib.load_config(a.config, overrides)
+        cfg = cli.load_config(a.config, overrides)
         devices = devices_for(a.topology)
-        cfglib.validate_devices(cfg, len(devices))
-    except cfglib.ConfigError as e:
+        cli.validate_devices(cfg, len(devices))
+    except errors.ConfigError as e:
         print(f"aot_compile: error: {e}", file=sys.stderr)
         return 2
     hbm = a.hbm_gib if a.hbm_gib is not None else HBM_GIB[a.topology.split(":")[0]]

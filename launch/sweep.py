@@ -20,7 +20,7 @@ import sys
 
 from etils import epath
 
-from cogito_jax.config import EXIT_PREEMPTED
+from cogito_jax.errors import EXIT_PREEMPTED
 from cogito_jax.sweeps import load_sweep, run_name
 
 

@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from cogito_jax.errors import EXIT_PREEMPTED, EXIT_USAGE
+
 DEFAULT_RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
                    "v6e": "v2-alpha-tpuv6e"}
 
@@ -113,7 +115,6 @@ def babysit(a: argparse.Namespace, cmd: Sequence[str]) -> int:
     """Run CMD; whenever the slice is preempted or the run stops unfinished (``EXIT_PREEMPTED`` after SIGTERM, a
     crash, a lost connection), recreate the slice if needed and run again. Exit 0 ends it; so does exit 2 (bad
     input: a rerun would fail the same way)."""
-    from cogito_jax.config import EXIT_PREEMPTED, EXIT_USAGE
 
     ready = {"READY", "ACTIVE"}
     for attempt in range(1, a.max_restarts + 2):

@@ -14,8 +14,8 @@ import soundfile as sf
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from cogito_jax.config import ConfigError
 from cogito_jax.data import records
+from cogito_jax.errors import ConfigError
 from data_prep import beam_pipeline, build
 from data_prep.config import base_data_config
 from data_prep.sources import synthetic

@@ -255,7 +255,7 @@ def test_a_failure_inside_one_clip_rejects_that_clip_only(tmp_path, monkeypatch)
 
 
 def test_a_dataset_folder_the_build_did_not_write_is_never_deleted(tmp_path):
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
     from data_prep import build
 
     (tmp_path / "a").mkdir()

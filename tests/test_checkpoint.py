@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cogito_jax import config as cfglib, sharding
+from cogito_jax import errors, sharding
 from cogito_jax.train import checkpoint
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
 
@@ -157,7 +157,7 @@ def test_other_restore_errors_stop_and_leave_the_step(tmp_path, cpu_devices):
     ck, _ = _saved(tmp_path, [1])
     sds = jax.ShapeDtypeStruct
     other = {"params": {"w": sds((8, 8), jnp.float32), "extra": sds((2,), jnp.float32)}}
-    with pytest.raises(cfglib.ConfigError, match=r"checkpoint step 1 in .* cannot be restored into this run "
+    with pytest.raises(errors.ConfigError, match=r"checkpoint step 1 in .* cannot be restored into this run "
                                                  r"\(ValueError: Structure mismatch.*use a new workdir") as e:
         ck.restore(other)
     assert "\n" not in str(e.value) and isinstance(e.value, checkpoint.IncompatibleCheckpoint)
@@ -215,9 +215,9 @@ def test_an_unwritable_checkpoint_folder_is_a_config_error(tmp_path):
     (tmp_path / "file").write_text("")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "checkpoints").write_text("")
-    with pytest.raises(cfglib.ConfigError, match=r"checkpoint folder '.*/w/checkpoints' is not a folder"):
+    with pytest.raises(errors.ConfigError, match=r"checkpoint folder '.*/w/checkpoints' is not a folder"):
         checkpoint.check_writable(tmp_path / "w")
-    with pytest.raises(cfglib.ConfigError, match=r"checkpoint folder '.*/file/checkpoints' is not writable"):
+    with pytest.raises(errors.ConfigError, match=r"checkpoint folder '.*/file/checkpoints' is not writable"):
         checkpoint.check_writable(tmp_path / "file")
     ro = tmp_path / "ro"
     (ro / "checkpoints").mkdir(parents=True)
@@ -225,7 +225,7 @@ def test_an_unwritable_checkpoint_folder_is_a_config_error(tmp_path):
     try:
         if os.access(ro / "checkpoints", os.W_OK):
             pytest.skip("running as root: a read-only folder is still writable")
-        with pytest.raises(cfglib.ConfigError, match="is not writable: Permission denied"):
+        with pytest.raises(errors.ConfigError, match="is not writable: Permission denied"):
             checkpoint.check_writable(ro)
     finally:
         os.chmod(ro / "checkpoints", 0o755)

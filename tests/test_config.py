@@ -8,7 +8,8 @@ import sys
 import ml_collections
 import pytest
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, config as cfglib, errors, sharding
+from cogito_jax.models.decoder import DecoderConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p for p in (REPO / "configs").rglob("*.py")
@@ -32,7 +33,7 @@ def test_every_config_file_loads(spec):
 
         cfglib.check_schema(cfg, base_data_config())
     elif "name" in cfg and "train" in cfg:  # experiment configs validate against the base schema
-        cfglib.validate(cfg)
+        cli.validate(cfg)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
@@ -42,11 +43,11 @@ def test_every_sweep_file_expands_to_valid_overrides(path):
     runs = load_sweep(str(path))
     assert runs
     for overrides in runs:  # every override names a real key of the tiny config, with a valid value
-        cfglib.load_config(str(REPO / "configs/tiny.py"), overrides)
+        cli.load_config(str(REPO / "configs/tiny.py"), overrides)
 
 
 def test_tiny_overrides_and_dump(tmp_path):
-    cfg = cfglib.load_config(str(REPO / "configs/tiny.py"), ["train.steps=7", "optim.lr=0.5", "mesh.fsdp=2"])
+    cfg = cli.load_config(str(REPO / "configs/tiny.py"), ["train.steps=7", "optim.lr=0.5", "mesh.fsdp=2"])
     assert cfg.train.steps == 7 and cfg.optim.lr == 0.5 and cfg.mesh.fsdp == 2
     cfglib.dump(cfg, tmp_path / "config.json")
     back = json.loads((tmp_path / "config.json").read_text())
@@ -55,9 +56,9 @@ def test_tiny_overrides_and_dump(tmp_path):
 
 def test_unknown_key_suggests_nearest():
     cfg = cfglib.load_config_file(str(REPO / "configs/tiny.py"))
-    with pytest.raises(cfglib.ConfigError, match=r"unknown config key 'train.stepz', did you mean \"train.steps\""):
+    with pytest.raises(errors.ConfigError, match=r"unknown config key 'train.stepz', did you mean \"train.steps\""):
         cfglib.apply_overrides(cfg, ["train.stepz=3"])
-    with pytest.raises(cfglib.ConfigError, match=r"'optm.lr', did you mean \"optim.lr\""):
+    with pytest.raises(errors.ConfigError, match=r"'optm.lr', did you mean \"optim.lr\""):
         cfglib.apply_overrides(cfg, ["optm.lr=3"])
 
 
@@ -65,13 +66,13 @@ def test_schema_rejects_unknown_section_and_wrong_type():
     cfg = cfglib.base_config()
     cfg.unlock()
     cfg.trian = ml_collections.ConfigDict({"steps": 3})
-    with pytest.raises(cfglib.ConfigError, match=r"unknown config key 'trian', did you mean \"train\""):
-        cfglib.validate(cfg)
+    with pytest.raises(errors.ConfigError, match=r"unknown config key 'trian', did you mean \"train\""):
+        cli.validate(cfg)
     cfg = cfglib.base_config()
     cfg.unlock()
     cfg.train = ml_collections.ConfigDict({**cfg.train.to_dict(), "steps": "ten"})
-    with pytest.raises(cfglib.ConfigError, match=r"'train.steps' must be int .*'ten'"):
-        cfglib.validate(cfg)
+    with pytest.raises(errors.ConfigError, match=r"'train.steps' must be int .*'ten'"):
+        cli.validate(cfg)
 
 
 @pytest.mark.parametrize(
@@ -96,18 +97,18 @@ def test_schema_rejects_unknown_section_and_wrong_type():
 def test_impossible_values(field, value, message):
     cfg = cfglib.load_config_file(str(REPO / "configs/tiny.py"))
     cfglib.apply_overrides(cfg, {field: value})
-    with pytest.raises(cfglib.ConfigError, match=message):
-        cfglib.validate(cfg)
+    with pytest.raises(errors.ConfigError, match=message):
+        cli.validate(cfg)
 
 
 def test_mesh_product_must_match_devices():
-    cfg = cfglib.load_config(str(REPO / "configs/tiny.py"), ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=3"])
-    with pytest.raises(cfglib.ConfigError, match=r"multiply to 12, but there are 8 devices"):
-        cfglib.validate_devices(cfg, 8)
-    cfg = cfglib.load_config(str(REPO / "configs/tiny.py"), ["train.batch_size=4", "mesh.data=-1"])
-    with pytest.raises(cfglib.ConfigError, match=r"not divisible by the 8 data-parallel shards"):
-        cfglib.validate_devices(cfg, 8)
-    cfglib.validate_devices(cfglib.load_config(str(REPO / "configs/tiny.py")), 8)
+    cfg = cli.load_config(str(REPO / "configs/tiny.py"), ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=3"])
+    with pytest.raises(errors.ConfigError, match=r"multiply to 12, but there are 8 devices"):
+        cli.validate_devices(cfg, 8)
+    cfg = cli.load_config(str(REPO / "configs/tiny.py"), ["train.batch_size=4", "mesh.data=-1"])
+    with pytest.raises(errors.ConfigError, match=r"not divisible by the 8 data-parallel shards"):
+        cli.validate_devices(cfg, 8)
+    cli.validate_devices(cli.load_config(str(REPO / "configs/tiny.py")), 8)
 
 
 def _cli(*args, env_devices=8):
@@ -154,3 +155,22 @@ def test_cli_prints_and_dumps_config(tmp_path):
 def test_cli_help_works():
     r = _cli("--help")
     assert r.returncode == 0 and "--config" in r.stdout
+
+
+def test_section_checks_are_the_subsystems_own():
+    """Validation runs the check the subsystem itself runs, with the same words: the mesh check of make_mesh and
+    the model-setting checks of the model configs, named by their config key."""
+    with pytest.raises(errors.ConfigError) as from_config:
+        cli.load_config(str(REPO / "configs/tiny.py"), ["mesh.fsdp=0"])
+    with pytest.raises(errors.ConfigError) as from_mesh:
+        sharding.make_mesh({"fsdp": 0})
+    assert str(from_config.value) == str(from_mesh.value) == "mesh.fsdp=0 must be a positive size or -1 (the rest)"
+    for key, value in (("attn_impl", "flash"), ("remat", "some"), ("dtype", "fp8"), ("moe_impl", "grouped"),
+                       ("moe_capacity_factor", 0.0)):
+        with pytest.raises(errors.ConfigError) as from_config:
+            cli.load_config(str(REPO / "configs/tiny.py"), [f"model.{key}={value!r}"])
+        with pytest.raises(errors.ConfigError) as from_model:
+            DecoderConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4,
+                          intermediate_size=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8,
+                          **{key: value})
+        assert str(from_config.value) == f"model.{from_model.value}", key

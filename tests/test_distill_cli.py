@@ -145,8 +145,8 @@ def test_missing_workdir_is_a_usage_error():
     ('{"done": [], "rounds": {}, "stages": []}', "expected an object with a 'done' list"),
 ])
 def test_a_damaged_rounds_json_is_a_one_line_error(tmp_path, content, why):
-    from cogito_jax.config import ConfigError
     from cogito_jax.distill.rounds import State
+    from cogito_jax.errors import ConfigError
 
     path = tmp_path / "rounds.json"
     path.write_text(content)

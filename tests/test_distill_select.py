@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, config as cfglib, errors
 from cogito_jax.distill import rounds
 from cogito_jax.distill.scoring import ScoreConfig, score_trace
 from cogito_jax.distill.select import (
@@ -141,8 +141,8 @@ def test_round_selection_writes_marked_records_decisions_and_separate_counts(tmp
     ({"distill.num_samples": 0}, "distill.num_samples=0 must be >= 1"),
 ])
 def test_distill_config_errors(override, message):
-    with pytest.raises(cfglib.ConfigError, match=re.escape(message)):
-        cfglib.validate(cfglib.apply_overrides(cfglib.base_config(), override))
+    with pytest.raises(errors.ConfigError, match=re.escape(message)):
+        cli.validate(cfglib.apply_overrides(cfglib.base_config(), override))
 
 
 def test_stage_records_and_skips_finished_stages(tmp_path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cogito_jax.config import ConfigError
+from cogito_jax.errors import ConfigError
 from cogito_jax.judge import HttpJudge, JudgeError, retry_after_s
 from data_prep.stages.audit import VERDICT_FORMAT, judge_messages, parse_verdict
 from tests.judge_stub import JudgeStub

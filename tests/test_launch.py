@@ -85,7 +85,7 @@ def _babysit(tmp_path, statuses):
 
 
 def test_babysit_reruns_a_preempted_run_and_stops_on_bad_input(tmp_path):
-    from cogito_jax.config import EXIT_PREEMPTED
+    from cogito_jax.errors import EXIT_PREEMPTED
 
     r, runs = _babysit(tmp_path / "preempted", [EXIT_PREEMPTED, 1, 0])
     assert r.returncode == 0 and runs == 3, r.stdout + r.stderr
@@ -108,7 +108,7 @@ def _sweep_module():
 def test_sweep_stops_at_a_preempted_run(tmp_path, monkeypatch, capsys):
     """The second of three runs is preempted: the sweep exits with the preemption status without starting the
     third or writing a summary, so a rerun of the same command continues the sweep."""
-    from cogito_jax.config import EXIT_PREEMPTED
+    from cogito_jax.errors import EXIT_PREEMPTED
 
     sweep_mod = _sweep_module()
     runs = [(name, [sys.executable, "-c", f"open({str(tmp_path / name)!r}, 'w'); raise SystemExit({rc})"])
@@ -188,11 +188,11 @@ def test_sweep_print_only_and_summary(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_runs_four_tiny_runs_and_summarises(tmp_path):
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli
     from cogito_jax.data import prepare
 
     # One generated corpus and tokenizer for the four runs (the sweep passes extra flags to every run).
-    paths = prepare.ensure_data(cfglib.load_config("configs/tiny.py", ["data.num_train=32", "data.num_heldout=0"]),
+    paths = prepare.ensure_data(cli.load_config("configs/tiny.py", ["data.num_train=32", "data.num_heldout=0"]),
                                 tmp_path / "shared")
     env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

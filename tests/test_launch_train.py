@@ -108,11 +108,11 @@ def test_two_processes_killed_and_resumed_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_process_slices_hold_the_single_process_batches(tmp_path):
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli
     from cogito_jax.data import pipeline, prepare, records, tokenizer as toklib
     from cogito_jax.train.run import example_spec, model_config
 
-    cfg = cfglib.load_config("configs/tiny.py", ["data.num_train=64", "data.num_heldout=0"])
+    cfg = cli.load_config("configs/tiny.py", ["data.num_train=64", "data.num_heldout=0"])
     paths = prepare.ensure_data(cfg, tmp_path)
     tok = toklib.load(paths["tokenizer"])
     spec = example_spec(cfg, model_config(cfg, tok), tok)

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from cogito_jax.models.layers import path_str
 from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
 from cogito_jax.train.step import TrainState, make_train_step
@@ -43,7 +44,7 @@ def test_zero_adapters_change_nothing_and_targets_resolve():
 
 def _flat(tree) -> dict[str, np.ndarray]:
     """Host copies of a state's arrays by path (copies: later steps may donate or overwrite the buffers)."""
-    return {optim.path_str(p): np.array(v, copy=True) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): np.array(v, copy=True) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _train_lora(steps: int = 3):

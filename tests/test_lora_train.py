@@ -7,23 +7,24 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cogito_jax import config as cfglib
-from cogito_jax.config import ConfigError
+from cogito_jax import cli
+from cogito_jax.errors import ConfigError
 from cogito_jax.metrics import read_jsonl
 from cogito_jax.models import registry
-from cogito_jax.train import optim, run
+from cogito_jax.models.layers import path_str
+from cogito_jax.train import run
 from cogito_jax.train.checkpoint import Checkpointer
 
 TARGETS = r"^llm/layers/(self_attn/(q|v)_proj|mlp/down_proj)/kernel$"
 
 
 def _flat(tree):
-    return {optim.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.mark.slow
 def test_lora_run_trains_only_the_adapters(tmp_path):
-    cfg = cfglib.load_config("configs/tiny.py", [
+    cfg = cli.load_config("configs/tiny.py", [
         "train.trainable=lora", "train.steps=4", "data.num_train=32", "data.num_heldout=0", "optim.lr=0.01",
         "optim.warmup_steps=0", "checkpoint.every=100", "checkpoint.async_save=False", "lora.rank=4",
         "lora.alpha=8.0", f"lora.targets={TARGETS}", "optim.weight_decay=0.1"])
@@ -64,8 +65,8 @@ def test_lora_run_trains_only_the_adapters(tmp_path):
 def test_lora_config_is_validated():
     base = ["train.trainable=lora"]
     with pytest.raises(ConfigError, match="lora.rank=0 must be >= 1"):
-        cfglib.load_config("configs/tiny.py", [*base, "lora.rank=0"])
+        cli.load_config("configs/tiny.py", [*base, "lora.rank=0"])
     with pytest.raises(ConfigError, match="lora.dropout=0.1"):
-        cfglib.load_config("configs/tiny.py", [*base, "lora.dropout=0.1"])
+        cli.load_config("configs/tiny.py", [*base, "lora.dropout=0.1"])
     with pytest.raises(ConfigError, match="not a valid regex"):
-        cfglib.load_config("configs/tiny.py", [*base, "lora.targets=(q"])
+        cli.load_config("configs/tiny.py", [*base, "lora.targets=(q"])

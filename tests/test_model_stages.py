@@ -386,7 +386,7 @@ def test_cli_runs_the_model_stages_with_a_local_judge_and_drops_contaminated_cli
 
 
 def test_bad_model_stage_settings_are_clear_errors(ckpt, tmp_path):
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
     from data_prep import build
 
     for settings, message in [

@@ -102,7 +102,7 @@ def test_capacity_drops_the_assignments_past_each_experts_buffer():
     got = moe.capacity_experts(*args, jnp.asarray(weights), *w, capacity_factor=factor)
     want = moe.grouped_experts(*args, jnp.asarray(kept_w), *w)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
+    with pytest.raises(ValueError, match="moe_capacity_factor=0 must be a finite number > 0"):
         moe.MoEConfig(8, 4, 4, 2, impl="capacity", capacity_factor=0)
 
 

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from cogito_jax.models.layers import path_str
 from cogito_jax.train import optim
 
 
@@ -32,7 +33,7 @@ def test_schedule_warmup_then_cosine():
 
 def test_decay_mask_skips_norms_and_biases():
     params = nnx.state(Toy(nnx.Rngs(0)), nnx.Param)
-    flat = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
+    flat = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
     assert flat["projector/kernel"] and flat["llm/kernel"]
     assert not flat["projector/bias"] and not flat["llm_norm/scale"]
 
@@ -49,7 +50,7 @@ def test_decay_mask_skips_norms_and_biases():
 )
 def test_trainable_presets(preset, expected):
     state = nnx.state(Toy(nnx.Rngs(0)), optim.trainable_filter(preset))
-    got = {optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]}
+    got = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]}
     assert got == expected
 
 

@@ -212,19 +212,19 @@ def test_bucketed_loss_equals_full_width(corpus):
     ("audio_buckets", (200, 100), r"data.audio_buckets=\(200, 100\) must be increasing"),
 ])
 def test_bad_pipeline_options_are_config_errors(key, value, message):
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli, errors
 
-    with pytest.raises(cfglib.ConfigError, match=message):
-        cfglib.load_config("configs/tiny.py", {f"data.{key}": value})
+    with pytest.raises(errors.ConfigError, match=message):
+        cli.load_config("configs/tiny.py", {f"data.{key}": value})
 
 
 def test_buckets_need_an_encoder_that_takes_any_length():
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli, errors
     from cogito_jax.train import run
 
-    cfg = cfglib.load_config("configs/tiny.py")
+    cfg = cli.load_config("configs/tiny.py")
     cfg.data.audio_buckets = (100, 200)
-    with pytest.raises(cfglib.ConfigError, match="takes exactly 400 mel frames"):
+    with pytest.raises(errors.ConfigError, match="takes exactly 400 mel frames"):
         run.pipeline_options(cfg, registry.config_for({"family": "qwen2_audio", "size": "tiny"}))
     opts = run.pipeline_options(cfg, registry.config_for({"family": "qwen3_omni_thinker", "size": "tiny"}))
     assert opts == {"packing": False, "max_clips_per_row": 4, "audio_buckets": (100, 200), "num_workers": 0}

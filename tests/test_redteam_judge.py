@@ -139,7 +139,7 @@ def test_cli_rejects_a_judge_url_that_is_not_http(ckpt, tmp_path, url):
     ({"audit.judge_url": "http://127.0.0.1:9/v1", "audit.backoff_s": -1.0}, "audit.backoff_s=-1.0 must be >= 0"),
 ])
 def test_bad_judge_settings_fail_when_the_config_is_read(settings, message):
-    from cogito_jax.config import ConfigError
+    from cogito_jax.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         _data_cfg(**settings)

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cogito_jax import sharding
-from cogito_jax.config import ConfigError
+from cogito_jax.errors import ConfigError
 
 
 class TinyBlock(nnx.Module):
@@ -47,7 +47,7 @@ def test_mesh_resolves_rest_axis(cpu_devices):
         (dict(data=-1, fsdp=-1), "at most one axis may be -1"),
         (dict(data=3, fsdp=-1), "do not divide the 8 devices"),
         (dict(data=2, fsdp=2, expert=1, tensor=1), "multiply to 4, but there are 8 devices"),
-        (dict(data=0), "must be positive or -1"),
+        (dict(data=0), "mesh.data=0 must be a positive size or -1"),
     ],
 )
 def test_mesh_errors(cfg, message):

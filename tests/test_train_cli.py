@@ -81,7 +81,7 @@ def test_kill9_and_resume_is_exact(reference, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_with_the_preemption_status(reference, tmp_path):
-    from cogito_jax.config import EXIT_PREEMPTED
+    from cogito_jax.errors import EXIT_PREEMPTED
 
     ref_dir, _ = reference
     p = _start(tmp_path, "--config.train.steps=500", "--config.checkpoint.every=1000", data=ref_dir)
@@ -99,14 +99,14 @@ def test_init_from_checkpoint_takes_the_runs_model_settings(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from cogito_jax import config as cfglib, sharding
+    from cogito_jax import cli, sharding
     from cogito_jax.convert import save_hf
     from cogito_jax.models import registry
     from cogito_jax.train import run
 
     mcfg = registry.config_for({"family": "qwen2_audio", "size": "tiny"})
     save_hf(registry.build(mcfg), mcfg, tmp_path / "hf")
-    cfg = cfglib.load_config("configs/tiny.py", {"model.dtype": "bfloat16", "model.param_dtype": "float32",
+    cfg = cli.load_config("configs/tiny.py", {"model.dtype": "bfloat16", "model.param_dtype": "float32",
                                                  "model.remat": "full", "model.attn_impl": "dot_product_attention"})
     model, loaded = run.load_init(cfg, str(tmp_path / "hf"), sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
     for c in (loaded.text, loaded.audio, model.llm.cfg):
@@ -120,11 +120,11 @@ def test_moe_settings_reach_the_decoder_only():
     bad value is an error naming it, for dense decoders too."""
     import pytest
 
-    from cogito_jax import config as cfglib
+    from cogito_jax import cli, errors
     from cogito_jax.models import registry
     from cogito_jax.train import run
 
-    cfg = cfglib.load_config("configs/tiny.py:qwen3_omni_thinker", {"model.moe_impl": "capacity",
+    cfg = cli.load_config("configs/tiny.py:qwen3_omni_thinker", {"model.moe_impl": "capacity",
                                                                     "model.moe_capacity_factor": 2.0})
     assert run.model_overrides(cfg)["moe_impl"] == "capacity"
     mcfg = registry.config_for(cfg.model)
@@ -132,9 +132,9 @@ def test_moe_settings_reach_the_decoder_only():
     assert (mcfg.text.moe_config().impl, mcfg.text.moe_config().capacity_factor) == ("capacity", 2.0)
     assert not hasattr(mcfg.audio, "moe_impl")
     for family in ("qwen3_omni_thinker", "qwen2_audio"):
-        with pytest.raises(ValueError, match="moe impl='grouped' must be one of"):
+        with pytest.raises(ValueError, match="moe_impl='grouped' must be one of"):
             registry.config_for({"family": family, "size": "tiny", "moe_impl": "grouped"})
-    with pytest.raises(cfglib.ConfigError, match="model.moe_impl='grouped' must be one of ragged, capacity, dense"):
-        cfglib.load_config("configs/tiny.py", {"model.moe_impl": "grouped"})
-    with pytest.raises(cfglib.ConfigError, match="model.attn_impl='flash' must be one of xla, dot_product"):
-        cfglib.load_config("configs/tiny.py", {"model.attn_impl": "flash"})
+    with pytest.raises(errors.ConfigError, match="model.moe_impl='grouped' must be one of ragged, capacity, dense"):
+        cli.load_config("configs/tiny.py", {"model.moe_impl": "grouped"})
+    with pytest.raises(errors.ConfigError, match="model.attn_impl='flash' must be one of xla, dot_product"):
+        cli.load_config("configs/tiny.py", {"model.attn_impl": "flash"})

@@ -10,6 +10,7 @@ from flax import nnx
 
 from cogito_jax.data import chat
 from cogito_jax.models import registry
+from cogito_jax.models.layers import path_str
 from cogito_jax.train import optim
 from cogito_jax.train.step import TrainState, make_train_step
 
@@ -41,7 +42,7 @@ def batch() -> dict:
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
-    return {optim.path_str(p): np.array(v, copy=True) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_str(p): np.array(v, copy=True) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _step(model: nnx.Module, tx: optax.GradientTransformation, batch: dict) -> tuple[TrainState, dict, dict]:

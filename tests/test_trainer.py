@@ -8,9 +8,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cogito_jax import config as cfglib, sharding
+from cogito_jax import cli, config as cfglib, errors, sharding
 from cogito_jax.data import chat, pipeline, records, tokenizer as toklib
-from cogito_jax.train import optim, trainer
+from cogito_jax.models.layers import path_str
+from cogito_jax.train import trainer
 from cogito_jax.train.checkpoint import Checkpointer
 from tests.toy_lm import ToyAudioLM
 
@@ -43,11 +44,11 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(**over):
-    cfg = cfglib.load_config("configs/tiny.py")
+    cfg = cli.load_config("configs/tiny.py")
     cfglib.apply_overrides(cfg, {"train.steps": 12, "train.batch_size": 8, "checkpoint.every": 4,
                                  "optim.lr": 0.01, "optim.warmup_steps": 0, "checkpoint.async_save": False,
                                  **over})
-    return cfglib.validate(cfg)
+    return cli.validate(cfg)
 
 
 class CrashAfter:
@@ -154,7 +155,7 @@ def test_metrics_cover_accuracy_throughput_and_mfu(tmp_path, corpus):
 def test_mfu_from_the_model_flops_count():
     from cogito_jax.models import flops, registry
 
-    mcfg = registry.config_for(cfglib.load_config("configs/tiny.py").model, vocab_size=300, audio_token_id=5)
+    mcfg = registry.config_for(cli.load_config("configs/tiny.py").model, vocab_size=300, audio_token_id=5)
     meter = trainer.Throughput(mcfg, num_devices=2, peak_flops=1e12)
     meter.stepped({"seq_tokens": 1000.0, "clips": 4.0}, 128)
     meter.stepped({"seq_tokens": 500.0, "clips": 2.0}, 128)
@@ -211,7 +212,7 @@ def test_only_trainable_params_change(tmp_path, corpus, preset, trained):
     root, vocab = corpus
     cfg = _cfg(**{"train.steps": 2, "train.trainable": preset, "optim.weight_decay": 0.1})
     model = ToyAudioLM(vocab, N_MELS, rngs=nnx.Rngs(0))
-    before = {optim.path_str(p): np.asarray(v)
+    before = {path_str(p): np.asarray(v)
               for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
     spec = pipeline.ExampleSpec(family="qwen2_audio", max_len=160, max_frames=32, n_mels=N_MELS)
     data = pipeline.make_dataset(records.RecordSource(_ds_dir(root)), tokenizer_dir=str(root / "tok"),
@@ -223,7 +224,7 @@ def test_only_trainable_params_change(tmp_path, corpus, preset, trained):
     assert ck.latest_step() == 2
     raw = ck.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     ck.close()
-    saved = {optim.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
+    saved = {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
     assert set(saved) == {k for k in before if k.split("/")[0] in trained}
     assert all(not np.array_equal(saved[k], before[k]) for k in saved if not k.endswith("bias"))
 
@@ -327,13 +328,11 @@ def test_a_failed_background_save_stops_the_run_at_once(tmp_path, corpus, monkey
 
 
 def test_an_iterator_state_the_pipeline_rejects_stops_with_one_line(tmp_path):
-    from cogito_jax import config as cfglib
-
     class Rejects:
         def set_state(self, state):
             raise ValueError("unexpected key 'packer'\nsecond line")
 
-    with pytest.raises(cfglib.ConfigError, match=r"^checkpoint step 4 in .*: its input-iterator state does not fit "
+    with pytest.raises(errors.ConfigError, match=r"^checkpoint step 4 in .*: its input-iterator state does not fit "
                                                  r"this run's data pipeline \(ValueError: unexpected key 'packer'\); "
                                                  r"resume with the data settings it was saved with, or use a new "
                                                  r"workdir$"):

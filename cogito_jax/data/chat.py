@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 CHALLENGE_SYSTEM = "You are a multi-task audio understanding and reasoning model."
+# The system prompts a sampling config names: the challenge baseline's, the chat template's own, or none.
+SYSTEMS = {"challenge": CHALLENGE_SYSTEM, "default": "default", "none": None}
 MCQ_INSTRUCTION = "\nSelect one option from the provided choices:\n"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"

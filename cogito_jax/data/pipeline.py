@@ -48,7 +48,10 @@ import grain
 import jax
 import numpy as np
 
+from cogito_jax import sharding
 from cogito_jax.data import chat
+from cogito_jax.data.tokenizer import load
+from cogito_jax.errors import ConfigError, is_int
 
 BOOKKEEPING = ("index", "clip_mask")  # batch fields the model does not take
 
@@ -82,7 +85,6 @@ class Tokenize(grain.transforms.Map):
 
     def _tokenizer(self):
         if self._tok is None:  # loaded lazily: once per worker process
-            from cogito_jax.data.tokenizer import load
 
             self._tok = load(self.tokenizer_dir)
         return self._tok
@@ -405,7 +407,6 @@ def make_dataset(
 def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
                  logical: Mapping[str, Sequence[str | None]] | None = None) -> dict[str, jax.Array]:
     """Global arrays (batch dimension sharded over the data axes) from each process's local rows."""
-    from cogito_jax import sharding
 
     out = {}
     for name, arr in local.items():
@@ -415,3 +416,19 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
         shape = (arr.shape[0] * jax.process_count(),) + arr.shape[1:]
         out[name] = jax.make_array_from_process_local_data(sh, arr, shape)
     return out
+
+
+def validate(d: Mapping[str, Any]) -> None:
+    """Checks the input pipeline's keys of the ``data`` section (those of them the config sets)."""
+    if "packing" in d and not isinstance(d.packing, bool):
+        raise ConfigError(f"data.packing={d.packing!r} must be True or False")
+    for key, low in (("max_clips_per_row", 1), ("num_workers", 0), ("max_len", 1), ("num_train", 1),
+                     ("num_heldout", 0), ("seed", 0)):
+        if key in d and (not is_int(d[key]) or d[key] < low):
+            raise ConfigError(f"data.{key}={d[key]!r} must be an integer >= {low}")
+    if "audio_buckets" in d:
+        b = d.audio_buckets
+        if (not isinstance(b, (tuple, list)) or any(not is_int(x) or x < 1 for x in b)
+                or list(b) != sorted(set(b))):
+            raise ConfigError(f"data.audio_buckets={b!r} must be increasing positive mel-frame counts, "
+                              "e.g. (500, 1000)")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from cogito_jax.config import ConfigError
 from cogito_jax.data import chat, records, tokenizer as toklib
+from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
 
 

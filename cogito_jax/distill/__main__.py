@@ -13,19 +13,18 @@ import pathlib
 
 from absl import flags
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, config as cfglib, errors
+from cogito_jax.distill import rounds
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: rounds.json, sft/, round_<r>/, eval_<r>.jsonl.")
-cfglib.define_config_flag()
+cli.define_config_flag()
 
 
 def main(cfg) -> int:
-    from cogito_jax.distill import rounds
-
     if not _WORKDIR.value:
-        cfglib.usage_error("--workdir is required")
+        errors.usage_error("--workdir is required")
     workdir = pathlib.Path(_WORKDIR.value)
-    cfglib.writable_dir(workdir, "--workdir")
+    errors.writable_dir(workdir, "--workdir")
     cfglib.dump(cfg, workdir / "config.json")
     data = rounds.run(cfg, workdir)
     print("\n".join(rounds.summary_lines(data)))
@@ -34,4 +33,4 @@ def main(cfg) -> int:
 
 
 if __name__ == "__main__":
-    cfglib.run_main(main)
+    cli.run_main(main)

@@ -26,15 +26,15 @@ import copy
 import json
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from cogito_jax.config import EXIT_PREEMPTED, ConfigError
 from cogito_jax.data import prepare, records
 from cogito_jax.distill.scoring import ScoreConfig, score_trace
 from cogito_jax.distill.select import Decision, Sample, SelectConfig, hint_question, select, select_rationalised
+from cogito_jax.errors import EXIT_PREEMPTED, ConfigError, check_choice, check_number
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
@@ -371,3 +371,34 @@ def plot(data: dict, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+ALL_WRONG = ("drop", "hint")  # what happens to prompts whose samples were all wrong
+
+def validate(d: Mapping[str, Any]) -> None:
+    """Checks the ``distill`` section (self-distillation rounds)."""
+    for key in ("num_samples", "orders", "max_new_tokens", "batch_size", "max_per_prompt"):
+        if d[key] < 1:
+            raise ConfigError(f"distill.{key}={d[key]} must be >= 1")
+    for key in ("rounds", "sft_steps", "round_steps", "pool_size", "synthetic_pool", "eval_limit",
+                "min_thinking_chars"):
+        if d[key] < 0:
+            raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
+    if d.orders > d.num_samples:
+        raise ConfigError(f"distill.orders={d.orders} must be <= distill.num_samples={d.num_samples} "
+                          "(each choice order gets num_samples // orders samples)")
+    check_number("distill.temperature", d.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
+    if d.max_thinking_chars < d.min_thinking_chars:
+        raise ConfigError(f"distill.max_thinking_chars={d.max_thinking_chars} is below "
+                          f"distill.min_thinking_chars={d.min_thinking_chars}")
+    for key in ("all_right_weight", "hint_weight"):
+        check_number(f"distill.{key}", d[key], lambda v: v >= 0, ">= 0")
+    check_choice("distill.all_wrong", d.all_wrong, ALL_WRONG)
+    if d.all_wrong == "hint":
+        try:
+            d.hint_template.format(question="q", answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"distill.hint_template={d.hint_template!r} must use only {{question}} and "
+                              f"{{answer}}: {type(e).__name__}: {e}") from e
+        if "{answer}" not in d.hint_template or "{question}" not in d.hint_template:
+            raise ConfigError(f"distill.hint_template={d.hint_template!r} must contain {{question}} and {{answer}}")

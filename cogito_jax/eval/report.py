@@ -7,6 +7,10 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from cogito_jax.eval.benchmarks import write_atomic
+
 PUBLISHED = pathlib.Path(__file__).with_name("published.json")
 ORDER = {
     "category": ["Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer"],
@@ -110,8 +114,6 @@ def markdown(scores: Mapping[str, Any], compare: Mapping[str, Any] | None = None
 
 
 def _bars(ax, x, accs, cis, width, label, offset=0.0):
-    import numpy as np
-
     accs = np.asarray(accs) * 100.0
     lo = np.array([a - 100.0 * c[0] if c else 0.0 for a, c in zip(accs, cis, strict=True)])
     hi = np.array([100.0 * c[1] - a if c else 0.0 for a, c in zip(accs, cis, strict=True)])
@@ -177,7 +179,6 @@ def plot_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Sequence[str
 def write_report(scores: Mapping[str, Any], out_dir: str | pathlib.Path, compare: Mapping[str, Any] | None = None,
                  names: Sequence[str] = ("this run", "other")) -> list[pathlib.Path]:
     """Writes one ``accuracy_<key>.png`` per breakdown, ``compare.png`` and then report.md; returns the paths."""
-    from cogito_jax.eval.benchmarks import write_atomic
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

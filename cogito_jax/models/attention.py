@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from cogito_jax import sharding
+from cogito_jax.errors import check_choice
+
 IMPLS = ("xla", "dot_product_attention", "cudnn", "splash")
 
 
@@ -223,8 +226,6 @@ def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, ma
     heads sharded unlike the query heads are repeated to one per query head first."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
-    from cogito_jax import sharding
-
     if jax.default_backend() == "gpu":  # it would run interpreted, orders of magnitude slower
         raise ValueError("attention impl='splash' is the TPU kernel; on GPUs use 'cudnn' or 'dot_product_attention'")
     b, t, n, h = q_btnh.shape
@@ -260,7 +261,5 @@ def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, ma
     return out[:, :, :t].transpose(0, 2, 1, 3)
 
 
-def check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"attention impl={impl!r} must be one of {IMPLS}")
-    return impl
+def check_impl(impl: str, what: str = "attn_impl") -> str:
+    return check_choice(what, impl, IMPLS)

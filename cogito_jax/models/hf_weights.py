@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cogito_jax.train.optim import path_str
+from cogito_jax.models.layers import path_str
 
 LINEAR, CONV1D, CONV2D, SAME = "linear", "conv1d", "conv2d", "same"
 STACK_AXES = ("i", "e")  # placeholder names of stacked leading axes, outermost first

@@ -7,11 +7,14 @@ Every parameter carries logical axis names (``cogito_jax.sharding.LOGICAL_AXES``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from cogito_jax.errors import check_choice
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -23,19 +26,26 @@ REMAT_POLICIES = {
 }
 
 
-def dtype_of(name: str | jnp.dtype) -> jnp.dtype:
-    """A dtype from its name (``"bfloat16"``) or the dtype itself."""
+def path_str(path: Sequence[Any]) -> str:
+    """'a/b/0/c' from an NNX filter path or a JAX key path (a trailing Variable 'value' is dropped)."""
+    parts = []
+    for p in path:
+        attr = next((a for a in ("key", "name", "idx") if hasattr(p, a)), None)
+        parts.append(str(getattr(p, attr)) if attr else str(p))
+    if parts and parts[-1] == "value":
+        parts.pop()
+    return "/".join(parts)
+
+
+def dtype_of(name: str | jnp.dtype, what: str = "dtype") -> jnp.dtype:
+    """A dtype from its name (``"bfloat16"``) or the dtype itself; ConfigError naming ``what`` for another name."""
     if isinstance(name, str):
-        if name not in DTYPES:
-            raise ValueError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
-        return DTYPES[name]
+        return DTYPES[check_choice(what, name, tuple(DTYPES))]
     return name
 
 
-def check_remat(remat: str) -> str:
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
-    return remat
+def check_remat(remat: str, what: str = "remat") -> str:
+    return check_choice(what, remat, tuple(REMAT_POLICIES))
 
 
 def remat(fn: Callable, policy: str) -> Callable:

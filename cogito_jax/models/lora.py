@@ -30,13 +30,19 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from cogito_jax.train.optim import path_str
+from cogito_jax.convert import _host
+from cogito_jax.errors import ConfigError, check_number
+from cogito_jax.models import registry
+from cogito_jax.models.hf_weights import LINEAR, stack_names
+from cogito_jax.models.layers import path_str
 
 SEP = "."
 
@@ -155,12 +161,7 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
     module and raise ``ValueError``. Tensors keep the adapters' dtype unless ``dtype`` is given. Under several
     processes every process calls it; process 0 writes.
     """
-    import numpy as np
     from safetensors.numpy import save_file
-
-    from cogito_jax.convert import _host
-    from cogito_jax.models import registry
-    from cogito_jax.models.hf_weights import LINEAR, stack_names
 
     fam = registry.FAMILIES[config.family]
     table = fam.weights(config)
@@ -221,7 +222,6 @@ def _expert_tensors(experts: dict[str, dict[str, tuple[Any, Any]]], lora: LoRA, 
                     ) -> tuple[list[str], dict[str, int], dict[str, float]]:
     """Adds the PEFT tensors of expert adapters (``{module with {i}: {gate|up|down: (A [L, E, in, r],
     B [L, E, r, out])}}``, ours) to ``tensors``; returns (target_parameters, rank_pattern, alpha_pattern)."""
-    import numpy as np
 
     targets, rank_pattern, alpha_pattern = set(), {}, {}
     for module, parts in experts.items():
@@ -256,3 +256,17 @@ def _expert_tensors(experts: dict[str, dict[str, tuple[Any, Any]]], lora: LoRA, 
             if r2 != lora.rank:
                 rank_pattern[key], alpha_pattern[key] = r2, lora.alpha * r2 / lora.rank
     return sorted(targets), rank_pattern, alpha_pattern
+
+
+def validate(lc: Mapping[str, Any]) -> None:
+    """Checks the ``lora`` section (adapters of ``train.trainable="lora"``)."""
+    if lc.rank < 1:
+        raise ConfigError(f"lora.rank={lc.rank} must be >= 1")
+    check_number("lora.alpha", lc.alpha, lambda v: v > 0, "> 0")
+    if lc.dropout:
+        raise ConfigError(f"lora.dropout={lc.dropout}: adapters are merged into the weights, so input dropout is not "
+                          "available; use 0")
+    try:
+        re.compile(lc.targets)
+    except re.error as e:
+        raise ConfigError(f"lora.targets={lc.targets!r} is not a valid regex: {e}") from e

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cogito_jax.errors import check_choice, check_number
 from cogito_jax.models.hf_weights import LINEAR
 from cogito_jax.models.layers import dense, dtype_of
 
@@ -47,15 +48,16 @@ class MoEConfig:
     def __post_init__(self):
         if not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be in [1, {self.num_experts}]")
-        check_impl(self.impl)
-        if not self.capacity_factor > 0:
-            raise ValueError(f"moe capacity_factor={self.capacity_factor} must be > 0")
+        check_impl(self.impl), check_capacity_factor(self.capacity_factor)
 
 
-def check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"moe impl={impl!r} must be one of {IMPLS}")
-    return impl
+def check_impl(impl: str, what: str = "moe_impl") -> str:
+    return check_choice(what, impl, IMPLS)
+
+
+def check_capacity_factor(factor: float, what: str = "moe_capacity_factor") -> float:
+    check_number(what, factor, lambda v: v > 0, "> 0")
+    return factor
 
 
 def route(logits_ne: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:

@@ -27,7 +27,9 @@ from typing import Any
 
 from flax import nnx
 
-from cogito_jax.models import audio_layers, aut_encoder, moe
+from cogito_jax.config import load_config_file
+from cogito_jax.errors import ConfigError
+from cogito_jax.models import attention, audio_layers, aut_encoder, layers, moe
 from cogito_jax.models.audio_lm import AudioLM, AudioLMConfig
 from cogito_jax.models.decoder import DecoderConfig
 from cogito_jax.models.hf_weights import CONV1D, LINEAR, SAME
@@ -74,6 +76,18 @@ TEXT_DEFAULTS = dict(vocab_size=151936, hidden_size=4096, intermediate_size=2201
 def _with_defaults(section: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict:
     return {**defaults, **dict(section or {})}
 
+
+
+def check_settings(model: Mapping[str, Any]) -> None:
+    """The run-time settings (:data:`OVERRIDES`) a run config's ``model`` section sets, checked by the same
+    functions the model configs use, named by their config key."""
+    checks = {"dtype": layers.dtype_of, "param_dtype": layers.dtype_of, "attn_impl": attention.check_impl,
+              "remat": layers.check_remat, "moe_impl": moe.check_impl}
+    for key, check in checks.items():
+        if model.get(key):
+            check(model[key], f"model.{key}")
+    if model.get("moe_capacity_factor") is not None:
+        moe.check_capacity_factor(model["moe_capacity_factor"], "model.moe_capacity_factor")
 
 
 def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -263,8 +277,6 @@ def config_for(model_section: Mapping[str, Any], *, vocab_size: int | None = Non
     model config file ``configs/models/{family}.py:{size}``; a tokenizer's vocabulary size and audio
     token id override the file's (tiny models use a tokenizer trained with the data)."""
     import pathlib
-
-    from cogito_jax.config import ConfigError, load_config_file
 
     section = dict(model_section)
     overrides = {k: section[k] for k in OVERRIDES if section.get(k)}

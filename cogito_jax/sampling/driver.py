@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError, check_choice, check_number
 
 # Prompt lengths batches are left-padded to: one compiled program per bucket, not per prompt length.
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -252,3 +253,20 @@ def merge_outputs(out: str | pathlib.Path, expected_ids: Iterable[str], process_
         raise ValueError(f"merge of {out}: missing {missing[:5]} ({len(missing)}), wrong sample counts "
                          f"{dict(list(bad.items())[:5])}, unexpected ids {extra[:5]}")
     return [r for i in expected for r in sorted(rows[i], key=lambda r: r["sample"])]
+
+
+def validate(s: Mapping[str, Any]) -> None:
+    """Checks the ``sample`` section (generation settings of ``python -m cogito_jax.sample``)."""
+    for key in ("num_samples", "max_new_tokens", "batch_size"):
+        if s[key] < 1:
+            raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
+    if not 0 <= s.seed < 2**32:
+        raise ConfigError(f"sample.seed={s.seed} must be in [0, 2**32)")
+    check_number("sample.temperature", s.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)")
+    if s.top_k < 0:
+        raise ConfigError(f"sample.top_k={s.top_k} must be >= 0 (0 = no top-k)")
+    check_number("sample.top_p", s.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
+    check_choice("sample.system", s.system, tuple(chat.SYSTEMS))
+    b = list(s.length_buckets)
+    if not b or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in b) or b != sorted(set(b)):
+        raise ConfigError(f"sample.length_buckets={tuple(b)} must be increasing positive integers")

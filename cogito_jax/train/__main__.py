@@ -12,20 +12,19 @@ import sys
 
 from absl import flags
 
-from cogito_jax import config as cfglib
+from cogito_jax import cli, errors
+from cogito_jax.train.checkpoint import CheckpointError, check_writable
+from cogito_jax.train.run import train
+from cogito_jax.train.trainer import NonFiniteLoss
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: metrics, checkpoints, config.json.")
-cfglib.define_config_flag()
+cli.define_config_flag()
 
 
 def main(cfg) -> int:
-    from cogito_jax.train.run import train
-
     if not _WORKDIR.value:
-        cfglib.usage_error("--workdir is required")
-    cfglib.writable_dir(_WORKDIR.value, "--workdir")
-    from cogito_jax.train.checkpoint import CheckpointError, check_writable
-    from cogito_jax.train.trainer import NonFiniteLoss
+        errors.usage_error("--workdir is required")
+    errors.writable_dir(_WORKDIR.value, "--workdir")
 
     check_writable(_WORKDIR.value)
     try:
@@ -34,11 +33,11 @@ def main(cfg) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if last.get("preempted"):
-        print(f"preempted: checkpoint saved; rerun the same command to resume (exit {cfglib.EXIT_PREEMPTED})")
-        return cfglib.EXIT_PREEMPTED
+        print(f"preempted: checkpoint saved; rerun the same command to resume (exit {errors.EXIT_PREEMPTED})")
+        return errors.EXIT_PREEMPTED
     print(f"done: {last}")
     return 0
 
 
 if __name__ == "__main__":
-    cfglib.run_main(main)
+    cli.run_main(main)

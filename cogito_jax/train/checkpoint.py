@@ -37,7 +37,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cogito_jax import config as cfglib, metrics
+from cogito_jax import errors, metrics
+from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
 
 
@@ -49,13 +50,13 @@ class CorruptCheckpoint(CheckpointError):
     """A checkpoint step's files are missing, truncated, undecodable or do not match their checksums."""
 
 
-class IncompatibleCheckpoint(cfglib.ConfigError):
+class IncompatibleCheckpoint(errors.ConfigError):
     """A checkpoint step is intact but cannot be restored into this run (e.g. the model changed)."""
 
 
 def check_writable(workdir: str | os.PathLike) -> None:
     """ConfigError unless the checkpoint folder of ``workdir`` can be created and written (local paths)."""
-    cfglib.writable_dir(metrics.absolute(workdir) / "checkpoints", "checkpoint folder")
+    errors.writable_dir(metrics.absolute(workdir) / "checkpoints", "checkpoint folder")
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -465,3 +466,10 @@ def abstract_like(tree: Any) -> Any:
         return x
 
     return jax.tree.map(one, tree)
+
+
+def validate(ck: Mapping[str, Any]) -> None:
+    """Checks the ``checkpoint`` section."""
+    for key, low in (("every", 1), ("keep_last", 1), ("keep_every", 0)):
+        if ck[key] < low:
+            raise ConfigError(f"checkpoint.{key}={ck[key]} must be >= {low}")

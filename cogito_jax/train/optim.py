@@ -11,13 +11,15 @@ against regexes, so a preset works for every family whose modules follow the nam
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from cogito_jax.errors import ConfigError, check_choice, check_number
+from cogito_jax.models.layers import path_str
 
 # preset -> (include regexes, exclude regexes) over "/"-joined parameter paths.
 TRAINABLE_PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -28,26 +30,13 @@ TRAINABLE_PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def path_str(path: Sequence[Any]) -> str:
-    """'a/b/0/c' from an NNX filter path or a JAX key path (a trailing Variable 'value' is dropped)."""
-    parts = []
-    for p in path:
-        attr = next((a for a in ("key", "name", "idx") if hasattr(p, a)), None)
-        parts.append(str(getattr(p, attr)) if attr else str(p))
-    if parts and parts[-1] == "value":
-        parts.pop()
-    return "/".join(parts)
-
-
 # Parameters that never train, whatever the preset (frozen in the reference implementation too).
 ALWAYS_FROZEN = (r"(^|/)audio_encoder/embed_positions$",)
 
 
 def trainable_filter(preset: str) -> Callable[[Sequence[Any], Any], bool]:
     """An NNX filter ``(path, value) -> bool`` selecting the trainable ``nnx.Param`` leaves."""
-    if preset not in TRAINABLE_PRESETS:
-        raise ValueError(f"trainable={preset!r} is not one of {sorted(TRAINABLE_PRESETS)}")
-    include, exclude = TRAINABLE_PRESETS[preset]
+    include, exclude = TRAINABLE_PRESETS[check_choice("train.trainable", preset, tuple(TRAINABLE_PRESETS))]
     inc = [re.compile(p) for p in include]
     exc = [re.compile(p) for p in (*exclude, *ALWAYS_FROZEN)]
 
@@ -105,5 +94,16 @@ def make_tx(optim_cfg: Any, steps: int) -> tuple[optax.GradientTransformation, o
     return optax.chain(*parts), sched
 
 
-def global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+def validate(o: Mapping[str, Any]) -> None:
+    """Checks the ``optim`` section: schedule name and every number finite and in its range."""
+    if o.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"optim.schedule={o.schedule!r} must be cosine, linear or constant")
+    check_number("optim.lr", o.lr, lambda v: v > 0, "> 0")
+    check_number("optim.eps", o.eps, lambda v: v > 0, "> 0")
+    for key in ("b1", "b2"):
+        check_number(f"optim.{key}", o[key], lambda v: 0 <= v < 1, "in [0, 1)")
+    check_number("optim.end_lr_ratio", o.end_lr_ratio, lambda v: 0 <= v <= 1, "in [0, 1]")
+    for key in ("weight_decay", "clip_norm"):
+        check_number(f"optim.{key}", o[key], lambda v: v >= 0, ">= 0 (0 = off)")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0")

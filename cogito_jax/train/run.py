@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from cogito_jax import config as cfglib, sharding
+from cogito_jax import config as cfglib, errors, sharding
 from cogito_jax.data import chat, pipeline, prepare, records, tokenizer as toklib
 from cogito_jax.models import registry
 
@@ -28,10 +28,10 @@ def pipeline_options(cfg: Any, model_cfg: Any) -> dict[str, Any]:
         from cogito_jax.models.whisper_encoder import WhisperEncoderConfig
 
         if isinstance(model_cfg.audio, WhisperEncoderConfig):
-            raise cfglib.ConfigError(f"data.audio_buckets={buckets}: the {model_cfg.family} audio encoder takes "
+            raise errors.ConfigError(f"data.audio_buckets={buckets}: the {model_cfg.family} audio encoder takes "
                                      f"exactly {model_cfg.audio.num_frames} mel frames; leave audio_buckets empty")
         if buckets[-1] > model_cfg.audio.num_frames:
-            raise cfglib.ConfigError(f"data.audio_buckets={buckets} go past the encoder's window of "
+            raise errors.ConfigError(f"data.audio_buckets={buckets} go past the encoder's window of "
                                      f"{model_cfg.audio.num_frames} mel frames")
     return {"packing": bool(opts["packing"]), "max_clips_per_row": int(opts["max_clips_per_row"]),
             "audio_buckets": buckets, "num_workers": int(opts["num_workers"])}
@@ -101,10 +101,10 @@ def train(cfg: Any, workdir: str, *, init_from: str | None = None, init_model: A
 def check_dataset(source: records.RecordSource, spec: pipeline.ExampleSpec, what: str) -> None:
     """ConfigError when a dataset is empty or its log-mel has another number of bins than the model takes."""
     if len(source) == 0:
-        raise cfglib.ConfigError(f"the {what} dataset {str(source.dataset_dir)!r} has no records")
+        raise errors.ConfigError(f"the {what} dataset {str(source.dataset_dir)!r} has no records")
     mel = source[0].get("mel")
     if mel is not None and mel.shape[-1] != spec.n_mels:
-        raise cfglib.ConfigError(
+        raise errors.ConfigError(
             f"the {what} dataset {str(source.dataset_dir)!r} holds {mel.shape[-1]}-bin log-mel but the model takes "
             f"{spec.n_mels} bins: rebuild it with data_prep.build --config.features.n_mels={spec.n_mels}")
 

@@ -41,10 +41,12 @@ from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
-from cogito_jax import config as cfglib, metrics as metricslib, sharding
+from cogito_jax import config as cfglib, errors, metrics as metricslib, sharding
 from cogito_jax.data.pipeline import BOOKKEEPING, global_batch
+from cogito_jax.errors import ConfigError, check_choice, check_number
 from cogito_jax.log import is_main_process, logger
 from cogito_jax.models import flops as flopslib
+from cogito_jax.models.layers import dtype_of
 from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
 from cogito_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, abstract_like, check_writable, error_line
@@ -421,7 +423,7 @@ class CompletedSteps:
             self.pending.clear()
 
 
-class NoSupervisedTokens(cfglib.ConfigError):
+class NoSupervisedTokens(errors.ConfigError):
     """No batch of the run had a token with loss weight: the run would train on nothing."""
 
 
@@ -504,3 +506,18 @@ def _log_memory(compiled) -> None:
         mem.argument_size_in_bytes * gib, mem.output_size_in_bytes * gib, mem.temp_size_in_bytes * gib,
         mem.generated_code_size_in_bytes * gib,
     )
+
+
+def validate(t: Mapping[str, Any]) -> None:
+    """Checks the ``train`` section."""
+    for key in ("steps", "batch_size", "grad_accum", "log_every"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key}={t[key]} must be >= 1")
+    if t["eval_every"] < 0:
+        raise ConfigError(f"train.eval_every={t['eval_every']} must be >= 0 (0 = no evaluation during training)")
+    check_number("train.peak_tflops", t["peak_tflops"], lambda v: v >= 0, ">= 0 (0 = the device's bf16 peak)")
+    if t["batch_size"] % t["grad_accum"]:
+        raise ConfigError(f"train.batch_size={t['batch_size']} is not divisible by train.grad_accum={t['grad_accum']}")
+    check_choice("train.trainable", t["trainable"], tuple(optim.TRAINABLE_PRESETS))
+    for key in ("param_dtype", "compute_dtype"):
+        dtype_of(t[key], f"train.{key}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.config import ConfigError
+from cogito_jax.errors import ConfigError
 from data_prep.config import MAX_QUESTIONS_PER_CLIP
 
 SYSTEM = ("You are an expert in audio perception and reasoning. You write hard multiple-choice questions about "

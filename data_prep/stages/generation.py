@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.config import ConfigError
 from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError
 from cogito_jax.sampling.driver import LazyMelPrompt
 
 SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}

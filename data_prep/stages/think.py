@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cogito_jax.config import ConfigError
+from cogito_jax.errors import ConfigError
 
 
 def check_features(cfg: Any, lm: Any) -> None:

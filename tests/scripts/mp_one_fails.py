@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cogito_jax import config, sharding
+from cogito_jax import cli, sharding
 
 
 def main(_):
@@ -20,4 +20,4 @@ def main(_):
     print(float(total(x * 2)))  # never completes
 
 
-config.run_main(main, needs_config=False, uses_devices=False)
+cli.run_main(main, needs_config=False, uses_devices=False)

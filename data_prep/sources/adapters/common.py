@@ -362,7 +362,7 @@ class CliParser(argparse.ArgumentParser):
     """An argument parser whose errors are the project's one-line usage errors (exit 2)."""
 
     def error(self, message: str) -> None:
-        from cogito_jax.config import usage_error
+        from cogito_jax.errors import usage_error
 
         usage_error(message)
 
@@ -370,7 +370,7 @@ class CliParser(argparse.ArgumentParser):
 def run_conversion(convert_call: Callable[[], Summary], label: str) -> int:
     """Runs a CLI's conversion: bad input (AdapterError, an unreadable file) is one usage-error line and exit
     2; otherwise the summary line is printed."""
-    from cogito_jax.config import usage_error
+    from cogito_jax.errors import usage_error
 
     try:
         summary = convert_call()
