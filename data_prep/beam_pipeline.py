@@ -292,7 +292,7 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
     import tensorflow_datasets as tfds
 
     from cogito_jax.config import ConfigError
-    from cogito_jax.data import tfds_builder
+    from cogito_jax.data import records
     from data_prep import report as report_lib, stages
 
     local = _local_build()
@@ -320,9 +320,8 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         _write_lines(f"{out}/dataset/{local.DATASET_MARKER}", ["written by data_prep.beam_pipeline, which replaces "
                                                                 "this folder on a re-run"])
         _write_lines(f"{work}/items.jsonl", (json.dumps({"index": i, "item": it}) for i, it in enumerate(items)))
-        builder = tfds_builder.CogitoRecords(data_dir=f"{scratch}/tfds", file_format="array_record",
-                                             feat_dim=cfg.features.n_mels,
-                                             description_text=f"Cogito-pipe build of {cfg.source.kind} source")
+        builder = records.builder(data_dir=f"{scratch}/tfds", file_format="array_record", feat_dim=cfg.features.n_mels,
+                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
         local_ds = pathlib.Path(builder.data_dir)
         dataset_dir = f"{out}/dataset/{local_ds.relative_to(f'{scratch}/tfds').as_posix()}"
         n, num_shards, groups = len(items), max(1, math.ceil(len(items) / cfg.beam.clips_per_shard)), \
