@@ -8,7 +8,7 @@
 (``gs://``, ``s3://``). With ``runner="beam"`` in the config, ``python -m data_prep.build`` runs this too.
 
 Stages: the launcher reads the source (``build._source_items``) and stages the items, each with its
-manifest index, as JSONL under ``DIR/cache/beam`` -> per clip, in parallel: ``build.process_clip`` (decode,
+manifest index, as JSONL under ``DIR/cache/beam`` -> per clip, in parallel: ``clips.process_clip`` (decode,
 quality filters, PCM hash, log-mel) -> GroupByKey on the audio hash (``beam.select_groups`` groups, every clip
 of one hash in the same group) and ``build.select_items`` on each group in manifest order: failed clips,
 contamination, exact duplicates (the first in manifest order is kept), no question -> records written per
@@ -39,6 +39,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
+
+from cogito_jax.data import clips
 
 RUNNERS = ("local", "beam")
 # options: pipeline options as strings; clips_per_shard: manifest items per output shard; select_groups: the
@@ -135,12 +137,12 @@ def _readable_audio(path: str, prefix_map: tuple[tuple[str, str], ...]) -> Itera
         yield local
 
 
-def process(entry: dict, cfg: ConfigDict) -> tuple[int, dict, dict, Any]:
-    """``(index, item, row, mel)`` of one staged item: ``build.process_clip`` on a readable copy of its audio."""
-    build = _local_build()
+def process(entry: dict, features: clips.Features, filters: clips.FilterConfig,
+            prefix_map: tuple[tuple[str, str], ...]) -> tuple[int, dict, dict, Any]:
+    """``(index, item, row, mel)`` of one staged item: ``clips.process_clip`` on a readable copy of its audio."""
     item = entry["item"]
-    with _readable_audio(item["audio_path"], _prefix_map(cfg.beam.audio_prefix_map)) as path:
-        row, mel = build.process_clip({**item, "audio_path": path}, cfg, build.filter_config(cfg))
+    with _readable_audio(item["audio_path"], prefix_map) as path:
+        row, mel = clips.process_clip({**item, "audio_path": path}, features, filters)
     return entry["index"], item, row, mel
 
 
@@ -175,7 +177,6 @@ def write_shard(element: tuple[int, dict], dataset_dir: str, names: Sequence[str
     from tensorflow_datasets.core import file_adapters
 
     from cogito_jax.data import records
-    from data_prep import build
 
     shard, groups = element
     kept = set(groups["kept"])
@@ -188,7 +189,7 @@ def write_shard(element: tuple[int, dict], dataset_dir: str, names: Sequence[str
 
     def serialized():
         for _, item, mel in clips:
-            data = feats.serialize_example(records.to_example(build.item_record(item, mel)))
+            data = feats.serialize_example(records.to_example(records.item_record(item, mel)))
             size["n"] += 1
             size["num_bytes"] += len(data)
             yield None, data
@@ -335,7 +336,8 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         with beam.Pipeline(options=opts) as p:
             clips = (p | "ReadItems" >> beam.io.ReadFromText(f"{work}/items.jsonl")
                      | "Parse" >> beam.Map(json.loads)
-                     | "DecodeFilterLogMel" >> beam.Map(process, cfg))
+                     | "DecodeFilterLogMel" >> beam.Map(process, local.feature_config(cfg), local.filter_config(cfg),
+                                                        _prefix_map(cfg.beam.audio_prefix_map)))
             decisions = (clips
                          | "KeyByHash" >> beam.Map(lambda c: (group_of(c[1]["id"], c[2], groups), c[:3]))
                          | "GroupByHash" >> beam.GroupByKey()

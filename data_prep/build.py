@@ -43,6 +43,7 @@ from typing import Any
 from absl import flags
 
 from cogito_jax import config as cfglib
+from cogito_jax.data import clips, records
 from data_prep.stages.cache import StageCache, mel_path
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
@@ -81,12 +82,12 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache,
 
     cache = StageCache(out / "cache" / "audio.jsonl")
     (out / "cache" / "mel").mkdir(parents=True, exist_ok=True)
-    fcfg = filter_config(cfg)
-    settings = json.dumps([features_key(cfg), dataclasses.asdict(fcfg)], sort_keys=True)
+    features, fcfg = feature_config(cfg), filter_config(cfg)
+    settings = json.dumps([features.key(), dataclasses.asdict(fcfg)], sort_keys=True)
     keys = {it["id"]: clip_key(it["audio_path"], settings) for it in items}
     todo = [it for it in items if cache.rows.get(it["id"], {}).get("key") != keys[it["id"]]]
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
-        row, mel = process_clip(item, cfg, fcfg)
+        row, mel = clips.process_clip(item, features, fcfg)
         path = mel_path(out, item["id"])
         if mel is None:
             path.unlink(missing_ok=True)
@@ -121,55 +122,16 @@ def long_clip_mode(cfg) -> str:
     return "chunks" if family_of(cfg.think.model, "think.model") in CHUNKED_FAMILIES else "truncate"
 
 
-def features_key(cfg) -> str:
-    """What a clip's cached log-mel depends on besides its audio."""
-    return f"n_mels={cfg.features.n_mels} long_clips={long_clip_mode(cfg)} max_seconds={cfg.features.max_seconds}"
+def feature_config(cfg) -> clips.Features:
+    """The :class:`cogito_jax.data.clips.Features` of a data config's ``features`` section (``long_clips`` resolved
+    by :func:`long_clip_mode`)."""
+    f = cfg.features
+    return clips.Features(n_mels=f.n_mels, max_seconds=f.max_seconds, long_clips=long_clip_mode(cfg))
 
 
-def filter_config(cfg):
-    """The :class:`data_prep.filters.FilterConfig` of a data config's ``filters`` section."""
-    from data_prep import filters
-
-    return filters.FilterConfig(**{k: v for k, v in cfg.filters.to_dict().items()
-                                   if k in filters.FilterConfig.__dataclass_fields__})
-
-
-def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
-    """Decode + quality filters + log-mel of one manifest item: ``(cache_row, mel [frames, n_mels] float16)``,
-    mel None for a rejected clip (``row["ok"]`` False with its ``reason``); whatever fails inside rejects this
-    clip alone (``processing_failed``, with the exception's type)."""
-    try:
-        return _process_clip(item, cfg, fcfg)
-    except Exception as e:  # one bad clip must never stop the build
-        return {"id": item["id"], "ok": False, "reason": failure_reason(e)}, None
-
-
-def failure_reason(e: Exception) -> str:
-    """``processing_failed: <type>: <first line of the message>``, short; a text-decoding error's message is left
-    out (it quotes the bytes it could not read)."""
-    msg = "" if isinstance(e, UnicodeError) else (str(e).strip().splitlines() or [""])[0][:120]
-    return f"processing_failed: {type(e).__name__}" + (f": {msg}" if msg else "")
-
-
-def _process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
-    import numpy as np
-
-    from cogito_jax import audio
-    from data_prep import filters
-
-    result = filters.check_file(item["id"], item["audio_path"], fcfg)
-    if result.rejection is not None:
-        r = result.rejection
-        return {"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason}, None
-    wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
-    if long_clip_mode(cfg) == "chunks":
-        mel_mf = np.concatenate(audio.log_mel_chunks(wave, n_mels=cfg.features.n_mels), axis=1)
-    else:
-        wave = wave[: audio.N_SAMPLES]
-        mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
-    row = {"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
-           "n_frames": mel_mf.shape[1]}
-    return row, mel_mf.T.astype(np.float16)
+def filter_config(cfg) -> clips.FilterConfig:
+    """The :class:`cogito_jax.data.clips.FilterConfig` of a data config's ``filters`` section."""
+    return clips.FilterConfig.from_mapping(cfg.filters.to_dict())
 
 
 def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
@@ -207,21 +169,6 @@ def contamination_guard(meta_files: tuple[str, ...]):
         return filters.ContaminationGuard.from_meta(meta_files)
     except BenchmarkError as e:
         raise ConfigError(f"filters.contamination_meta: {e}") from None
-
-
-def item_record(item: dict, mel) -> dict[str, Any]:
-    """The dataset record of one kept item with its log-mel ``[frames, n_mels]``."""
-    from cogito_jax.data import records
-
-    meta = item.get("metadata") or {}
-    provenance = {"audio_path": str(item["audio_path"]),
-                  **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
-    return records.make_record(
-        id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
-        answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
-        modality=item.get("modality", ""), category=item.get("category", ""),
-        sub_category=item.get("sub_category", ""), provenance=provenance,
-    )
 
 
 def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any]:
@@ -264,7 +211,7 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
 
     def make_records():
         for item in kept_items:
-            yield item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
+            yield records.item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
 
     if not first:  # every process has the merged results; process 0 alone writes the dataset and the report
         return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports,
@@ -311,8 +258,6 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
     """Writes the dataset unless one with exactly these items, clips and this config already exists; with no kept
     item there is no dataset (None, and an earlier one is removed). Only a folder the build wrote is replaced."""
     import shutil
-
-    from cogito_jax.data import records
 
     content = [[i["id"], i.get("clip_id"), rows[i.get("clip_id", i["id"])].get("key"), i["question"], i["choices"],
                 i["answer"], i.get("thinking", "")] for i in kept_items]

@@ -15,7 +15,7 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 from cogito_jax.config import ConfigError
-from cogito_jax.data import records
+from cogito_jax.data import clips, records
 from data_prep import beam_pipeline, build
 from data_prep.config import base_data_config
 from data_prep.sources import synthetic
@@ -160,8 +160,8 @@ def test_remote_audio_is_staged_through_the_prefix_map(corpus, tmp_path):
     direct = {r["id"]: r["mel"] for r in records.RecordSource(tmp_path / "out" / "dataset" / "cogito_records" /
                                                               "1.0.0")}
     for rid in picked:
-        row, mel = build.process_clip({"id": rid, "audio_path": str(root / "audio" / f"{rid}.wav")}, cfg,
-                                      build.filter_config(cfg))
+        row, mel = clips.process_clip({"id": rid, "audio_path": str(root / "audio" / f"{rid}.wav")},
+                                      build.feature_config(cfg), build.filter_config(cfg))
         np.testing.assert_array_equal(direct[rid].view(np.uint16), mel.view(np.uint16))
 
 
@@ -259,14 +259,14 @@ def test_remote_output_is_written_through_beam_filesystems(corpus, tmp_path, mon
 def test_a_failure_inside_one_clip_rejects_that_clip_only(corpus, tmp_path, monkeypatch):
     m = _small_manifest(corpus, tmp_path)
     victim = json.loads(m.read_text().splitlines()[1])["id"]
-    real = build._process_clip
+    real = clips._process_clip
 
     def fails_once(item, *args):
         if item["id"] == victim:
             raise MemoryError("cannot allocate")
         return real(item, *args)
 
-    monkeypatch.setattr(build, "_process_clip", fails_once)
+    monkeypatch.setattr(clips, "_process_clip", fails_once)
     report = beam_pipeline.build(_config(m), str(tmp_path / "out"), BEAM_ARGS)
     assert report["kept"] == 3
     assert report["rejected"] == [{"id": victim, "reason": "processing_failed: MemoryError: cannot allocate"}]

@@ -81,6 +81,21 @@ def make_record(**fields: Any) -> dict[str, Any]:
     return rec
 
 
+def item_record(item: Mapping[str, Any], mel: np.ndarray) -> dict[str, Any]:
+    """The record of one kept manifest item (``id``, ``audio_path``, ``question``, ``choices``, ``answer`` and
+    optionally ``thinking``, ``modality``, ``category``, ``sub_category``, ``metadata`` with its ``source``, and
+    a build's ``clip_id`` / ``question_source`` / ``trace_sample``) with its log-mel ``[frames, n_mels]``."""
+    meta = item.get("metadata") or {}
+    provenance = {"audio_path": str(item["audio_path"]),
+                  **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
+    return make_record(
+        id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
+        answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
+        modality=item.get("modality", ""), category=item.get("category", ""),
+        sub_category=item.get("sub_category", ""), provenance=provenance,
+    )
+
+
 # ----------------------------------------------------------------------------- TFDS dataset
 
 
