@@ -80,10 +80,9 @@ def main() -> None:
 
     import apache_beam  # noqa: F401  (import time is not build time)
 
-    from cogito_jax.data import clips
+    from cogito_jax.data import clips, synthetic
     from data_prep import beam_pipeline, build
     from data_prep.config import base_data_config
-    from data_prep.sources import synthetic
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="build_throughput_") as tmp:

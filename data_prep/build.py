@@ -58,7 +58,7 @@ def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
 
     path = pathlib.Path(cfg.source.manifest) if cfg.source.kind == "manifest" else None
     if cfg.source.kind == "synthetic":
-        from data_prep.sources import synthetic
+        from cogito_jax.data import synthetic
 
         path = out / "cache" / "synthetic" / "manifest.jsonl"
         if not path.exists():
@@ -278,20 +278,6 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
     stamp.write_text(key)
     return path
-
-
-def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, split: str = "train",
-                    n_mels: int = 128, max_seconds: float = 30.0) -> pathlib.Path:
-    """Builds ``num_items`` synthetic items (wav + manifest + filters + log-mel + records) into ``out``;
-    returns the dataset folder. A finished build is reused."""
-    from data_prep.config import base_data_config
-
-    cfg = base_data_config()
-    cfg.source.kind, cfg.source.num_items, cfg.source.split, cfg.seed = "synthetic", num_items, split, seed
-    cfg.features.n_mels, cfg.features.max_seconds = n_mels, max_seconds
-    cfg.filters.min_seconds = 0.3
-    report = build(cfg, str(out))
-    return pathlib.Path(report["dataset_dir"])
 
 
 def main(cfg) -> int:

@@ -15,10 +15,9 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 from cogito_jax.config import ConfigError
-from cogito_jax.data import clips, records
+from cogito_jax.data import clips, records, synthetic
 from data_prep import beam_pipeline, build
 from data_prep.config import base_data_config
-from data_prep.sources import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEAM_ARGS = ["--runner=DirectRunner"]

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cogito_jax.data import records
-from data_prep.sources import synthetic
+from cogito_jax.data import records, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
