@@ -36,11 +36,11 @@ def clip_cost(seconds: float, fmt: str, n: int, cfg, folder: pathlib.Path) -> fl
     import soundfile as sf
 
     from cogito_jax.data import clips
-    from data_prep import build
+    from data_prep import steps
 
     sr, channels, container, subtype = COST_FORMATS[fmt]
     rng = np.random.default_rng(int(seconds))
-    features, fcfg = build.feature_config(cfg), build.filter_config(cfg)
+    features, fcfg = steps.feature_config(cfg), steps.filter_config(cfg)
     total = 0.0
     for i in range(n):
         t = np.arange(int(seconds * sr)) / sr
@@ -81,7 +81,7 @@ def main() -> None:
     import apache_beam  # noqa: F401  (import time is not build time)
 
     from cogito_jax.data import clips, synthetic
-    from data_prep import beam_pipeline, build
+    from data_prep import beam_pipeline, build, steps
     from data_prep.config import base_data_config
 
     load0 = os.getloadavg()
@@ -90,11 +90,11 @@ def main() -> None:
         t = time.perf_counter()
         manifest = synthetic.write_corpus(root / "corpus", args.clips, seed=args.seed)
         corpus_s = time.perf_counter() - t
-        cfg = beam_pipeline.add_beam_config(base_data_config())
+        cfg = base_data_config()
         cfg.source.manifest, cfg.features.n_mels, cfg.filters.min_seconds = str(manifest), args.n_mels, 0.3
         first = json.loads(manifest.read_text().splitlines()[0])
         clips.process_clip({**first, "audio_path": str(manifest.parent / first["audio_path"])},
-                           build.feature_config(cfg), build.filter_config(cfg))  # warm-up
+                           steps.feature_config(cfg), steps.filter_config(cfg))  # warm-up
 
         runs: dict[str, list] = {"local": [], "beam": []}
         for r in range(args.repeats):

@@ -26,13 +26,15 @@ files) are reused only while its key holds: the resolved audio path, the file's 
 and filter settings; anything else redoes the clip, kept or rejected. Any failure inside one clip's processing
 rejects that clip alone. ``DIR/dataset`` is replaced only when it is this build's own (its ``COGITO_BUILD``
 marker inside); a folder there without it stops the build before any work, and nothing is deleted.
+
+A clip's processing is :func:`cogito_jax.data.clips.process_clip`; the steps this runner shares with the Beam
+pipeline (``runner=beam``, :mod:`data_prep.beam_pipeline`) are in :mod:`data_prep.steps`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -44,34 +46,8 @@ from absl import flags
 
 from cogito_jax import config as cfglib
 from cogito_jax.data import clips, records
+from data_prep import beam_pipeline, steps
 from data_prep.stages.cache import StageCache, mel_path
-
-_OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
-DATASET_MARKER = "COGITO_BUILD"  # inside DIR/dataset: the folder is this build's to replace
-OWN_MARKERS = (DATASET_MARKER, "BUILD_KEY")  # either proves it (BUILD_KEY: datasets of earlier versions)
-CHUNKED_FAMILIES = ("qwen3_omni_thinker",)  # audio encoders that take a whole clip and window it themselves
-
-
-def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
-    """(items, rejections) from the configured source; the synthetic corpus is written to disk first."""
-    from data_prep.sources import manifest as manifest_lib
-
-    path = pathlib.Path(cfg.source.manifest) if cfg.source.kind == "manifest" else None
-    if cfg.source.kind == "synthetic":
-        from cogito_jax.data import synthetic
-
-        path = out / "cache" / "synthetic" / "manifest.jsonl"
-        if not path.exists():
-            synthetic.write_corpus(path.parent, cfg.source.num_items, seed=cfg.seed, split=cfg.source.split)
-    if not path.exists():
-        cfglib.usage_error(f"manifest {str(path)!r} does not exist")
-    items, rejected = [], []
-    for entry in manifest_lib.read_manifest(path):
-        if isinstance(entry, manifest_lib.Rejection):
-            rejected.append({"id": str(entry.id), "reason": entry.reason})
-        else:
-            items.append(entry)
-    return items, rejected
 
 
 def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache, int]:
@@ -82,7 +58,7 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache,
 
     cache = StageCache(out / "cache" / "audio.jsonl")
     (out / "cache" / "mel").mkdir(parents=True, exist_ok=True)
-    features, fcfg = feature_config(cfg), filter_config(cfg)
+    features, fcfg = steps.feature_config(cfg), steps.filter_config(cfg)
     settings = json.dumps([features.key(), dataclasses.asdict(fcfg)], sort_keys=True)
     keys = {it["id"]: clip_key(it["audio_path"], settings) for it in items}
     todo = [it for it in items if cache.rows.get(it["id"], {}).get("key") != keys[it["id"]]]
@@ -110,67 +86,6 @@ def clip_key(audio_path: str, settings: str) -> str:
     return hashlib.sha256(json.dumps([ident, settings]).encode()).hexdigest()
 
 
-def long_clip_mode(cfg) -> str:
-    """``truncate`` or ``chunks``: how clips over 30 s become log-mel (``features.long_clips``, see above)."""
-    mode = cfg.features.long_clips
-    if mode != "auto":
-        return mode
-    if not cfg.think.model:
-        return "truncate"
-    from data_prep.stages.generation import family_of
-
-    return "chunks" if family_of(cfg.think.model, "think.model") in CHUNKED_FAMILIES else "truncate"
-
-
-def feature_config(cfg) -> clips.Features:
-    """The :class:`cogito_jax.data.clips.Features` of a data config's ``features`` section (``long_clips`` resolved
-    by :func:`long_clip_mode`)."""
-    f = cfg.features
-    return clips.Features(n_mels=f.n_mels, max_seconds=f.max_seconds, long_clips=long_clip_mode(cfg))
-
-
-def filter_config(cfg) -> clips.FilterConfig:
-    """The :class:`cogito_jax.data.clips.FilterConfig` of a data config's ``filters`` section."""
-    return clips.FilterConfig.from_mapping(cfg.filters.to_dict())
-
-
-def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
-    """(kept items, rejections) in manifest order from the per-clip rows: failed clips, benchmark
-    contamination (audio hash, or source URL + time span from the item's metadata), exact duplicates (the
-    first in manifest order is kept), items without a question."""
-    guard = contamination_guard(tuple(str(m) for m in cfg.filters.contamination_meta))
-    seen: dict[str, str] = {}
-    kept, rejected = [], []
-    for item in items:
-        row = rows[item["id"]]
-        contamination = guard.check_item(item, row["hash"]) if row["ok"] else None
-        if not row["ok"]:
-            rejected.append({"id": item["id"], "reason": row["reason"]})
-        elif contamination:
-            rejected.append({"id": item["id"], "reason": contamination})
-        elif cfg.filters.dedup and row["hash"] in seen:
-            rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
-        elif not item.get("question") and not cfg.annotate.model:
-            rejected.append({"id": item["id"], "reason": "no_question: manifest has none and no annotator is set"})
-        else:
-            seen[row["hash"]] = item["id"]
-            kept.append(item)
-    return kept, rejected
-
-
-@functools.lru_cache(maxsize=4)
-def contamination_guard(meta_files: tuple[str, ...]):
-    """The :class:`data_prep.filters.ContaminationGuard` of benchmark meta files (read once per process)."""
-    from cogito_jax.config import ConfigError
-    from cogito_jax.eval.benchmarks import BenchmarkError
-    from data_prep import filters
-
-    try:
-        return filters.ContaminationGuard.from_meta(meta_files)
-    except BenchmarkError as e:
-        raise ConfigError(f"filters.contamination_meta: {e}") from None
-
-
 def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any]:
     """Runs the configured stages; returns the report (also written to ``out_dir/report.json``).
 
@@ -185,14 +100,14 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     from data_prep import report as report_lib, stages
 
     out = pathlib.Path(out_dir)
-    check_dataset_dir(out / "dataset")
+    steps.check_dataset_dir(out / "dataset")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     first = not across_processes or _process_index() == 0
     together = _main_process_first("cogito-pipe: source + audio") if across_processes else contextlib.nullcontext()
     with together:  # process 0 does it; the others read its cache
         t = time.time()
-        items, rejected = _source_items(cfg, out)
+        items, rejected = steps.source_items(cfg, out)
         times["source"] = time.time() - t
 
         t = time.time()
@@ -201,7 +116,7 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
         times["audio"] = time.time() - t
 
     t = time.time()
-    kept_items, more_rejected = select_items(items, audio_cache.rows, cfg)
+    kept_items, more_rejected = steps.select_items(items, audio_cache.rows, cfg)
     rejected.extend(more_rejected)
     times["dedup+qa"] = time.time() - t
     stage_reports: dict[str, Any] = {}
@@ -237,22 +152,6 @@ def _main_process_first(name: str):
     return sharding.main_process_first(name)
 
 
-def check_dataset_dir(folder: pathlib.Path) -> None:
-    """ConfigError unless ``folder`` is absent, empty, or a dataset folder a build wrote (its marker inside)."""
-    if not os.path.lexists(folder):
-        return
-    if not folder.is_symlink() and folder.is_dir():
-        if any((folder / m).is_file() for m in OWN_MARKERS) or not any(folder.iterdir()):
-            return
-    raise foreign_dataset_error(folder)
-
-
-def foreign_dataset_error(folder: str | pathlib.Path) -> cfglib.ConfigError:
-    """The one-line error for a dataset folder the build did not write."""
-    return cfglib.ConfigError(f"{folder} exists and is not a dataset folder this build wrote (no {DATASET_MARKER} "
-                              "inside); it is left as it is: move it away or choose another --out")
-
-
 def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict[str, dict], make_records
                       ) -> pathlib.Path | None:
     """Writes the dataset unless one with exactly these items, clips and this config already exists; with no kept
@@ -264,7 +163,7 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
     key = hashlib.sha256(json.dumps([content, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
     folder = out / "dataset"
     stamp = folder / "BUILD_KEY"
-    check_dataset_dir(folder)
+    steps.check_dataset_dir(folder)
     existing = next(folder.rglob("dataset_info.json"), None) if folder.exists() else None
     if existing is not None and stamp.exists() and stamp.read_text() == key:
         return existing.parent
@@ -273,15 +172,15 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
     if not kept_items:
         return None
     folder.mkdir(parents=True)
-    (folder / DATASET_MARKER).write_text("written by data_prep.build, which replaces this folder on a re-run\n")
+    (folder / steps.DATASET_MARKER).write_text("written by data_prep.build, which replaces this folder on a re-run\n")
     path = records.write_dataset(folder, {"train": make_records}, feat_dim=cfg.features.n_mels,
                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
     stamp.write_text(key)
     return path
 
 
-def main(cfg) -> int:
-    if not _OUT.value:
+def main(cfg, out: str | None) -> int:
+    if not out:
         cfglib.usage_error("--out is required")
     from cogito_jax import sharding
 
@@ -289,11 +188,9 @@ def main(cfg) -> int:
         cfglib.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
                            "processes share the model stages of runner=local only)")
     if cfg.runner == "beam":
-        from data_prep import beam_pipeline
-
-        report = beam_pipeline.build(cfg, _OUT.value)
+        report = beam_pipeline.build(cfg, out)
     else:
-        report = build(cfg, _OUT.value, across_processes=True)
+        report = build(cfg, out, across_processes=True)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
     if _process_index() != 0:
         print(f"process {_process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
@@ -310,5 +207,6 @@ def main(cfg) -> int:
 if __name__ == "__main__":
     from data_prep.config import validate_data_config
 
+    _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
     cfglib.define_config_flag()
-    cfglib.run_main(main, validate_fn=validate_data_config, uses_devices=False)
+    cfglib.run_main(lambda cfg: main(cfg, _OUT.value), validate_fn=validate_data_config, uses_devices=False)

@@ -134,7 +134,7 @@ def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path
     """40 s of audio: ``truncate`` keeps 30 s (3,000 frames); ``chunks`` keeps every 30 s window's log-mel end to
     end (3,000 + 1,000 frames); ``auto`` follows think.model's family; changing the mode redoes the features."""
     from cogito_jax import audio
-    from data_prep import build
+    from data_prep import build, steps
     from data_prep.config import base_data_config
 
     rng = np.random.default_rng(0)
@@ -148,9 +148,9 @@ def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path
         (tmp_path / family).mkdir()
         (tmp_path / family / "config.json").write_text(json.dumps({"model_type": family}))
         cfg.think.model = str(tmp_path / family)
-        assert build.long_clip_mode(cfg) == mode
+        assert steps.long_clip_mode(cfg) == mode
     cfg.think.model = ""
-    assert build.long_clip_mode(cfg) == "truncate"
+    assert steps.long_clip_mode(cfg) == "truncate"
     mels = {}
     for mode in ("truncate", "chunks"):
         cfg.features.long_clips = mode

@@ -170,13 +170,13 @@ def _records(dataset_dir):
 def test_build_dataset_gives_the_records_of_a_data_prep_build_of_the_same_corpus(tmp_path):
     """The library build equals ``data_prep.build`` with ``source.kind=synthetic`` and ``filters.min_seconds=0.3``:
     the same ids in the same order, bit-identical log-mel, the same text fields (the audio's path may differ)."""
-    from data_prep import build
+    from data_prep import build, steps
     from data_prep.config import base_data_config
 
     cfg = base_data_config()
     cfg.source.kind, cfg.source.num_items, cfg.source.split, cfg.seed = "synthetic", N_TASKS + 3, "heldout", 4
     cfg.features.n_mels, cfg.features.max_seconds, cfg.filters.min_seconds = 80, 2.5, 0.3
-    assert build.filter_config(cfg) == syn.FILTERS
+    assert steps.filter_config(cfg) == syn.FILTERS
     ours = _records(syn.build_dataset(tmp_path / "lib", N_TASKS + 3, seed=4, split="heldout", n_mels=80,
                                       max_seconds=2.5))
     theirs = _records(build.build(cfg, str(tmp_path / "pipe"))["dataset_dir"])
