@@ -14,22 +14,6 @@ from typing import Any
 
 from cogito_jax import audio
 from cogito_jax.data.clips import pcm_hash, short
-from data_prep.sources.manifest import Rejection
-
-
-def find_duplicates(id_hashes: Iterable[tuple[str, str]]) -> list[Rejection]:
-    """Rejections for every clip whose PCM hash an earlier clip already has (the first one is kept)."""
-    first: dict[str, str] = {}
-    out = []
-    for item_id, h in id_hashes:
-        if h in first:
-            out.append(Rejection(item_id, f"duplicate_of: {first[h]}"))
-        else:
-            first[h] = item_id
-    return out
-
-
-# ------------------------------------------------------------------------------------ contamination guard
 
 
 def normalise_url(url: Any) -> str:
@@ -139,7 +123,3 @@ class ContaminationGuard:
 def _span_text(span: tuple[float, float] | None) -> str:
     return "(whole source)" if span is None else f"({short(span[0])}-{short(span[1])} s)"
 
-
-def contamination_hashes(meta_files: Iterable[str | pathlib.Path]) -> set[str]:
-    """PCM hashes of the clips referenced by benchmark meta files (see ContaminationGuard.from_meta)."""
-    return set(ContaminationGuard.from_meta(meta_files).by_hash)
