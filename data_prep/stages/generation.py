@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import pathlib
 import re
 import zlib
@@ -19,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.config import ConfigError
+from cogito_jax import jsonl
 from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError
 from cogito_jax.sampling.driver import LazyMelPrompt
 
 SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
@@ -139,14 +139,11 @@ def output_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
 
 
 def _rows_by_id(path: pathlib.Path) -> dict[str, list[dict]]:
+    """The driver rows of one generation file by prompt id: a torn last line is dropped (its prompt is generated
+    again); any other bad line raises :class:`cogito_jax.jsonl.JsonlError` naming ``file:line``."""
     rows: dict[str, list[dict]] = collections.defaultdict(list)
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                rows[r["id"]].append(r)
-            except (json.JSONDecodeError, KeyError):
-                continue
+    for r in jsonl.read(path, require=("id",)):
+        rows[r["id"]].append(r)
     return rows
 
 
