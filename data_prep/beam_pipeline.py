@@ -24,6 +24,7 @@ content of a shard depend only on the input, so a retried or duplicated bundle r
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -38,11 +39,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from absl import flags
 from ml_collections import ConfigDict
 
-from cogito_jax.data import clips
-from data_prep import steps
-from data_prep.config import prefix_map, validate_beam_config
+from cogito_jax import config as cfglib
+from cogito_jax.data import clips, records
+from cogito_jax.errors import ConfigError
+from data_prep import report as report_lib, stages, steps
+from data_prep.config import prefix_map, validate_beam_config, validate_data_config
 
 # ----------------------------------------------------------------------------- per-element steps (run on workers)
 
@@ -108,8 +112,6 @@ def select(group: tuple[int, Iterable[tuple[int, dict, dict]]], cfg: ConfigDict)
 
 @functools.lru_cache(maxsize=4)
 def _features(n_mels: int):
-    from cogito_jax.data import records
-
     return records.features("mel", n_mels)
 
 
@@ -117,19 +119,17 @@ def write_shard(element: tuple[int, dict], dataset_dir: str, names: Sequence[str
     """Writes one shard's kept records, in manifest order, to ``dataset_dir/names[shard]``; returns its size."""
     from tensorflow_datasets.core import file_adapters
 
-    from cogito_jax.data import records
-
     shard, groups = element
     kept = set(groups["kept"])
-    clips = sorted((c for c in groups["clip"] if c[0] in kept), key=lambda c: c[0])
-    if len(clips) != len(kept):
-        missing = sorted(kept - {c[0] for c in clips})
+    shard_clips = sorted((c for c in groups["clip"] if c[0] in kept), key=lambda c: c[0])
+    if len(shard_clips) != len(kept):
+        missing = sorted(kept - {c[0] for c in shard_clips})
         raise RuntimeError(f"shard {shard}: kept manifest indices {missing[:10]} have no features")
     feats = _features(n_mels)
     size = {"shard": shard, "n": 0, "num_bytes": 0}
 
     def serialized():
-        for _, item, mel in clips:
+        for _, item, mel in shard_clips:
             data = feats.serialize_example(records.to_example(records.item_record(item, mel)))
             size["n"] += 1
             size["num_bytes"] += len(data)
@@ -211,13 +211,11 @@ def pipeline_options(cfg: ConfigDict, extra: Sequence[str] = ()):
     """PipelineOptions from ``beam.options`` + ``extra``; ConfigError naming options Beam does not know."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from cogito_jax.config import ConfigError
-
-    flags = [*cfg.beam.options, *extra]
-    opts = PipelineOptions(flags)
+    options = [*cfg.beam.options, *extra]
+    opts = PipelineOptions(options)
     unknown = sorted(set(opts.get_all_options(retain_unknown_options=True)) - set(opts.get_all_options()))
     if unknown:
-        raise ConfigError(f"unknown Beam pipeline options {['--' + u for u in unknown]} in {flags}")
+        raise ConfigError(f"unknown Beam pipeline options {['--' + u for u in unknown]} in {options}")
     return opts
 
 
@@ -226,15 +224,9 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
     try:
         import apache_beam as beam
     except ImportError as e:
-        from cogito_jax.config import ConfigError
-
         raise ConfigError("runner=beam needs Apache Beam: pip install apache-beam==2.77.0 "
                           "(apache-beam[gcp] for Dataflow)") from e
     import tensorflow_datasets as tfds
-
-    from cogito_jax.config import ConfigError
-    from cogito_jax.data import records
-    from data_prep import report as report_lib, stages
 
     cfg = validate_beam_config(cfg)
     if stages.configured(cfg):
@@ -345,10 +337,6 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) -> int:
-    import collections
-
-    from cogito_jax import config as cfglib
-
     if not out:
         cfglib.usage_error("--out is required")
     report = build(cfg, out, pipeline_args)
@@ -359,11 +347,7 @@ def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) ->
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from cogito_jax import config as cfglib
     from data_prep import beam_pipeline  # the functions Beam pickles, under their module's own name
-    from data_prep.config import validate_data_config
 
     ours, beam_args = split_argv(sys.argv)
     _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache): local or any Beam filesystem.")

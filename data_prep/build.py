@@ -34,28 +34,31 @@ pipeline (``runner=beam``, :mod:`data_prep.beam_pipeline`) are in :mod:`data_pre
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 import time
 from typing import Any
 
+import jax
+import numpy as np
 from absl import flags
+from tqdm.auto import tqdm
 
-from cogito_jax import config as cfglib
+from cogito_jax import config as cfglib, sharding
 from cogito_jax.data import clips, records
-from data_prep import beam_pipeline, steps
+from data_prep import beam_pipeline, report as report_lib, stages, steps
+from data_prep.config import validate_data_config
 from data_prep.stages.cache import StageCache, mel_path
 
 
 def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache, int]:
     """Decode + quality filters + log-mel for every item whose cached row has another :func:`clip_key`:
     ``(the cache, how many clips this call processed)``."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
     cache = StageCache(out / "cache" / "audio.jsonl")
     (out / "cache" / "mel").mkdir(parents=True, exist_ok=True)
     features, fcfg = steps.feature_config(cfg), steps.filter_config(cfg)
@@ -93,18 +96,13 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     this together; process 0 does the CPU stages while the others wait, the model stages are shared. Without
     it the calling process does all of it alone (e.g. inside another ``main_process_first``).
     """
-    import contextlib
-
-    import numpy as np
-
-    from data_prep import report as report_lib, stages
-
     out = pathlib.Path(out_dir)
     steps.check_dataset_dir(out / "dataset")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    first = not across_processes or _process_index() == 0
-    together = _main_process_first("cogito-pipe: source + audio") if across_processes else contextlib.nullcontext()
+    first = not across_processes or jax.process_index() == 0
+    together = (sharding.main_process_first("cogito-pipe: source + audio") if across_processes
+                else contextlib.nullcontext())
     with together:  # process 0 does it; the others read its cache
         t = time.time()
         items, rejected = steps.source_items(cfg, out)
@@ -140,24 +138,10 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     return report
 
 
-def _process_index() -> int:
-    import jax
-
-    return jax.process_index()
-
-
-def _main_process_first(name: str):
-    from cogito_jax import sharding
-
-    return sharding.main_process_first(name)
-
-
 def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict[str, dict], make_records
                       ) -> pathlib.Path | None:
     """Writes the dataset unless one with exactly these items, clips and this config already exists; with no kept
     item there is no dataset (None, and an earlier one is removed). Only a folder the build wrote is replaced."""
-    import shutil
-
     content = [[i["id"], i.get("clip_id"), rows[i.get("clip_id", i["id"])].get("key"), i["question"], i["choices"],
                 i["answer"], i.get("thinking", "")] for i in kept_items]
     key = hashlib.sha256(json.dumps([content, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
@@ -182,8 +166,6 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
 def main(cfg, out: str | None) -> int:
     if not out:
         cfglib.usage_error("--out is required")
-    from cogito_jax import sharding
-
     if sharding.maybe_initialize_distributed(cfg.distributed) and cfg.runner == "beam":
         cfglib.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
                            "processes share the model stages of runner=local only)")
@@ -192,8 +174,8 @@ def main(cfg, out: str | None) -> int:
     else:
         report = build(cfg, out, across_processes=True)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
-    if _process_index() != 0:
-        print(f"process {_process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
+    if jax.process_index() != 0:
+        print(f"process {jax.process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
               "dataset and the report")
         return 0
     where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
@@ -205,8 +187,6 @@ def main(cfg, out: str | None) -> int:
 
 
 if __name__ == "__main__":
-    from data_prep.config import validate_data_config
-
     _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
     cfglib.define_config_flag()
     cfglib.run_main(lambda cfg: main(cfg, _OUT.value), validate_fn=validate_data_config, uses_devices=False)

@@ -8,6 +8,7 @@ from ml_collections import ConfigDict
 
 from cogito_jax.config import DISTRIBUTED_DEFAULTS, check_schema
 from cogito_jax.errors import ConfigError
+from cogito_jax.judge import check_settings
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
 THINK_SYSTEMS = ("challenge", "default", "none")
@@ -113,8 +114,6 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
     if a.judge_url and not a.judge_model:
         raise ConfigError(f"audit.judge_url={a.judge_url!r} needs audit.judge_model (the model name it serves)")
     if a.judge_url:
-        from cogito_jax.judge import check_settings
-
         check_settings(a.judge_url, prefix="audit.", timeout_s=a.timeout_s, backoff_s=a.backoff_s,
                        requests_per_s=a.requests_per_s)
     for key in ("num_samples", "batch_size", "max_new_tokens"):

@@ -14,6 +14,7 @@ from typing import Any
 
 from cogito_jax import audio
 from cogito_jax.data.clips import pcm_hash, short
+from cogito_jax.eval.benchmarks import read_records, resolve_audio
 
 
 def normalise_url(url: Any) -> str:
@@ -101,8 +102,6 @@ class ContaminationGuard:
                   audio_dir: str | pathlib.Path | None = None) -> ContaminationGuard:
         """From MMAR (``audio_path``, ``url``, ``timestamp``) / MMAU (``audio_id``) meta files (JSONL or array);
         clips resolve against ``audio_dir`` or the meta file's folder, and missing ones add no hash."""
-        from cogito_jax.eval.benchmarks import read_records, resolve_audio
-
         guard = cls()
         for meta in meta_files:
             meta = pathlib.Path(meta)

@@ -48,7 +48,8 @@ import grain
 import jax
 import numpy as np
 
-from cogito_jax.data import chat
+from cogito_jax import sharding
+from cogito_jax.data import chat, tokenizer as toklib
 
 BOOKKEEPING = ("index", "clip_mask")  # batch fields the model does not take
 
@@ -82,9 +83,7 @@ class Tokenize(grain.transforms.Map):
 
     def _tokenizer(self):
         if self._tok is None:  # loaded lazily: once per worker process
-            from cogito_jax.data.tokenizer import load
-
-            self._tok = load(self.tokenizer_dir)
+            self._tok = toklib.load(self.tokenizer_dir)
         return self._tok
 
     def map(self, element: tuple[int, Mapping[str, Any] | None]) -> dict[str, np.ndarray] | None:
@@ -405,8 +404,6 @@ def make_dataset(
 def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
                  logical: Mapping[str, Sequence[str | None]] | None = None) -> dict[str, jax.Array]:
     """Global arrays (batch dimension sharded over the data axes) from each process's local rows."""
-    from cogito_jax import sharding
-
     out = {}
     for name, arr in local.items():
         axes = (logical or {}).get(name, ("batch",) + (None,) * (arr.ndim - 1))

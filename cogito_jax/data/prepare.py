@@ -6,9 +6,11 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from cogito_jax import audio
 from cogito_jax.data import chat, records, synthetic, tokenizer as toklib
 from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
+from cogito_jax.models import registry
 
 
 def dataset_dir(root: str | pathlib.Path) -> pathlib.Path:
@@ -63,8 +65,5 @@ def ensure_data(cfg: Any, workdir: str | pathlib.Path) -> dict[str, pathlib.Path
 
 def audio_window(cfg: Any) -> tuple[int, float]:
     """(mel bins, seconds) the run's audio encoder takes, for extracting features that fit it."""
-    from cogito_jax import audio
-    from cogito_jax.models import registry
-
     enc = registry.config_for(cfg.model).audio
     return enc.num_mel_bins, enc.num_frames * audio.HOP / audio.SAMPLE_RATE
