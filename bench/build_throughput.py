@@ -8,7 +8,7 @@ source -> decode + filters + log-mel -> dedup / selection -> TFDS array_record d
 end to end (wall clock, and CPU seconds of this process and its reaped children), after one warm-up clip in
 this process (librosa's numba compile); with ``--repeats R`` the two alternate R times and the fastest of
 each counts. Prints clips/s of each, the ratio, CPU ms per clip, each side's stage seconds, and the per-clip
-cost of ``process_clip`` on 5 / 10 / 30 s clips (16 kHz wav, 44.1 kHz stereo flac and mp3), the numbers
+cost of ``clips.process_clip`` on 5 / 10 / 30 s clips (16 kHz wav, 44.1 kHz stereo flac and mp3), the numbers
 docs/SCALE.md extrapolates from. Checks that both builds kept and rejected the same items.
 """
 
@@ -30,16 +30,17 @@ COST_FORMATS = {"wav 16 kHz mono": (16000, 1, "WAV", "PCM_16"),
 
 
 def clip_cost(seconds: float, fmt: str, n: int, cfg, folder: pathlib.Path) -> float:
-    """Mean CPU seconds (all threads) of ``build.process_clip`` on ``n`` tone-in-noise clips of ``seconds`` in
+    """Mean CPU seconds (all threads) of ``clips.process_clip`` on ``n`` tone-in-noise clips of ``seconds`` in
     ``fmt`` (a key of COST_FORMATS)."""
     import numpy as np
     import soundfile as sf
 
-    from data_prep import build
+    from cogito_jax.data import clips
+    from data_prep import steps
 
     sr, channels, container, subtype = COST_FORMATS[fmt]
     rng = np.random.default_rng(int(seconds))
-    fcfg = build.filter_config(cfg)
+    features, fcfg = steps.feature_config(cfg), steps.filter_config(cfg)
     total = 0.0
     for i in range(n):
         t = np.arange(int(seconds * sr)) / sr
@@ -47,7 +48,7 @@ def clip_cost(seconds: float, fmt: str, n: int, cfg, folder: pathlib.Path) -> fl
         path = folder / f"cost_{seconds:g}s_{i}.{container.lower()}"
         sf.write(path, np.stack([x] * channels, 1).astype(np.float32), sr, format=container, subtype=subtype)
         start = time.process_time()
-        row, _ = build.process_clip({"id": path.stem, "audio_path": str(path)}, cfg, fcfg)
+        row, _ = clips.process_clip({"id": path.stem, "audio_path": str(path)}, features, fcfg)
         total += time.process_time() - start
         if not row["ok"]:
             raise RuntimeError(f"cost clip {path.name} was rejected: {row['reason']}")
@@ -79,9 +80,9 @@ def main() -> None:
 
     import apache_beam  # noqa: F401  (import time is not build time)
 
-    from data_prep import beam_pipeline, build
+    from cogito_jax.data import clips, synthetic
+    from data_prep import beam_pipeline, build, steps
     from data_prep.config import base_data_config
-    from data_prep.sources import synthetic
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="build_throughput_") as tmp:
@@ -89,11 +90,11 @@ def main() -> None:
         t = time.perf_counter()
         manifest = synthetic.write_corpus(root / "corpus", args.clips, seed=args.seed)
         corpus_s = time.perf_counter() - t
-        cfg = beam_pipeline.add_beam_config(base_data_config())
+        cfg = base_data_config()
         cfg.source.manifest, cfg.features.n_mels, cfg.filters.min_seconds = str(manifest), args.n_mels, 0.3
         first = json.loads(manifest.read_text().splitlines()[0])
-        build.process_clip({**first, "audio_path": str(manifest.parent / first["audio_path"])}, cfg,
-                           build.filter_config(cfg))  # warm-up
+        clips.process_clip({**first, "audio_path": str(manifest.parent / first["audio_path"])},
+                           steps.feature_config(cfg), steps.filter_config(cfg))  # warm-up
 
         runs: dict[str, list] = {"local": [], "beam": []}
         for r in range(args.repeats):

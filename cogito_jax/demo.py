@@ -24,9 +24,8 @@ cli.define_config_flag()
 
 
 def run(cfg, workdir: pathlib.Path) -> dict:
-    from cogito_jax.data import records
+    from cogito_jax.data import records, synthetic
     from cogito_jax.distill import rounds
-    from data_prep.build import build_synthetic
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfglib.dump(cfg, workdir / "config.json")
@@ -37,8 +36,8 @@ def run(cfg, workdir: pathlib.Path) -> dict:
         from cogito_jax.data.prepare import audio_window
 
         n_mels, max_seconds = audio_window(cfg)
-        pool = build_synthetic(workdir / "pool", pool_size, seed=cfg.data.seed + 17, split="train",
-                               n_mels=n_mels, max_seconds=max_seconds)
+        pool = synthetic.build_dataset(workdir / "pool", pool_size, seed=cfg.data.seed + 17, split="train",
+                                       n_mels=n_mels, max_seconds=max_seconds)
         cfg.distill.pool_dir = str(pool)
     times["pool"] = time.time() - t
     t = time.time()

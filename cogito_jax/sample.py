@@ -30,8 +30,7 @@ from cogito_jax.errors import ConfigError
 from cogito_jax.sampling.driver import LazyMelPrompt
 
 _INPUT = flags.DEFINE_string("input", None, "Prompts: a JSONL file or a dataset folder written by data_prep.build.")
-# data_prep.build (imported when a run's synthetic data is made) defines its own --out; this one is read first.
-_OUT = flags.DEFINE_string("out", None, "Results JSONL (appended to; a rerun resumes).", allow_override=True)
+_OUT = flags.DEFINE_string("out", None, "Results JSONL (appended to; a rerun resumes).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split of a dataset --input.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Sample only the first N prompts (0: all).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar with tokens/s.")

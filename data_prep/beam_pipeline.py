@@ -7,12 +7,12 @@
 ``beam.options`` of the config. No runner given: DirectRunner. ``DIR`` may be local or any Beam filesystem
 (``gs://``, ``s3://``). With ``runner="beam"`` in the config, ``python -m data_prep.build`` runs this too.
 
-Stages: the launcher reads the source (``build._source_items``) and stages the items, each with its
-manifest index, as JSONL under ``DIR/cache/beam`` -> per clip, in parallel: ``build.process_clip`` (decode,
+Stages: the launcher reads the source (``steps.source_items``) and stages the items, each with its
+manifest index, as JSONL under ``DIR/cache/beam`` -> per clip, in parallel: ``clips.process_clip`` (decode,
 quality filters, PCM hash, log-mel) -> GroupByKey on the audio hash (``beam.select_groups`` groups, every clip
-of one hash in the same group) and ``build.select_items`` on each group in manifest order: failed clips,
+of one hash in the same group) and ``steps.select_items`` on each group in manifest order: failed clips,
 contamination, exact duplicates (the first in manifest order is kept), no question -> records written per
-shard -> the launcher writes ``dataset_info.json`` and ``report.json`` as ``build`` does.
+shard -> the launcher writes ``dataset_info.json`` and ``report.json`` as ``data_prep.build`` does.
 
 Sharding is deterministic: shard ``s`` of ``S = ceil(items / beam.clips_per_shard)`` holds the kept items
 whose manifest index lies in ``[s * items / S, (s + 1) * items / S)``, in manifest order, so shard 0, 1, ...
@@ -24,6 +24,7 @@ content of a shard depend only on the input, so a retried or duplicated bundle r
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -38,69 +39,16 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from absl import flags
 from ml_collections import ConfigDict
 
-RUNNERS = ("local", "beam")
-# options: pipeline options as strings; clips_per_shard: manifest items per output shard; select_groups: the
-# GroupByKey groups of the dedup / selection step (a worker process reads the contamination meta, and decodes
-# its benchmark clips, the first time it selects a group); audio_prefix_map: "LOCAL=REMOTE" prefixes: a clip
-# under LOCAL is read by the workers from REMOTE + the rest of its path.
-BEAM_DEFAULTS = dict(options=(), clips_per_shard=1000, select_groups=16, audio_prefix_map=())
-
-
-def add_beam_config(c: ConfigDict) -> ConfigDict:
-    """Adds ``runner`` (local | beam) and the ``beam`` section to a data config that lacks them."""
-    with c.unlocked():
-        if "runner" not in c:
-            c.runner = "local"
-        if "beam" not in c:
-            c.beam = ConfigDict(dict(BEAM_DEFAULTS))
-    return c
-
-
-def validate_beam_config(cfg: ConfigDict) -> ConfigDict:
-    """Raises ConfigError naming a bad ``runner`` / ``beam.*`` value."""
-    from cogito_jax.errors import ConfigError
-
-    if cfg.runner not in RUNNERS:
-        raise ConfigError(f"runner={cfg.runner!r} must be one of {', '.join(RUNNERS)}")
-    b = cfg.beam
-    for key in ("clips_per_shard", "select_groups"):
-        if isinstance(b[key], bool) or not isinstance(b[key], int) or b[key] < 1:
-            raise ConfigError(f"beam.{key}={b[key]!r} must be an integer >= 1")
-    if isinstance(b.options, str) or any(not isinstance(o, str) or not o.startswith("--") for o in b.options):
-        raise ConfigError(f"beam.options={b.options!r} must be a tuple of '--name=value' strings")
-    _prefix_map(b.audio_prefix_map)
-    return cfg
-
-
-def _prefix_map(entries: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """``("LOCAL=REMOTE", ...)`` as pairs; ConfigError for an entry without both sides."""
-    from cogito_jax.errors import ConfigError
-
-    if isinstance(entries, str):
-        raise ConfigError(f"beam.audio_prefix_map={entries!r} must be a tuple of 'LOCAL=REMOTE' strings")
-    pairs = []
-    for e in entries:
-        local, sep, remote = str(e).partition("=")
-        if not sep or not local or not remote:
-            raise ConfigError(f"beam.audio_prefix_map entry {e!r} must look like '/local/prefix=gs://bucket/prefix'")
-        pairs.append((local, remote))
-    return tuple(pairs)
-
+from cogito_jax import cli, errors
+from cogito_jax.data import clips, records
+from cogito_jax.errors import ConfigError
+from data_prep import report as report_lib, stages, steps
+from data_prep.config import prefix_map, validate_beam_config, validate_data_config
 
 # ----------------------------------------------------------------------------- per-element steps (run on workers)
-
-
-def _local_build():
-    """The ``data_prep.build`` module, also when it is the running ``__main__`` (``python -m data_prep.build``
-    with ``runner=beam``), which a second import would re-run, defining its flags twice."""
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) == "data_prep.build":
-        return main
-    from data_prep import build
-
-    return build
 
 
 def shard_of(index: int, num_items: int, num_shards: int) -> int:
@@ -135,25 +83,24 @@ def _readable_audio(path: str, prefix_map: tuple[tuple[str, str], ...]) -> Itera
         yield local
 
 
-def process(entry: dict, cfg: ConfigDict) -> tuple[int, dict, dict, Any]:
-    """``(index, item, row, mel)`` of one staged item: ``build.process_clip`` on a readable copy of its audio."""
-    build = _local_build()
+def process(entry: dict, features: clips.Features, filters: clips.FilterConfig,
+            prefix_map: tuple[tuple[str, str], ...]) -> tuple[int, dict, dict, Any]:
+    """``(index, item, row, mel)`` of one staged item: ``clips.process_clip`` on a readable copy of its audio."""
     item = entry["item"]
-    with _readable_audio(item["audio_path"], _prefix_map(cfg.beam.audio_prefix_map)) as path:
-        row, mel = build.process_clip({**item, "audio_path": path}, cfg, build.filter_config(cfg))
+    with _readable_audio(item["audio_path"], prefix_map) as path:
+        row, mel = clips.process_clip({**item, "audio_path": path}, features, filters)
     return entry["index"], item, row, mel
 
 
 def select(group: tuple[int, Iterable[tuple[int, dict, dict]]], cfg: ConfigDict) -> Iterator[dict]:
-    """Decisions for one selection group: ``build.select_items`` on its clips in manifest order.
+    """Decisions for one selection group: ``steps.select_items`` on its clips in manifest order.
 
     Every clip sharing an audio hash is in the group, and ``select_items`` decides each item from its own
     row, the config and the earlier items of the same hash, so the decisions equal the local run's.
     """
-    build = _local_build()
     members = sorted(group[1], key=lambda m: m[0])
     rows = {item["id"]: row for _, item, row in members}
-    kept, rejected = build.select_items([item for _, item, _ in members], rows, cfg)
+    kept, rejected = steps.select_items([item for _, item, _ in members], rows, cfg)
     reasons = {r["id"]: r["reason"] for r in rejected}
     kept_ids = {item["id"] for item in kept}
     for index, item, row in members:
@@ -165,8 +112,6 @@ def select(group: tuple[int, Iterable[tuple[int, dict, dict]]], cfg: ConfigDict)
 
 @functools.lru_cache(maxsize=4)
 def _features(n_mels: int):
-    from cogito_jax.data import records
-
     return records.features("mel", n_mels)
 
 
@@ -174,21 +119,18 @@ def write_shard(element: tuple[int, dict], dataset_dir: str, names: Sequence[str
     """Writes one shard's kept records, in manifest order, to ``dataset_dir/names[shard]``; returns its size."""
     from tensorflow_datasets.core import file_adapters
 
-    from cogito_jax.data import records
-    from data_prep import build
-
     shard, groups = element
     kept = set(groups["kept"])
-    clips = sorted((c for c in groups["clip"] if c[0] in kept), key=lambda c: c[0])
-    if len(clips) != len(kept):
-        missing = sorted(kept - {c[0] for c in clips})
+    shard_clips = sorted((c for c in groups["clip"] if c[0] in kept), key=lambda c: c[0])
+    if len(shard_clips) != len(kept):
+        missing = sorted(kept - {c[0] for c in shard_clips})
         raise RuntimeError(f"shard {shard}: kept manifest indices {missing[:10]} have no features")
     feats = _features(n_mels)
     size = {"shard": shard, "n": 0, "num_bytes": 0}
 
     def serialized():
-        for _, item, mel in clips:
-            data = feats.serialize_example(records.to_example(build.item_record(item, mel)))
+        for _, item, mel in shard_clips:
+            data = feats.serialize_example(records.to_example(records.item_record(item, mel)))
             size["n"] += 1
             size["num_bytes"] += len(data)
             yield None, data
@@ -230,17 +172,16 @@ def _delete_tree(path: str) -> None:
 
 
 def check_dataset_dir(out: str) -> None:
-    """``build.check_dataset_dir`` for ``out/dataset``, local or remote: ConfigError unless it is absent, empty or
+    """``steps.check_dataset_dir`` for ``out/dataset``, local or remote: ConfigError unless it is absent, empty or
     holds the marker a build writes into it."""
     from apache_beam.io.filesystems import FileSystems
 
-    local = _local_build()
     folder = f"{out}/dataset"
     if not is_remote(out):
-        return local.check_dataset_dir(pathlib.Path(folder))
+        return steps.check_dataset_dir(pathlib.Path(folder))
     names = {m.path[len(folder) + 1:] for r in FileSystems.match([f"{folder}/**"]) for m in r.metadata_list}
-    if names and not names & set(local.OWN_MARKERS):
-        raise local.foreign_dataset_error(folder)
+    if names and not names & set(steps.OWN_MARKERS):
+        raise steps.foreign_dataset_error(folder)
 
 
 def _read_jsonl(pattern: str) -> list[dict]:
@@ -270,13 +211,11 @@ def pipeline_options(cfg: ConfigDict, extra: Sequence[str] = ()):
     """PipelineOptions from ``beam.options`` + ``extra``; ConfigError naming options Beam does not know."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from cogito_jax.errors import ConfigError
-
-    flags = [*cfg.beam.options, *extra]
-    opts = PipelineOptions(flags)
+    options = [*cfg.beam.options, *extra]
+    opts = PipelineOptions(options)
     unknown = sorted(set(opts.get_all_options(retain_unknown_options=True)) - set(opts.get_all_options()))
     if unknown:
-        raise ConfigError(f"unknown Beam pipeline options {['--' + u for u in unknown]} in {flags}")
+        raise ConfigError(f"unknown Beam pipeline options {['--' + u for u in unknown]} in {options}")
     return opts
 
 
@@ -285,18 +224,11 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
     try:
         import apache_beam as beam
     except ImportError as e:
-        from cogito_jax.errors import ConfigError
-
         raise ConfigError("runner=beam needs Apache Beam: pip install apache-beam==2.77.0 "
                           "(apache-beam[gcp] for Dataflow)") from e
     import tensorflow_datasets as tfds
 
-    from cogito_jax.data import tfds_builder
-    from cogito_jax.errors import ConfigError
-    from data_prep import report as report_lib, stages
-
-    local = _local_build()
-    cfg = validate_beam_config(add_beam_config(cfg))
+    cfg = validate_beam_config(cfg)
     if stages.configured(cfg):
         raise ConfigError(f"the Beam pipeline runs the CPU stages only; annotate.model={cfg.annotate.model!r} and "
                           f"think.model={cfg.think.model!r} must be empty")
@@ -310,19 +242,18 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cogito_beam_") as scratch:
         t = time.time()
-        items, rejected = local._source_items(cfg, pathlib.Path(scratch if remote else out))
+        items, rejected = steps.source_items(cfg, pathlib.Path(scratch if remote else out))
         times["source"] = time.time() - t
 
         t = time.time()
         work = f"{out}/cache/beam"
         _delete_tree(work)
         _delete_tree(f"{out}/dataset")
-        _write_lines(f"{out}/dataset/{local.DATASET_MARKER}", ["written by data_prep.beam_pipeline, which replaces "
+        _write_lines(f"{out}/dataset/{steps.DATASET_MARKER}", ["written by data_prep.beam_pipeline, which replaces "
                                                                 "this folder on a re-run"])
         _write_lines(f"{work}/items.jsonl", (json.dumps({"index": i, "item": it}) for i, it in enumerate(items)))
-        builder = tfds_builder.CogitoRecords(data_dir=f"{scratch}/tfds", file_format="array_record",
-                                             feat_dim=cfg.features.n_mels,
-                                             description_text=f"Cogito-pipe build of {cfg.source.kind} source")
+        builder = records.builder(data_dir=f"{scratch}/tfds", file_format="array_record", feat_dim=cfg.features.n_mels,
+                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
         local_ds = pathlib.Path(builder.data_dir)
         dataset_dir = f"{out}/dataset/{local_ds.relative_to(f'{scratch}/tfds').as_posix()}"
         n, num_shards, groups = len(items), max(1, math.ceil(len(items) / cfg.beam.clips_per_shard)), \
@@ -336,7 +267,8 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         with beam.Pipeline(options=opts) as p:
             clips = (p | "ReadItems" >> beam.io.ReadFromText(f"{work}/items.jsonl")
                      | "Parse" >> beam.Map(json.loads)
-                     | "DecodeFilterLogMel" >> beam.Map(process, cfg))
+                     | "DecodeFilterLogMel" >> beam.Map(process, steps.feature_config(cfg), steps.filter_config(cfg),
+                                                        prefix_map(cfg.beam.audio_prefix_map)))
             decisions = (clips
                          | "KeyByHash" >> beam.Map(lambda c: (group_of(c[1]["id"], c[2], groups), c[:3]))
                          | "GroupByHash" >> beam.GroupByKey()
@@ -405,10 +337,6 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) -> int:
-    import collections
-
-    from cogito_jax import errors
-
     if not out:
         errors.usage_error("--out is required")
     report = build(cfg, out, pipeline_args)
@@ -419,12 +347,10 @@ def main(cfg: ConfigDict, out: str | None, pipeline_args: Sequence[str] = ()) ->
 
 
 if __name__ == "__main__":
-    from cogito_jax import cli
-    from data_prep import beam_pipeline
-    from data_prep.build import _OUT
-    from data_prep.config import validate_data_config
+    from data_prep import beam_pipeline  # the functions Beam pickles, under their module's own name
 
     ours, beam_args = split_argv(sys.argv)
+    _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache): local or any Beam filesystem.")
     cli.define_config_flag()
     cli.run_main(lambda cfg: beam_pipeline.main(cfg, _OUT.value, beam_args), argv=ours, uses_devices=False,
-                    validate_fn=lambda c: validate_beam_config(add_beam_config(validate_data_config(c))))
+                    validate_fn=validate_data_config)

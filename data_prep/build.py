@@ -26,67 +26,47 @@ files) are reused only while its key holds: the resolved audio path, the file's 
 and filter settings; anything else redoes the clip, kept or rejected. Any failure inside one clip's processing
 rejects that clip alone. ``DIR/dataset`` is replaced only when it is this build's own (its ``COGITO_BUILD``
 marker inside); a folder there without it stops the build before any work, and nothing is deleted.
+
+A clip's processing is :func:`cogito_jax.data.clips.process_clip`; the steps this runner shares with the Beam
+pipeline (``runner=beam``, :mod:`data_prep.beam_pipeline`) are in :mod:`data_prep.steps`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 import time
 from typing import Any
 
+import jax
+import numpy as np
 from absl import flags
+from tqdm.auto import tqdm
 
-from cogito_jax import cli, errors
+from cogito_jax import cli, errors, sharding
+from cogito_jax.data import clips, records
+from data_prep import beam_pipeline, report as report_lib, stages, steps
+from data_prep.config import validate_data_config
 from data_prep.stages.cache import StageCache, mel_path
-
-_OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
-DATASET_MARKER = "COGITO_BUILD"  # inside DIR/dataset: the folder is this build's to replace
-OWN_MARKERS = (DATASET_MARKER, "BUILD_KEY")  # either proves it (BUILD_KEY: datasets of earlier versions)
-CHUNKED_FAMILIES = ("qwen3_omni_thinker",)  # audio encoders that take a whole clip and window it themselves
-
-
-def _source_items(cfg, out: pathlib.Path) -> tuple[list[dict], list[dict]]:
-    """(items, rejections) from the configured source; the synthetic corpus is written to disk first."""
-    from data_prep.sources import manifest as manifest_lib
-
-    path = pathlib.Path(cfg.source.manifest) if cfg.source.kind == "manifest" else None
-    if cfg.source.kind == "synthetic":
-        from data_prep.sources import synthetic
-
-        path = out / "cache" / "synthetic" / "manifest.jsonl"
-        if not path.exists():
-            synthetic.write_corpus(path.parent, cfg.source.num_items, seed=cfg.seed, split=cfg.source.split)
-    if not path.exists():
-        errors.usage_error(f"manifest {str(path)!r} does not exist")
-    items, rejected = [], []
-    for entry in manifest_lib.read_manifest(path):
-        if isinstance(entry, manifest_lib.Rejection):
-            rejected.append({"id": str(entry.id), "reason": entry.reason})
-        else:
-            items.append(entry)
-    return items, rejected
 
 
 def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache, int]:
     """Decode + quality filters + log-mel for every item whose cached row has another :func:`clip_key`:
     ``(the cache, how many clips this call processed)``."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
     cache = StageCache(out / "cache" / "audio.jsonl")
     (out / "cache" / "mel").mkdir(parents=True, exist_ok=True)
-    fcfg = filter_config(cfg)
-    settings = json.dumps([features_key(cfg), dataclasses.asdict(fcfg)], sort_keys=True)
+    features, fcfg = steps.feature_config(cfg), steps.filter_config(cfg)
+    settings = json.dumps([features.key(), dataclasses.asdict(fcfg)], sort_keys=True)
     keys = {it["id"]: clip_key(it["audio_path"], settings) for it in items}
     todo = [it for it in items if cache.rows.get(it["id"], {}).get("key") != keys[it["id"]]]
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
-        row, mel = process_clip(item, cfg, fcfg)
+        row, mel = clips.process_clip(item, features, fcfg)
         path = mel_path(out, item["id"])
         if mel is None:
             path.unlink(missing_ok=True)
@@ -109,121 +89,6 @@ def clip_key(audio_path: str, settings: str) -> str:
     return hashlib.sha256(json.dumps([ident, settings]).encode()).hexdigest()
 
 
-def long_clip_mode(cfg) -> str:
-    """``truncate`` or ``chunks``: how clips over 30 s become log-mel (``features.long_clips``, see above)."""
-    mode = cfg.features.long_clips
-    if mode != "auto":
-        return mode
-    if not cfg.think.model:
-        return "truncate"
-    from data_prep.stages.generation import family_of
-
-    return "chunks" if family_of(cfg.think.model, "think.model") in CHUNKED_FAMILIES else "truncate"
-
-
-def features_key(cfg) -> str:
-    """What a clip's cached log-mel depends on besides its audio."""
-    return f"n_mels={cfg.features.n_mels} long_clips={long_clip_mode(cfg)} max_seconds={cfg.features.max_seconds}"
-
-
-def filter_config(cfg):
-    """The :class:`data_prep.filters.FilterConfig` of a data config's ``filters`` section."""
-    from data_prep import filters
-
-    return filters.FilterConfig(**{k: v for k, v in cfg.filters.to_dict().items()
-                                   if k in filters.FilterConfig.__dataclass_fields__})
-
-
-def process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
-    """Decode + quality filters + log-mel of one manifest item: ``(cache_row, mel [frames, n_mels] float16)``,
-    mel None for a rejected clip (``row["ok"]`` False with its ``reason``); whatever fails inside rejects this
-    clip alone (``processing_failed``, with the exception's type)."""
-    try:
-        return _process_clip(item, cfg, fcfg)
-    except Exception as e:  # one bad clip must never stop the build
-        return {"id": item["id"], "ok": False, "reason": failure_reason(e)}, None
-
-
-def failure_reason(e: Exception) -> str:
-    """``processing_failed: <type>: <first line of the message>``, short; a text-decoding error's message is left
-    out (it quotes the bytes it could not read)."""
-    msg = "" if isinstance(e, UnicodeError) else (str(e).strip().splitlines() or [""])[0][:120]
-    return f"processing_failed: {type(e).__name__}" + (f": {msg}" if msg else "")
-
-
-def _process_clip(item: dict, cfg, fcfg) -> tuple[dict, Any]:
-    import numpy as np
-
-    from cogito_jax import audio
-    from data_prep import filters
-
-    result = filters.check_file(item["id"], item["audio_path"], fcfg)
-    if result.rejection is not None:
-        r = result.rejection
-        return {"id": item["id"], "ok": False, "reason": f"{r.reason}: {r.detail}" if r.detail else r.reason}, None
-    wave = result.waveform[: int(cfg.features.max_seconds * audio.SAMPLE_RATE)]
-    if long_clip_mode(cfg) == "chunks":
-        mel_mf = np.concatenate(audio.log_mel_chunks(wave, n_mels=cfg.features.n_mels), axis=1)
-    else:
-        wave = wave[: audio.N_SAMPLES]
-        mel_mf = audio.log_mel_frames(wave, n_mels=cfg.features.n_mels)
-    row = {"id": item["id"], "ok": True, "seconds": len(wave) / audio.SAMPLE_RATE, "hash": result.pcm_hash,
-           "n_frames": mel_mf.shape[1]}
-    return row, mel_mf.T.astype(np.float16)
-
-
-def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
-    """(kept items, rejections) in manifest order from the per-clip rows: failed clips, benchmark
-    contamination (audio hash, or source URL + time span from the item's metadata), exact duplicates (the
-    first in manifest order is kept), items without a question."""
-    guard = contamination_guard(tuple(str(m) for m in cfg.filters.contamination_meta))
-    seen: dict[str, str] = {}
-    kept, rejected = [], []
-    for item in items:
-        row = rows[item["id"]]
-        contamination = guard.check_item(item, row["hash"]) if row["ok"] else None
-        if not row["ok"]:
-            rejected.append({"id": item["id"], "reason": row["reason"]})
-        elif contamination:
-            rejected.append({"id": item["id"], "reason": contamination})
-        elif cfg.filters.dedup and row["hash"] in seen:
-            rejected.append({"id": item["id"], "reason": f"duplicate_of:{seen[row['hash']]}"})
-        elif not item.get("question") and not cfg.annotate.model:
-            rejected.append({"id": item["id"], "reason": "no_question: manifest has none and no annotator is set"})
-        else:
-            seen[row["hash"]] = item["id"]
-            kept.append(item)
-    return kept, rejected
-
-
-@functools.lru_cache(maxsize=4)
-def contamination_guard(meta_files: tuple[str, ...]):
-    """The :class:`data_prep.filters.ContaminationGuard` of benchmark meta files (read once per process)."""
-    from cogito_jax.errors import ConfigError
-    from cogito_jax.eval.benchmarks import BenchmarkError
-    from data_prep import filters
-
-    try:
-        return filters.ContaminationGuard.from_meta(meta_files)
-    except BenchmarkError as e:
-        raise ConfigError(f"filters.contamination_meta: {e}") from None
-
-
-def item_record(item: dict, mel) -> dict[str, Any]:
-    """The dataset record of one kept item with its log-mel ``[frames, n_mels]``."""
-    from cogito_jax.data import records
-
-    meta = item.get("metadata") or {}
-    provenance = {"audio_path": str(item["audio_path"]),
-                  **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
-    return records.make_record(
-        id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
-        answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
-        modality=item.get("modality", ""), category=item.get("category", ""),
-        sub_category=item.get("sub_category", ""), provenance=provenance,
-    )
-
-
 def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any]:
     """Runs the configured stages; returns the report (also written to ``out_dir/report.json``).
 
@@ -231,21 +96,16 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     this together; process 0 does the CPU stages while the others wait, the model stages are shared. Without
     it the calling process does all of it alone (e.g. inside another ``main_process_first``).
     """
-    import contextlib
-
-    import numpy as np
-
-    from data_prep import report as report_lib, stages
-
     out = pathlib.Path(out_dir)
-    check_dataset_dir(out / "dataset")
+    steps.check_dataset_dir(out / "dataset")
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    first = not across_processes or _process_index() == 0
-    together = _main_process_first("cogito-pipe: source + audio") if across_processes else contextlib.nullcontext()
+    first = not across_processes or jax.process_index() == 0
+    together = (sharding.main_process_first("cogito-pipe: source + audio") if across_processes
+                else contextlib.nullcontext())
     with together:  # process 0 does it; the others read its cache
         t = time.time()
-        items, rejected = _source_items(cfg, out)
+        items, rejected = steps.source_items(cfg, out)
         times["source"] = time.time() - t
 
         t = time.time()
@@ -254,7 +114,7 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
         times["audio"] = time.time() - t
 
     t = time.time()
-    kept_items, more_rejected = select_items(items, audio_cache.rows, cfg)
+    kept_items, more_rejected = steps.select_items(items, audio_cache.rows, cfg)
     rejected.extend(more_rejected)
     times["dedup+qa"] = time.time() - t
     stage_reports: dict[str, Any] = {}
@@ -264,7 +124,7 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
 
     def make_records():
         for item in kept_items:
-            yield item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
+            yield records.item_record(item, np.load(mel_path(out, item.get("clip_id", item["id"]))))
 
     if not first:  # every process has the merged results; process 0 alone writes the dataset and the report
         return report_lib.summarize(items, kept_items, rejected, audio_cache.rows, times, None, stages=stage_reports,
@@ -278,48 +138,16 @@ def build(cfg, out_dir: str, *, across_processes: bool = False) -> dict[str, Any
     return report
 
 
-def _process_index() -> int:
-    import jax
-
-    return jax.process_index()
-
-
-def _main_process_first(name: str):
-    from cogito_jax import sharding
-
-    return sharding.main_process_first(name)
-
-
-def check_dataset_dir(folder: pathlib.Path) -> None:
-    """ConfigError unless ``folder`` is absent, empty, or a dataset folder a build wrote (its marker inside)."""
-    if not os.path.lexists(folder):
-        return
-    if not folder.is_symlink() and folder.is_dir():
-        if any((folder / m).is_file() for m in OWN_MARKERS) or not any(folder.iterdir()):
-            return
-    raise foreign_dataset_error(folder)
-
-
-def foreign_dataset_error(folder: str | pathlib.Path) -> errors.ConfigError:
-    """The one-line error for a dataset folder the build did not write."""
-    return errors.ConfigError(f"{folder} exists and is not a dataset folder this build wrote (no {DATASET_MARKER} "
-                              "inside); it is left as it is: move it away or choose another --out")
-
-
 def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict[str, dict], make_records
                       ) -> pathlib.Path | None:
     """Writes the dataset unless one with exactly these items, clips and this config already exists; with no kept
     item there is no dataset (None, and an earlier one is removed). Only a folder the build wrote is replaced."""
-    import shutil
-
-    from cogito_jax.data import records
-
     content = [[i["id"], i.get("clip_id"), rows[i.get("clip_id", i["id"])].get("key"), i["question"], i["choices"],
                 i["answer"], i.get("thinking", "")] for i in kept_items]
     key = hashlib.sha256(json.dumps([content, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
     folder = out / "dataset"
     stamp = folder / "BUILD_KEY"
-    check_dataset_dir(folder)
+    steps.check_dataset_dir(folder)
     existing = next(folder.rglob("dataset_info.json"), None) if folder.exists() else None
     if existing is not None and stamp.exists() and stamp.read_text() == key:
         return existing.parent
@@ -328,44 +156,26 @@ def _write_if_changed(out: pathlib.Path, cfg, kept_items: list[dict], rows: dict
     if not kept_items:
         return None
     folder.mkdir(parents=True)
-    (folder / DATASET_MARKER).write_text("written by data_prep.build, which replaces this folder on a re-run\n")
+    (folder / steps.DATASET_MARKER).write_text("written by data_prep.build, which replaces this folder on a re-run\n")
     path = records.write_dataset(folder, {"train": make_records}, feat_dim=cfg.features.n_mels,
                                  description=f"Cogito-pipe build of {cfg.source.kind} source")
     stamp.write_text(key)
     return path
 
 
-def build_synthetic(out: str | pathlib.Path, num_items: int, *, seed: int = 0, split: str = "train",
-                    n_mels: int = 128, max_seconds: float = 30.0) -> pathlib.Path:
-    """Builds ``num_items`` synthetic items (wav + manifest + filters + log-mel + records) into ``out``;
-    returns the dataset folder. A finished build is reused."""
-    from data_prep.config import base_data_config
-
-    cfg = base_data_config()
-    cfg.source.kind, cfg.source.num_items, cfg.source.split, cfg.seed = "synthetic", num_items, split, seed
-    cfg.features.n_mels, cfg.features.max_seconds = n_mels, max_seconds
-    cfg.filters.min_seconds = 0.3
-    report = build(cfg, str(out))
-    return pathlib.Path(report["dataset_dir"])
-
-
-def main(cfg) -> int:
-    if not _OUT.value:
+def main(cfg, out: str | None) -> int:
+    if not out:
         errors.usage_error("--out is required")
-    from cogito_jax import sharding
-
     if sharding.maybe_initialize_distributed(cfg.distributed) and cfg.runner == "beam":
         errors.usage_error("runner=beam runs in one process: start it without launch/local.sh (several JAX "
                            "processes share the model stages of runner=local only)")
     if cfg.runner == "beam":
-        from data_prep import beam_pipeline
-
-        report = beam_pipeline.build(cfg, _OUT.value)
+        report = beam_pipeline.build(cfg, out)
     else:
-        report = build(cfg, _OUT.value, across_processes=True)
+        report = build(cfg, out, across_processes=True)
     reasons = collections.Counter(r["reason"].split(":")[0] for r in report["rejected"])
-    if _process_index() != 0:
-        print(f"process {_process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
+    if jax.process_index() != 0:
+        print(f"process {jax.process_index()}: model stages done (kept {report['kept']} items); process 0 writes the "
               "dataset and the report")
         return 0
     where = f"dataset in {report['dataset_dir']}" if report["dataset_dir"] else "no dataset written"
@@ -377,7 +187,6 @@ def main(cfg) -> int:
 
 
 if __name__ == "__main__":
-    from data_prep.config import validate_data_config
-
+    _OUT = flags.DEFINE_string("out", None, "Output folder (dataset, report, cache).")
     cli.define_config_flag()
-    cli.run_main(main, validate_fn=validate_data_config, uses_devices=False)
+    cli.run_main(lambda cfg: main(cfg, _OUT.value), validate_fn=validate_data_config, uses_devices=False)

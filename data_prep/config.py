@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ml_collections import ConfigDict
 
 from cogito_jax.config import DISTRIBUTED_DEFAULTS, check_schema
 from cogito_jax.errors import ConfigError
+from cogito_jax.judge import check_settings
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
 THINK_SYSTEMS = ("challenge", "default", "none")
 MAX_QUESTIONS_PER_CLIP = 3
+RUNNERS = ("local", "beam")  # local: data_prep.build; beam: data_prep.beam_pipeline (the CPU stages)
+# options: pipeline options as strings; clips_per_shard: manifest items per output shard; select_groups: the
+# GroupByKey groups of the dedup / selection step (a worker process reads the contamination meta, and decodes
+# its benchmark clips, the first time it selects a group); audio_prefix_map: "LOCAL=REMOTE" prefixes: a clip
+# under LOCAL is read by the workers from REMOTE + the rest of its path.
+BEAM_DEFAULTS = dict(options=(), clips_per_shard=1000, select_groups=16, audio_prefix_map=())
 
 
 def base_data_config() -> ConfigDict:
@@ -74,9 +83,9 @@ def base_data_config() -> ConfigDict:
     ))
     c.output = ConfigDict(dict(heldout_fraction=0.0, split_seed=0))
     c.workers = 0
-    from data_prep.beam_pipeline import add_beam_config  # runner (local | beam) and the beam section
-
-    return add_beam_config(c)
+    c.runner = "local"  # local | beam
+    c.beam = ConfigDict(dict(BEAM_DEFAULTS))
+    return c
 
 
 def validate_data_config(cfg: ConfigDict) -> ConfigDict:
@@ -105,8 +114,6 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
     if a.judge_url and not a.judge_model:
         raise ConfigError(f"audit.judge_url={a.judge_url!r} needs audit.judge_model (the model name it serves)")
     if a.judge_url:
-        from cogito_jax.judge import check_settings
-
         check_settings(a.judge_url, prefix="audit.", timeout_s=a.timeout_s, backoff_s=a.backoff_s,
                        requests_per_s=a.requests_per_s)
     for key in ("num_samples", "batch_size", "max_new_tokens"):
@@ -120,6 +127,32 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
                           f"{a.workers} must be >= 1, audit.max_retries={a.max_retries} >= 0")
     if not 0.0 <= cfg.output.heldout_fraction < 1.0:
         raise ConfigError(f"output.heldout_fraction={cfg.output.heldout_fraction} must be in [0, 1)")
-    from data_prep.beam_pipeline import validate_beam_config
-
     return validate_beam_config(cfg)
+
+
+def validate_beam_config(cfg: ConfigDict) -> ConfigDict:
+    """Raises ConfigError naming a bad ``runner`` / ``beam.*`` value."""
+    if cfg.runner not in RUNNERS:
+        raise ConfigError(f"runner={cfg.runner!r} must be one of {', '.join(RUNNERS)}")
+    b = cfg.beam
+    for key in ("clips_per_shard", "select_groups"):
+        if isinstance(b[key], bool) or not isinstance(b[key], int) or b[key] < 1:
+            raise ConfigError(f"beam.{key}={b[key]!r} must be an integer >= 1")
+    if isinstance(b.options, str) or any(not isinstance(o, str) or not o.startswith("--") for o in b.options):
+        raise ConfigError(f"beam.options={b.options!r} must be a tuple of '--name=value' strings")
+    prefix_map(b.audio_prefix_map)
+    return cfg
+
+
+def prefix_map(entries: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``beam.audio_prefix_map`` (``("LOCAL=REMOTE", ...)``) as pairs; ConfigError for an entry without both
+    sides."""
+    if isinstance(entries, str):
+        raise ConfigError(f"beam.audio_prefix_map={entries!r} must be a tuple of 'LOCAL=REMOTE' strings")
+    pairs = []
+    for e in entries:
+        local, sep, remote = str(e).partition("=")
+        if not sep or not local or not remote:
+            raise ConfigError(f"beam.audio_prefix_map entry {e!r} must look like '/local/prefix=gs://bucket/prefix'")
+        pairs.append((local, remote))
+    return tuple(pairs)

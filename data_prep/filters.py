@@ -1,183 +1,20 @@
-"""Per-clip quality checks, exact dedup and the benchmark-contamination guard.
-
-Every rejection has a stable label and a specific detail (``"too_short: 0.05 s < 0.5 s"``). Checks, in
-order: decoding (the ``cogito_jax.audio`` reasons; a header that declares more than ``max_seconds`` is
-``too_long`` before any decoding), source sample rate, NaN/Inf, duration bounds,
-digital silence, active-frame ratio, clipping (measured on the source samples when decoded from a file),
-integrated loudness (ITU-R BS.1770 LUFS via pyloudnorm, for clips of at least 0.4 s). Exact duplicates
-share the SHA-256 of their 16 kHz PCM16 bytes; the contamination guard drops clips whose audio hash, or
-whose (source url, time span), matches a clip of a benchmark meta file (MMAR / MMAU).
+"""The benchmark-contamination guard: drops clips whose audio hash (``cogito_jax.data.clips.pcm_hash``), or
+whose (source url, time span), matches a clip of a benchmark meta file (MMAR / MMAU). The per-clip quality
+checks are in :mod:`cogito_jax.data.clips`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import pathlib
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 from cogito_jax import audio
-from data_prep.sources.manifest import Rejection
-
-LABELS = ("low_sample_rate", "non_finite", "too_short", "too_long", "silent", "mostly_silent", "clipped",
-          "too_quiet", "too_loud", "duplicate_of", "contamination")
-LUFS_MIN_SECONDS = 0.4  # one BS.1770 gating block
-FRAME = 400  # 25 ms at 16 kHz, for the active-frame ratio
-
-
-@dataclasses.dataclass(frozen=True)
-class FilterConfig:
-    """Thresholds of the quality checks (``filters`` in configs/data/*.py)."""
-
-    min_seconds: float = 0.5
-    max_seconds: float = 60.0
-    min_sample_rate: int = 8000
-    min_active_ratio: float = 0.05  # fraction of 25 ms frames that must be active
-    active_floor_dbfs: float = -70.0  # a frame is active above this RMS level ...
-    active_rel_db: float = -35.0  # ... and above the loudest frame's RMS plus this
-    max_clip_ratio: float = 0.05  # fraction of samples at full scale (|x| >= 0.999)
-    min_lufs: float = -70.0
-    max_lufs: float | None = None
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> FilterConfig:
-        """The fields of ``values`` that are thresholds (other keys, e.g. ``dedup``, are ignored)."""
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-
-
-class QualityError(audio.AudioError):
-    """A clip that decodes but fails a quality check; ``reason`` is one of LABELS."""
-
-
-@dataclasses.dataclass
-class Result:
-    """One clip after the checks: the 16 kHz waveform and its hash, or the rejection."""
-
-    id: str
-    waveform: np.ndarray | None = None
-    info: dict = dataclasses.field(default_factory=dict)
-    pcm_hash: str = ""
-    rejection: audio.AudioError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.rejection is None
-
-    def as_rejection(self) -> Rejection | None:
-        return None if self.rejection is None else Rejection(self.id, self.rejection.report_reason())
-
-
-def pcm16(wave: np.ndarray) -> bytes:
-    """Little-endian 16-bit PCM of a float waveform: ``rint(x * 32768)`` clipped to the int16 range, so a
-    PCM16 file decoded to float (``k / 32768``) gives back exactly its own samples."""
-    return np.clip(np.rint(np.asarray(wave, np.float64) * 32768), -32768, 32767).astype("<i2").tobytes()
-
-
-def pcm_hash(wave: np.ndarray) -> str:
-    """SHA-256 (hex) of the 16 kHz PCM16 bytes: equal for clips that are the same once decoded."""
-    return hashlib.sha256(pcm16(wave)).hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def _meter():
-    import pyloudnorm
-
-    return pyloudnorm.Meter(audio.SAMPLE_RATE)
-
-
-def loudness_lufs(wave: np.ndarray) -> float | None:
-    """Integrated loudness (LUFS) of a 16 kHz clip; None below 0.4 s; -inf when every block is gated."""
-    if len(wave) < LUFS_MIN_SECONDS * audio.SAMPLE_RATE:
-        return None
-    return float(_meter().integrated_loudness(np.asarray(wave, np.float64)))
-
-
-def active_ratio(wave: np.ndarray, cfg: FilterConfig) -> float:
-    """Fraction of 25 ms frames whose RMS is above both the absolute floor and the relative threshold."""
-    n = max(len(wave) // FRAME, 1)
-    frames = np.pad(wave, (0, max(n * FRAME - len(wave), 0)))[: n * FRAME].reshape(n, FRAME)
-    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
-    threshold = max(10 ** (cfg.active_floor_dbfs / 20), rms.max() * 10 ** (cfg.active_rel_db / 20))
-    return float(np.mean(rms > threshold))
-
-
-def _g(x: float) -> str:
-    return f"{x:.3g}"
-
-
-def quality_problem(wave: np.ndarray, cfg: FilterConfig, *, orig_sr: int = audio.SAMPLE_RATE,
-                    clip_ratio: float | None = None) -> QualityError | None:
-    """The first failed check of a mono 16 kHz clip, or None. ``clip_ratio`` defaults to the waveform's own."""
-    w = np.asarray(wave, np.float32).reshape(-1)
-    if orig_sr < cfg.min_sample_rate:
-        return QualityError(f"{orig_sr} Hz < {cfg.min_sample_rate} Hz", reason="low_sample_rate")
-    bad = int(w.size - np.count_nonzero(np.isfinite(w)))
-    if bad:
-        return QualityError(f"{bad} NaN/Inf samples", reason="non_finite")
-    seconds = len(w) / audio.SAMPLE_RATE
-    if seconds < cfg.min_seconds:
-        return QualityError(f"{_g(seconds)} s < {_g(cfg.min_seconds)} s", reason="too_short")
-    if seconds > cfg.max_seconds:
-        return QualityError(f"{_g(seconds)} s > {_g(cfg.max_seconds)} s", reason="too_long")
-    if float(np.max(np.abs(w))) < 0.5 / 32768:
-        return QualityError("digital silence (every sample is 0 at 16-bit resolution)", reason="silent")
-    active = active_ratio(w, cfg)
-    if active < cfg.min_active_ratio:
-        return QualityError(f"{100 * active:.1f}% active frames < {_g(100 * cfg.min_active_ratio)}%",
-                            reason="mostly_silent")
-    clipped = float(np.mean(np.abs(w) >= audio.CLIP_LEVEL)) if clip_ratio is None else clip_ratio
-    if clipped > cfg.max_clip_ratio:
-        return QualityError(f"{100 * clipped:.2f}% of samples at full scale > {_g(100 * cfg.max_clip_ratio)}%",
-                            reason="clipped")
-    lufs = loudness_lufs(w)
-    if lufs is not None and lufs < cfg.min_lufs:
-        detail = f"{lufs:.1f} LUFS < {_g(cfg.min_lufs)} LUFS" if np.isfinite(lufs) else "below the -70 LUFS gate"
-        return QualityError(detail, reason="too_quiet")
-    if lufs is not None and cfg.max_lufs is not None and lufs > cfg.max_lufs:
-        return QualityError(f"{lufs:.1f} LUFS > {_g(cfg.max_lufs)} LUFS", reason="too_loud")
-    return None
-
-
-def check_clip(item_id: str, wave: np.ndarray, cfg: FilterConfig, info: dict | None = None) -> Result:
-    """Checks a decoded 16 kHz clip (``info`` as ``audio.decode`` gives it, or None for a 16 kHz source)."""
-    info = dict(info or {})
-    problem = quality_problem(wave, cfg, orig_sr=info.get("orig_sr", audio.SAMPLE_RATE),
-                              clip_ratio=info.get("clip_ratio"))
-    if problem is not None:
-        return Result(item_id, info=info, rejection=problem)
-    w = np.asarray(wave, np.float32).reshape(-1)
-    return Result(item_id, w, info, pcm_hash(w))
-
-
-def check_file(item_id: str, path: str | pathlib.Path, cfg: FilterConfig) -> Result:
-    """Decodes and checks one clip; ``rejection`` is the AudioError when it fails (a clip whose header declares
-    more than ``cfg.max_seconds`` is rejected before it is decoded)."""
-    try:
-        wave, info = audio.decode(path, max_seconds=cfg.max_seconds)
-    except audio.AudioError as e:
-        return Result(item_id, rejection=e)
-    return check_clip(item_id, wave, cfg, info)
-
-
-def find_duplicates(id_hashes: Iterable[tuple[str, str]]) -> list[Rejection]:
-    """Rejections for every clip whose PCM hash an earlier clip already has (the first one is kept)."""
-    first: dict[str, str] = {}
-    out = []
-    for item_id, h in id_hashes:
-        if h in first:
-            out.append(Rejection(item_id, f"duplicate_of: {first[h]}"))
-        else:
-            first[h] = item_id
-    return out
-
-
-# ------------------------------------------------------------------------------------ contamination guard
+from cogito_jax.data.clips import pcm_hash, short
+from cogito_jax.eval.benchmarks import read_records, resolve_audio
 
 
 def normalise_url(url: Any) -> str:
@@ -265,8 +102,6 @@ class ContaminationGuard:
                   audio_dir: str | pathlib.Path | None = None) -> ContaminationGuard:
         """From MMAR (``audio_path``, ``url``, ``timestamp``) / MMAU (``audio_id``) meta files (JSONL or array);
         clips resolve against ``audio_dir`` or the meta file's folder, and missing ones add no hash."""
-        from cogito_jax.eval.benchmarks import read_records, resolve_audio
-
         guard = cls()
         for meta in meta_files:
             meta = pathlib.Path(meta)
@@ -285,9 +120,5 @@ class ContaminationGuard:
 
 
 def _span_text(span: tuple[float, float] | None) -> str:
-    return "(whole source)" if span is None else f"({_g(span[0])}-{_g(span[1])} s)"
+    return "(whole source)" if span is None else f"({short(span[0])}-{short(span[1])} s)"
 
-
-def contamination_hashes(meta_files: Iterable[str | pathlib.Path]) -> set[str]:
-    """PCM hashes of the clips referenced by benchmark meta files (see ContaminationGuard.from_meta)."""
-    return set(ContaminationGuard.from_meta(meta_files).by_hash)

@@ -14,18 +14,17 @@ import soundfile as sf
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from cogito_jax.data import records
+from cogito_jax.data import clips, records, synthetic
 from cogito_jax.errors import ConfigError
-from data_prep import beam_pipeline, build
-from data_prep.config import base_data_config
-from data_prep.sources import synthetic
+from data_prep import beam_pipeline, build, steps
+from data_prep.config import base_data_config, validate_beam_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEAM_ARGS = ["--runner=DirectRunner"]
 
 
 def _config(manifest, **beam):
-    cfg = beam_pipeline.add_beam_config(base_data_config())
+    cfg = base_data_config()
     cfg.source.manifest = str(manifest)
     cfg.features.n_mels = 80
     cfg.filters.min_seconds = 0.3
@@ -160,8 +159,8 @@ def test_remote_audio_is_staged_through_the_prefix_map(corpus, tmp_path):
     direct = {r["id"]: r["mel"] for r in records.RecordSource(tmp_path / "out" / "dataset" / "cogito_records" /
                                                               "1.0.0")}
     for rid in picked:
-        row, mel = build.process_clip({"id": rid, "audio_path": str(root / "audio" / f"{rid}.wav")}, cfg,
-                                      build.filter_config(cfg))
+        row, mel = clips.process_clip({"id": rid, "audio_path": str(root / "audio" / f"{rid}.wav")},
+                                      steps.feature_config(cfg), steps.filter_config(cfg))
         np.testing.assert_array_equal(direct[rid].view(np.uint16), mel.view(np.uint16))
 
 
@@ -243,7 +242,7 @@ def test_remote_output_is_written_through_beam_filesystems(corpus, tmp_path, mon
     with pytest.raises(ConfigError, match="fakegcs://bucket/run/dataset exists and is not a dataset folder"):
         beam_pipeline.build(cfg, "fakegcs://bucket/run", BEAM_ARGS)  # no marker: not this build's to delete
     assert (run / "dataset" / "stale-shard").exists() and not (run / "cache").exists()
-    (run / "dataset" / build.DATASET_MARKER).write_text("")
+    (run / "dataset" / steps.DATASET_MARKER).write_text("")
     report = beam_pipeline.build(cfg, "fakegcs://bucket/run", BEAM_ARGS)
     assert report["dataset_dir"] == "fakegcs://bucket/run/dataset/cogito_records/1.0.0"
     assert json.loads((run / "report.json").read_text())["kept"] == report["kept"] == 4
@@ -259,14 +258,14 @@ def test_remote_output_is_written_through_beam_filesystems(corpus, tmp_path, mon
 def test_a_failure_inside_one_clip_rejects_that_clip_only(corpus, tmp_path, monkeypatch):
     m = _small_manifest(corpus, tmp_path)
     victim = json.loads(m.read_text().splitlines()[1])["id"]
-    real = build._process_clip
+    real = clips._process_clip
 
     def fails_once(item, *args):
         if item["id"] == victim:
             raise MemoryError("cannot allocate")
         return real(item, *args)
 
-    monkeypatch.setattr(build, "_process_clip", fails_once)
+    monkeypatch.setattr(clips, "_process_clip", fails_once)
     report = beam_pipeline.build(_config(m), str(tmp_path / "out"), BEAM_ARGS)
     assert report["kept"] == 3
     assert report["rejected"] == [{"id": victim, "reason": "processing_failed: MemoryError: cannot allocate"}]
@@ -303,7 +302,7 @@ def test_config_errors_name_the_bad_value(tmp_path):
         section, _, leaf = key.rpartition(".")
         (bad[section] if section else bad)[leaf] = value
         with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
-            beam_pipeline.validate_beam_config(bad)
+            validate_beam_config(bad)
     with pytest.raises(ConfigError, match="unknown Beam pipeline options.*--runer"):
         beam_pipeline.pipeline_options(cfg, ["--runer=DataflowRunner"])
     assert beam_pipeline.split_argv(["p", "--out=x", "--", "--runner=X"]) == (["p", "--out=x"], ["--runner=X"])

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cogito_jax.data import records
-from data_prep.sources import synthetic
+from cogito_jax.data import records, synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,7 +134,7 @@ def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path
     """40 s of audio: ``truncate`` keeps 30 s (3,000 frames); ``chunks`` keeps every 30 s window's log-mel end to
     end (3,000 + 1,000 frames); ``auto`` follows think.model's family; changing the mode redoes the features."""
     from cogito_jax import audio
-    from data_prep import build
+    from data_prep import build, steps
     from data_prep.config import base_data_config
 
     rng = np.random.default_rng(0)
@@ -149,9 +148,9 @@ def test_long_clips_are_cut_or_chunked_as_the_thinker_family_takes_them(tmp_path
         (tmp_path / family).mkdir()
         (tmp_path / family / "config.json").write_text(json.dumps({"model_type": family}))
         cfg.think.model = str(tmp_path / family)
-        assert build.long_clip_mode(cfg) == mode
+        assert steps.long_clip_mode(cfg) == mode
     cfg.think.model = ""
-    assert build.long_clip_mode(cfg) == "truncate"
+    assert steps.long_clip_mode(cfg) == "truncate"
     mels = {}
     for mode in ("truncate", "chunks"):
         cfg.features.long_clips = mode
@@ -273,3 +272,25 @@ def test_a_dataset_folder_the_build_did_not_write_is_never_deleted(tmp_path):
     second = build.build(cfg, str(tmp_path / "out"))
     assert first["dataset_dir"] == second["dataset_dir"] and records.RecordSource(second["dataset_dir"])[0][
         "mel"].shape == (100, 64)
+
+
+def test_a_damaged_stage_cache_stops_the_cli_with_file_and_line(corpus, tmp_path):
+    """A torn last line of ``cache/audio.jsonl`` is a crash's doing: its clip is redone. A bad line before it is
+    damage: the build stops with one line naming the file and line, exit 2, and leaves the file as it is."""
+    r = _build(corpus, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept = json.loads((tmp_path / "report.json").read_text())["kept"]
+    cache = tmp_path / "cache" / "audio.jsonl"
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # torn by a crash
+    r = _build(corpus, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "report.json").read_text())["kept"] == kept
+    assert cache.read_text().splitlines()[:-1] == lines[:-1] and json.loads(cache.read_text().splitlines()[-1])
+    damaged = "\n".join([lines[0], lines[1][:30], *lines[2:]]) + "\n"
+    cache.write_text(damaged)
+    r = _build(corpus, tmp_path)
+    errors = [x for x in r.stderr.splitlines() if "error:" in x]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and f"{cache}:2: not a JSON line" in errors[0], r.stderr[-2000:]
+    assert cache.read_text() == damaged

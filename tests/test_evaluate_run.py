@@ -9,7 +9,7 @@ import sys
 import pytest
 import soundfile as sf
 
-from data_prep.sources import synthetic
+from cogito_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = ["--config.data.num_train=32", "--config.data.num_heldout=0", "--config.train.steps=4",

@@ -1,6 +1,5 @@
-"""Quality filters: each check rejects the clip it should, with its specific reason; dedup; contamination."""
+"""The benchmark-contamination guard: by audio hash and by source url + time span."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -8,9 +7,10 @@ import pytest
 import soundfile as sf
 
 from cogito_jax import audio
+from cogito_jax.data import clips
+from cogito_jax.data.clips import FilterConfig
 from data_prep import filters
-from data_prep.filters import ContaminationGuard, FilterConfig
-from data_prep.sources.manifest import Rejection
+from data_prep.filters import ContaminationGuard
 
 SR = 16000
 CFG = FilterConfig()
@@ -20,105 +20,8 @@ def _sine(seconds: float, amp: float = 0.3, freq: float = 997.0, sr: int = SR) -
     return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
 
 
-def _reason(wave, cfg=CFG, **kw):
-    problem = filters.quality_problem(wave, cfg, **kw)
-    return None if problem is None else problem.report_reason()
-
-
-def test_a_clean_clip_passes_and_is_hashed_from_its_pcm16_bytes():
-    w = (np.rint(_sine(2.0) * 32768) / 32768).astype(np.float32)  # as decoded from a PCM16 file
-    r = filters.check_clip("a", w, CFG)
-    assert r.ok and r.as_rejection() is None and r.waveform.dtype == np.float32
-    pcm = np.rint(w.astype(np.float64) * 32768).astype("<i2").tobytes()
-    assert r.pcm_hash == hashlib.sha256(pcm).hexdigest()
-    assert filters.pcm_hash(w + 1e-6) == r.pcm_hash != filters.pcm_hash(w * 0.9)
-    assert filters.pcm16(np.array([1.0, -1.0, 2.0, 0.5 / 32768 - 1e-9])) == np.array(
-        [32767, -32768, 32767, 0], "<i2").tobytes()
-
-
-@pytest.mark.parametrize("wave, kw, reason", [
-    (_sine(0.05), {}, "too_short: 0.05 s < 0.5 s"),
-    (_sine(61.5), {}, "too_long: 61.5 s > 60 s"),
-    (_sine(2.0), {"orig_sr": 6000}, "low_sample_rate: 6000 Hz < 8000 Hz"),
-    (np.r_[_sine(1.0), np.nan, np.inf].astype(np.float32), {}, "non_finite: 2 NaN/Inf samples"),
-    (np.zeros(SR), {}, "silent: digital silence (every sample is 0 at 16-bit resolution)"),
-    (np.full(SR, 1e-5, np.float32), {}, "silent: digital silence (every sample is 0 at 16-bit resolution)"),
-    (np.r_[np.zeros(SR * 4), _sine(0.1)].astype(np.float32), {}, "mostly_silent: 2.4% active frames < 5%"),
-    (np.r_[np.ones(1600), -np.ones(100), _sine(1.0)].astype(np.float32), {},
-     "clipped: 9.60% of samples at full scale > 5%"),
-    (_sine(1.0), {"clip_ratio": 0.2}, "clipped: 20.00% of samples at full scale > 5%"),
-])
-def test_each_check_rejects_with_its_reason(wave, kw, reason):
-    assert _reason(wave, **kw) == reason
-    assert reason.split(":")[0] in filters.LABELS
-
-
-def test_duration_bounds_are_inclusive_and_configurable():
-    cfg = FilterConfig(min_seconds=1.0, max_seconds=2.0)
-    assert _reason(_sine(1.0), cfg) is None and _reason(_sine(2.0), cfg) is None
-    assert _reason(_sine(0.99), cfg) == "too_short: 0.99 s < 1 s"
-    assert _reason(_sine(2.5), cfg) == "too_long: 2.5 s > 2 s"
-
-
-def test_active_frames_use_absolute_and_relative_thresholds():
-    # Half the clip at -10 dBFS, half at -60 dBFS: the quiet half is 50 dB down, below the -35 dB threshold.
-    w = np.r_[_sine(1.0, amp=0.45), _sine(1.0, amp=0.0014)]
-    assert filters.active_ratio(w, CFG) == pytest.approx(0.5, abs=0.01)
-    assert filters.active_ratio(w, FilterConfig(active_rel_db=-60.0)) == 1.0
-    assert filters.active_ratio(_sine(1.0, amp=2e-4), CFG) == 0.0  # -77 dBFS: under the -70 dBFS floor
-    assert _reason(w, FilterConfig(min_active_ratio=0.6)) == "mostly_silent: 50.0% active frames < 60%"
-
-
-def test_loudness_against_the_bs1770_sine_reference():
-    # A full-scale 997 Hz sine reads -3.01 LUFS (ITU-R BS.1770); its loudness follows 20 log10(amplitude).
-    for amp in (1.0, 0.1, 0.0045):
-        assert filters.loudness_lufs(_sine(3.0, amp)) == pytest.approx(-3.01 + 20 * np.log10(amp), abs=0.1)
-    quiet = _sine(3.0, 10 ** ((-50 + 3.01) / 20))
-    assert _reason(quiet, FilterConfig(min_lufs=-40.0)) == "too_quiet: -50.1 LUFS < -40 LUFS"
-    assert _reason(_sine(3.0, 0.9), FilterConfig(max_lufs=-12.0)) == "too_loud: -4.0 LUFS > -12 LUFS"
-    gated = _sine(3.0, 10 ** ((-80 + 3.01) / 20))
-    assert _reason(gated, FilterConfig(active_floor_dbfs=-100.0)) == "too_quiet: below the -70 LUFS gate"
-
-
-def test_loudness_guards_short_clips_and_silence():
-    assert filters.loudness_lufs(_sine(0.39)) is None
-    assert _reason(_sine(0.3), FilterConfig(min_seconds=0.1, min_lufs=0.0)) is None  # too short to measure
-    assert filters.loudness_lufs(np.zeros(SR)) == -np.inf
-    assert _reason(np.zeros(SR), FilterConfig(min_lufs=-20.0)).startswith("silent:")
-
-
-def test_check_file_reports_decode_errors_and_uses_source_clipping(tmp_path):
-    (tmp_path / "empty.wav").write_bytes(b"")
-    r = filters.check_file("e", tmp_path / "empty.wav", CFG)
-    assert not r.ok and r.as_rejection() == Rejection("e", "empty_file: file has 0 bytes")
-    square = np.sign(_sine(2.0, freq=50.0, sr=44100))
-    sf.write(tmp_path / "sq.wav", square, 44100, subtype="FLOAT")
-    r = filters.check_file("sq", tmp_path / "sq.wav", CFG)
-    assert r.as_rejection().reason == f"clipped: {100 * np.mean(np.abs(square) >= 0.999):.2f}% of samples at " \
-                                      "full scale > 5%"
-    sf.write(tmp_path / "st48.wav", np.stack([_sine(2.0, sr=48000), _sine(2.0, sr=48000, freq=500.0)], 1), 48000)
-    r = filters.check_file("st48", tmp_path / "st48.wav", CFG)
-    assert r.ok and len(r.waveform) == 2 * SR and (r.info["orig_sr"], r.info["channels"]) == (48000, 2)
-    sf.write(tmp_path / "ok.flac", _sine(2.0, sr=8000), 8000)
-    r = filters.check_file("ok", tmp_path / "ok.flac", CFG)
-    assert r.ok and len(r.waveform) == 2 * SR and r.info["orig_sr"] == 8000
-    assert filters.check_file("lo", tmp_path / "ok.flac", FilterConfig(min_sample_rate=16000)).as_rejection() \
-        == Rejection("lo", "low_sample_rate: 8000 Hz < 16000 Hz")
-
-
-def test_from_mapping_ignores_non_threshold_keys():
-    cfg = FilterConfig.from_mapping({"min_seconds": 0.3, "dedup": True, "contamination_meta": ()})
-    assert cfg == FilterConfig(min_seconds=0.3)
-
-
-def test_exact_duplicates_after_decoding(tmp_path):
-    pcm = np.rint(_sine(1.0) * 32767).astype(np.int16)
-    sf.write(tmp_path / "a.wav", pcm, SR)
-    sf.write(tmp_path / "b.flac", pcm, SR)  # same PCM, other container
-    sf.write(tmp_path / "c.wav", pcm // 2, SR)
-    hashes = [(i, filters.check_file(i, tmp_path / f, CFG).pcm_hash) for i, f in
-              (("a", "a.wav"), ("b", "b.flac"), ("c", "c.wav"), ("a2", "a.wav"))]
-    assert filters.find_duplicates(hashes) == [Rejection("b", "duplicate_of: a"), Rejection("a2", "duplicate_of: a")]
+def _sine(seconds: float, amp: float = 0.3, freq: float = 997.0, sr: int = SR) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
 
 
 def test_contamination_by_hash_and_by_source_span(tmp_path):
@@ -138,11 +41,11 @@ def test_contamination_by_hash_and_by_source_span(tmp_path):
     assert len(guard.by_hash) == 2 and set(guard.by_source) == {"youtube:abc123", "freesound.org/s/123"}
     # The same clip re-encoded elsewhere (PCM16 wav) has the same 16 kHz PCM16 bytes.
     sf.write(tmp_path / "copy.wav", clip, SR, subtype="PCM_16")
-    copy_hash = filters.check_file("x", tmp_path / "copy.wav", CFG).pcm_hash
+    copy_hash = clips.check_file("x", tmp_path / "copy.wav", CFG).pcm_hash
     assert guard.check(copy_hash) == "contamination: audio identical to MMAR-meta.json:m1"
-    u1_hash = filters.pcm_hash(audio.decode(tmp_path / "u1.flac")[0])
+    u1_hash = clips.pcm_hash(audio.decode(tmp_path / "u1.flac")[0])
     assert guard.check(u1_hash) == "contamination: audio identical to mmau.jsonl:u1"
-    assert guard.check(filters.pcm_hash(clip * 0.5)) is None
+    assert guard.check(clips.pcm_hash(clip * 0.5)) is None
     assert guard.check(url="https://youtu.be/abc123", timestamp="00:00:05-00:00:20") == (
         "contamination: source youtube:abc123 (5-20 s) overlaps MMAR-meta.json:m1 (1-11 s)")
     assert guard.check(url="youtube.com/shorts/abc123", timestamp="[11, 30]") is None  # touching, not overlapping
@@ -151,7 +54,6 @@ def test_contamination_by_hash_and_by_source_span(tmp_path):
     assert guard.check(url="https://youtu.be/other", timestamp="00:01-00:11") is None
     item = {"id": "t", "metadata": {"url": "https://www.youtube.com/watch?v=abc123", "timestamp": "0:08-0:09"}}
     assert guard.check_item(item).startswith("contamination: source youtube:abc123")
-    assert filters.contamination_hashes([bench / "MMAR-meta.json"]) == {copy_hash}
 
 
 @pytest.mark.parametrize("ts, span", [("00:01-00:11", (1.0, 11.0)), ("1:02:03.5 - 1:02:13", (3723.5, 3733.0)),
@@ -159,31 +61,3 @@ def test_contamination_by_hash_and_by_source_span(tmp_path):
                                       ("", None), (None, None), ("null", None), ("1-2-3", None)])
 def test_parse_span(ts, span):
     assert filters.parse_span(ts) == span
-
-
-def test_decoded_error_reasons_are_stable_labels_and_quote_no_content(tmp_path):
-    (tmp_path / "x.txt").write_text("hello")
-    r = filters.check_file("x", tmp_path / "x.txt", CFG)
-    assert isinstance(r.rejection, audio.UnknownFormatError)
-    assert r.as_rejection().reason == "unknown_format: not a recognised audio format (extension '.txt', " \
-                                      "no known audio signature in its first bytes)"
-
-
-def test_a_header_declaring_hours_is_too_long_before_any_decoding(tmp_path, monkeypatch):
-    """An 8-hour WAV (sparse: the header and data size are real, the disk holds nothing) is rejected from its
-    header: decoding it would take gigabytes."""
-    path = tmp_path / "eight_hours.wav"
-    sf.write(path, _sine(1.0), SR, subtype="PCM_16")
-    data_bytes = 8 * 3600 * SR * 2
-    head = bytearray(path.read_bytes()[:44])
-    head[4:8], head[40:44] = (36 + data_bytes).to_bytes(4, "little"), data_bytes.to_bytes(4, "little")
-    with open(path, "wb") as f:
-        f.write(head)
-        f.truncate(44 + data_bytes)
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("the clip was decoded")
-
-    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
-    r = filters.check_file("long", path, CFG)
-    assert r.as_rejection().reason == "too_long: 2.88e+04 s > 60 s (declared by the header; not decoded)"

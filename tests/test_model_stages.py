@@ -117,6 +117,28 @@ def test_stage_cache_survives_a_torn_last_line(tmp_path):
     cache.add({"id": "a", "v": 3})  # a later row for an id replaces the earlier one
     cache.close()
     assert StageCache(path).rows == {"a": {"id": "a", "v": 3}, "b": {"id": "b", "v": 2}}
+    assert path.read_text().count("\n") == 3  # the torn half line was cut off before appending
+
+
+def test_a_damaged_line_before_the_last_stops_the_stage_naming_file_and_line(tmp_path):
+    """Only a torn last line is a crash's doing; a bad line anywhere else is damage, reported, never skipped."""
+    from cogito_jax.jsonl import JsonlError
+    from data_prep.stages import generation
+    from data_prep.stages.cache import StageCache
+
+    path = tmp_path / "stage.jsonl"
+    path.write_text('{"id": "a", "v": 1}\n{"id": "b", "v"\n{"id": "c", "v": 3}\n')
+    with pytest.raises(JsonlError, match=rf"{path}:2: not a JSON line"):
+        StageCache(path)
+    path.write_text('{"id": "a", "v": 1}\n{"v": 2}\n')
+    with pytest.raises(JsonlError, match=rf"{path}:2: row has no 'id'"):
+        StageCache(path, writable=False)
+    think = tmp_path / "think_samples.jsonl"
+    think.write_text('{"id": "q", "sample": 0}\n[1, 2]\n{"id": "q", "sample": 1}\n{"id": "r", "sa')
+    with pytest.raises(JsonlError, match=rf"{think}:2: a row must be a JSON object"):
+        generation.read_outputs(think, ["q"], 2)
+    think.write_text('{"id": "q", "sample": 0}\n{"id": "q", "sample": 1}\n{"id": "r", "sa')  # torn tail: dropped
+    assert [r["sample"] for r in generation.read_outputs(think, ["q"], 2)["q"]] == [0, 1]
 
 
 # ------------------------------------------------------------------------------- the audit and a flaky judge

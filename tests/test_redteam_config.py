@@ -27,11 +27,11 @@ def _one_line_error(proc, expected: str):
 @pytest.fixture(scope="module")
 def mel128(tmp_path_factory):
     """A small dataset of 128-bin log-mel (the tiny qwen2_audio model takes 80 bins) and one of 80 bins."""
-    from data_prep.build import build_synthetic
+    from cogito_jax.data.synthetic import build_dataset
 
     root = tmp_path_factory.mktemp("redteam_data")
-    return (build_synthetic(root / "m128", 8, n_mels=128, max_seconds=4.0),
-            build_synthetic(root / "m80", 8, n_mels=80, max_seconds=4.0))
+    return (build_dataset(root / "m128", 8, n_mels=128, max_seconds=4.0),
+            build_dataset(root / "m80", 8, n_mels=80, max_seconds=4.0))
 
 
 def test_bad_training_input_is_one_line_and_exit_2(tmp_path, mel128):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cogito_jax.data import synthetic as syn
 from cogito_jax.eval.score import is_correct
-from data_prep.sources import synthetic as syn
 from data_prep.sources.manifest import Rejection, read_manifest
 
 SR = 16000
@@ -159,3 +159,54 @@ def test_task_subset_and_bad_arguments():
         syn.make_item(0, split="dev")
     with pytest.raises(ValueError, match=r"unknown synthetic tasks \['nope'\]"):
         syn.make_item(0, tasks=("nope",))
+
+
+def _records(dataset_dir):
+    from cogito_jax.data import records
+
+    return list(records.RecordSource(dataset_dir, "train"))
+
+
+def test_build_dataset_gives_the_records_of_a_data_prep_build_of_the_same_corpus(tmp_path):
+    """The library build equals ``data_prep.build`` with ``source.kind=synthetic`` and ``filters.min_seconds=0.3``:
+    the same ids in the same order, bit-identical log-mel, the same text fields (the audio's path may differ)."""
+    from data_prep import build, steps
+    from data_prep.config import base_data_config
+
+    cfg = base_data_config()
+    cfg.source.kind, cfg.source.num_items, cfg.source.split, cfg.seed = "synthetic", N_TASKS + 3, "heldout", 4
+    cfg.features.n_mels, cfg.features.max_seconds, cfg.filters.min_seconds = 80, 2.5, 0.3
+    assert steps.filter_config(cfg) == syn.FILTERS
+    ours = _records(syn.build_dataset(tmp_path / "lib", N_TASKS + 3, seed=4, split="heldout", n_mels=80,
+                                      max_seconds=2.5))
+    theirs = _records(build.build(cfg, str(tmp_path / "pipe"))["dataset_dir"])
+    assert [r["id"] for r in ours] == [r["id"] for r in theirs] and len(ours) > N_TASKS
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["mel"].dtype == b["mel"].dtype == np.float16 and a["mel"].shape[1] == 80
+        np.testing.assert_array_equal(a["mel"].view(np.uint16), b["mel"].view(np.uint16))
+        assert a["provenance"].keys() == b["provenance"].keys() == {"audio_path"}
+        assert {k: v for k, v in a.items() if k not in ("mel", "provenance")} == \
+            {k: v for k, v in b.items() if k not in ("mel", "provenance")}
+
+
+def test_build_dataset_reuses_a_finished_dataset_and_redoes_any_other(tmp_path):
+    from cogito_jax.errors import ConfigError
+
+    out = tmp_path / "d"
+    first = syn.build_dataset(out, 3, n_mels=80, max_seconds=2.0)
+    done = out / "dataset" / syn.DONE_MARKER
+    stamp = done.stat().st_mtime_ns
+    assert syn.build_dataset(out, 3, n_mels=80, max_seconds=2.0) == first and done.stat().st_mtime_ns == stamp
+    assert [r["id"] for r in _records(first)] == [f"syn-train-0-{i:06d}" for i in range(3)]
+    other = syn.build_dataset(out, 2, seed=1, n_mels=80, max_seconds=2.0)  # other arguments: built again
+    assert [r["id"] for r in _records(other)] == [f"syn-train-1-{i:06d}" for i in range(2)]
+    done.unlink()  # as if it stopped before finishing: never trusted, built again
+    (other / "dataset_info.json").write_text("half-written")
+    again = syn.build_dataset(out, 2, seed=1, n_mels=80, max_seconds=2.0)
+    assert done.is_file() and [r["id"] for r in _records(again)] == [f"syn-train-1-{i:06d}" for i in range(2)]
+    foreign = tmp_path / "f" / "dataset" / "notes.txt"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("mine")
+    with pytest.raises(ConfigError, match="is not a synthetic dataset folder"):
+        syn.build_dataset(tmp_path / "f", 2)
+    assert foreign.read_text() == "mine"

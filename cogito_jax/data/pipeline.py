@@ -49,8 +49,7 @@ import jax
 import numpy as np
 
 from cogito_jax import sharding
-from cogito_jax.data import chat
-from cogito_jax.data.tokenizer import load
+from cogito_jax.data import chat, tokenizer as toklib
 from cogito_jax.errors import ConfigError, is_int
 
 BOOKKEEPING = ("index", "clip_mask")  # batch fields the model does not take
@@ -85,8 +84,7 @@ class Tokenize(grain.transforms.Map):
 
     def _tokenizer(self):
         if self._tok is None:  # loaded lazily: once per worker process
-
-            self._tok = load(self.tokenizer_dir)
+            self._tok = toklib.load(self.tokenizer_dir)
         return self._tok
 
     def map(self, element: tuple[int, Mapping[str, Any] | None]) -> dict[str, np.ndarray] | None:
@@ -407,7 +405,6 @@ def make_dataset(
 def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
                  logical: Mapping[str, Sequence[str | None]] | None = None) -> dict[str, jax.Array]:
     """Global arrays (batch dimension sharded over the data axes) from each process's local rows."""
-
     out = {}
     for name, arr in local.items():
         axes = (logical or {}).get(name, ("batch",) + (None,) * (arr.ndim - 1))

@@ -1,14 +1,16 @@
 """Makes sure a run has its dataset and tokenizer: a dataset written by ``data_prep.build``, or the
-synthetic corpus generated (once) into the workdir."""
+synthetic corpus built (once) into the workdir by :func:`cogito_jax.data.synthetic.build_dataset`."""
 
 from __future__ import annotations
 
 import pathlib
 from typing import Any
 
-from cogito_jax.data import chat, records, tokenizer as toklib
+from cogito_jax import audio
+from cogito_jax.data import chat, records, synthetic, tokenizer as toklib
 from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
+from cogito_jax.models import registry
 
 
 def dataset_dir(root: str | pathlib.Path) -> pathlib.Path:
@@ -43,14 +45,12 @@ def ensure_data(cfg: Any, workdir: str | pathlib.Path) -> dict[str, pathlib.Path
         train = dataset_dir(d.dir)
         heldout = dataset_dir(d.heldout_dir) if d.get("heldout_dir") else None
     elif d.source == "synthetic":
-        from data_prep.build import build_synthetic
-
         root = workdir / "data"
         n_mels, max_seconds = audio_window(cfg)
-        train = build_synthetic(root / "train", d.num_train, seed=d.seed, split="train",
-                                n_mels=n_mels, max_seconds=max_seconds)
-        heldout = build_synthetic(root / "heldout", d.num_heldout, seed=d.seed + 1, split="heldout",
-                                  n_mels=n_mels, max_seconds=max_seconds) if d.num_heldout else None
+        train = synthetic.build_dataset(root / "train", d.num_train, seed=d.seed, split="train",
+                                        n_mels=n_mels, max_seconds=max_seconds)
+        heldout = synthetic.build_dataset(root / "heldout", d.num_heldout, seed=d.seed + 1, split="heldout",
+                                          n_mels=n_mels, max_seconds=max_seconds) if d.num_heldout else None
     else:
         raise ConfigError(f"data.source={d.source!r} must be 'synthetic' or 'records'")
     tok = pathlib.Path(d.tokenizer) if d.tokenizer else workdir / "tokenizer"
@@ -65,8 +65,5 @@ def ensure_data(cfg: Any, workdir: str | pathlib.Path) -> dict[str, pathlib.Path
 
 def audio_window(cfg: Any) -> tuple[int, float]:
     """(mel bins, seconds) the run's audio encoder takes, for extracting features that fit it."""
-    from cogito_jax import audio
-    from cogito_jax.models import registry
-
     enc = registry.config_for(cfg.model).audio
     return enc.num_mel_bins, enc.num_frames * audio.HOP / audio.SAMPLE_RATE

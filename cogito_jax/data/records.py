@@ -1,6 +1,8 @@
 """The record schema shared by data_prep, training and self-distillation, and its on-disk form: a TFDS
 dataset in ArrayRecord files (``file_format="array_record"``), readable with ``tfds.data_source`` /
-Grain and no TensorFlow.
+Grain and no TensorFlow. The TFDS builder that writes it (:func:`builder`) keeps the records' input order
+(``disable_shuffling``): readers shuffle, writers do not have to; ``tensorflow_datasets`` is imported only
+when a dataset is written or read.
 
 One record = one (audio, conversation) example. Audio is stored as ``mel`` (float16 ``[frames,
 n_mels]``, unpadded log-mel) or ``audio_embeds`` (pre-extracted encoder output ``[tokens, d]``).
@@ -8,6 +10,7 @@ n_mels]``, unpadded log-mel) or ``audio_embeds`` (pre-extracted encoder output `
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -78,6 +81,21 @@ def make_record(**fields: Any) -> dict[str, Any]:
     return rec
 
 
+def item_record(item: Mapping[str, Any], mel: np.ndarray) -> dict[str, Any]:
+    """The record of one kept manifest item (``id``, ``audio_path``, ``question``, ``choices``, ``answer`` and
+    optionally ``thinking``, ``modality``, ``category``, ``sub_category``, ``metadata`` with its ``source``, and
+    a build's ``clip_id`` / ``question_source`` / ``trace_sample``) with its log-mel ``[frames, n_mels]``."""
+    meta = item.get("metadata") or {}
+    provenance = {"audio_path": str(item["audio_path"]),
+                  **{k: item[k] for k in ("clip_id", "question_source", "trace_sample") if k in item}}
+    return make_record(
+        id=item["id"], mel=mel, n_frames=mel.shape[0], question=item["question"], choices=item["choices"],
+        answer=item["answer"], thinking=item.get("thinking", ""), source=str(meta.get("source", "manifest")),
+        modality=item.get("modality", ""), category=item.get("category", ""),
+        sub_category=item.get("sub_category", ""), provenance=provenance,
+    )
+
+
 # ----------------------------------------------------------------------------- TFDS dataset
 
 
@@ -105,17 +123,62 @@ def to_example(rec: Mapping[str, Any]) -> dict[str, Any]:
     return ex
 
 
+def builder(*, splits: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]] | None = None,
+            audio_field: str = "mel", feat_dim: int = 128, description: str = "", **kwargs):
+    """The TFDS builder of a records dataset: ``splits`` (``{split: () -> records}``) to write it with
+    ``download_and_prepare``; ``kwargs`` go to TFDS (``data_dir``, ``file_format``)."""
+    return _builder_class()(splits=splits, audio_field=audio_field, feat_dim=feat_dim, description_text=description,
+                            **kwargs)
+
+
+@functools.cache
+def _builder_class():
+    """The builder class, defined (and registered with TFDS) on first use."""
+    import tensorflow_datasets as tfds
+
+    version = VERSION
+
+    class CogitoRecords(tfds.core.GeneratorBasedBuilder):
+        """Audio multiple-choice reasoning records (see ``cogito_jax.data.records.FIELDS``)."""
+
+        name = DATASET_NAME
+        VERSION = tfds.core.Version(version)
+        RELEASE_NOTES = {version: "Schema: id, mel|audio_embeds, n_frames, question, choices, answer, "
+                                  "thinking, weight, source, modality, category, sub_category, provenance."}
+
+        def __init__(self, *, splits=None, audio_field: str = "mel", feat_dim: int = 128, description_text: str = "",
+                     **kwargs):
+            self._splits = dict(splits or {})
+            self._audio_field, self._feat_dim, self._description = audio_field, feat_dim, description_text
+            super().__init__(**kwargs)
+
+        def _info(self) -> tfds.core.DatasetInfo:
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=self._description or self.__doc__,
+                features=features(self._audio_field, self._feat_dim),
+                disable_shuffling=True,
+            )
+
+        def _split_generators(self, dl_manager):
+            if not self._splits:
+                raise ValueError("CogitoRecords needs splits={name: callable returning records} to build")
+            return {name: self._generate_examples(make) for name, make in self._splits.items()}
+
+        def _generate_examples(self, make):
+            for rec in make():
+                yield rec["id"], to_example(rec)
+
+    return CogitoRecords
+
+
 def write_dataset(data_dir: str | pathlib.Path, splits: Mapping[str, Callable[[], Iterable[Mapping[str, Any]]]],
                   audio_field: str = "mel", feat_dim: int = 128, description: str = "") -> pathlib.Path:
     """Writes ``{split: () -> records}`` as a TFDS array_record dataset under ``data_dir``; returns its folder."""
-    from cogito_jax.data import tfds_builder
-
-    builder = tfds_builder.CogitoRecords(
-        data_dir=str(data_dir), file_format="array_record", splits=splits, audio_field=audio_field,
-        feat_dim=feat_dim, description_text=description,
-    )
-    builder.download_and_prepare()
-    return pathlib.Path(builder.data_dir)
+    b = builder(data_dir=str(data_dir), file_format="array_record", splits=splits, audio_field=audio_field,
+                feat_dim=feat_dim, description=description)
+    b.download_and_prepare()
+    return pathlib.Path(b.data_dir)
 
 
 def _normalise(ex: Mapping[str, Any]) -> dict[str, Any]:

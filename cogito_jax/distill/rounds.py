@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.data import prepare, records
+from cogito_jax.data import prepare, records, synthetic
 from cogito_jax.distill.scoring import ScoreConfig, score_trace
 from cogito_jax.distill.select import Decision, Sample, SelectConfig, hint_question, select, select_rationalised
 from cogito_jax.errors import EXIT_PREEMPTED, ConfigError, check_choice, check_number
@@ -243,11 +243,9 @@ def _pool(cfg: Any, w: pathlib.Path, paths: dict) -> pathlib.Path:
     if d.pool_dir:
         return prepare.dataset_dir(d.pool_dir)
     if d.synthetic_pool:
-        from data_prep.build import build_synthetic
-
         n_mels, max_seconds = prepare.audio_window(cfg)
-        return build_synthetic(w / "pool", d.synthetic_pool, seed=cfg.data.seed + 17, split="train",
-                               n_mels=n_mels, max_seconds=max_seconds)
+        return synthetic.build_dataset(w / "pool", d.synthetic_pool, seed=cfg.data.seed + 17, split="train",
+                                       n_mels=n_mels, max_seconds=max_seconds)
     return paths["train"]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import io
 import json
 import pathlib
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from data_prep.sources.adapters.common import (
     MODALITIES,
@@ -149,8 +151,6 @@ def _check_catalog(name: str) -> None:
 
     known = tfds.list_builders(with_community_datasets=False)
     if name not in known:
-        import difflib
-
         close = difflib.get_close_matches(name, known, n=3)
         raise AdapterError(f"{name!r} is not a dataset of the TFDS catalog{f'; close: {close}' if close else ''}")
 
@@ -260,8 +260,6 @@ def _plain(leaf: Leaf, value: Any) -> Any:
 
 def _write_audio(leaf: Leaf, value: Any, sample_rate: int, path: pathlib.Path) -> str | None:
     """Writes the clip as wav; returns why it could not, or None."""
-    import soundfile as sf
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if leaf.lazy:
         blob = bytes(value)

@@ -28,6 +28,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from data_prep.stages import annotate, audit, generation, think
+
 
 def configured(cfg: Any) -> bool:
     return bool(cfg.annotate.model or cfg.think.model)
@@ -38,8 +40,6 @@ def run(clips: Sequence[dict], cfg: Any, out: pathlib.Path, audio_rows: Mapping[
     """(kept items in manifest order, rejections, ``{stage: report}``) for the clips that passed selection.
     A kept item carries ``clip_id`` (whose log-mel it uses), ``question_source`` and, after the audit, the
     ``thinking`` of its trace."""
-    from data_prep.stages import annotate, audit, generation, think
-
     rejected: list[dict] = []
     report: dict[str, Any] = {}
     thinker = generation.load_model(cfg.think.model, "think.model") if cfg.think.model else None

@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 
 from cogito_jax.errors import ConfigError
+from cogito_jax.eval.score import tokens
 from data_prep.config import MAX_QUESTIONS_PER_CLIP
+from data_prep.sources.manifest import qa_problem
+from data_prep.stages import generation
+from data_prep.stages.cache import StageCache
 
 SYSTEM = ("You are an expert in audio perception and reasoning. You write hard multiple-choice questions about "
           "audio clips for a listening-and-reasoning benchmark.")
@@ -47,9 +51,6 @@ def check_question(obj: Any) -> tuple[dict | None, str | None]:
 
     Choices and answer are stripped, and an answer that equals one choice but for case becomes that choice.
     """
-    from cogito_jax.eval.score import tokens
-    from data_prep.sources.manifest import qa_problem
-
     if not isinstance(obj, dict):
         return None, f"not_an_object: got {type(obj).__name__} {str(obj)[:60]!r}"
     missing = [k for k in FIELDS if obj.get(k) is None]
@@ -175,9 +176,6 @@ def prompt(description: str, shots: Sequence[dict], n: int) -> str:
 def run(clips: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any) -> tuple[dict[str, list[dict]], list[dict],
                                                                               dict[str, Any]]:
     """``({clip id: its question items}, rejections, stage report)``; clips already annotated are skipped."""
-    from data_prep.stages import generation
-    from data_prep.stages.cache import StageCache
-
     a = cfg.annotate
     pool = read_seed_pool(a.seed_questions)
     # Every process reads the parsed cache and (after the generation, merged) parses every output alike;

@@ -26,7 +26,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from cogito_jax import judge as judge_lib
+from cogito_jax.distill.scoring import ScoreConfig, score_trace
+from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
+from cogito_jax.sampling import driver
+from data_prep.stages import generation
+from data_prep.stages.annotate import describe
+from data_prep.stages.cache import StageCache
 
 JUDGE_SYSTEM = "You are a strict auditor of reasoning about audio. You follow the rubric exactly."
 JUDGE_REASONS = ("hallucination", "logic_error", "shortcut")
@@ -43,8 +52,6 @@ VERDICT_FORMAT = ('{"verdict": "<ACCEPT or REJECT>", "reason": "<none, hallucina
 
 def judge_messages(item: Mapping[str, Any], thinking: str, answer: str) -> list[dict[str, str]]:
     """The rubric prompt for one trace: what is known about the clip, the question and key, the reasoning."""
-    from data_prep.stages.annotate import describe
-
     description = describe(item, 4000) or "(no description)"
     reference = item.get("thinking") if item.get("question_source") == "manifest" else ""
     user = "\n".join([
@@ -125,10 +132,6 @@ def _json_objects(text: str) -> list[tuple[int, int, dict]]:
 
 def make_judge(cfg: Any, out: pathlib.Path) -> Any:
     """The configured judge (``audit.judge_url`` or ``audit.judge_local_model``), or None for no judge."""
-    from cogito_jax import judge as judge_lib
-    from cogito_jax.sampling import driver
-    from data_prep.stages import generation
-
     a = cfg.audit
     if a.judge_url:
         return judge_lib.HttpJudge(a.judge_url, a.judge_model, api_key_env=a.api_key_env, timeout_s=a.timeout_s,
@@ -144,14 +147,12 @@ def make_judge(cfg: Any, out: pathlib.Path) -> Any:
 def judge_trace(judge: Any, item: Mapping[str, Any], thinking: str, answer: str, *, max_tokens: int,
                 attempts: int) -> dict[str, Any]:
     """The judge's verdict on one trace as an audit row (without its id): accepted, rejected or judge_failed."""
-    from cogito_jax.judge import JudgeError
-
     messages = judge_messages(item, thinking, answer)
     reply = ""
     for run in range(attempts):
         try:
             reply = judge.complete(messages, temperature=0.0, max_tokens=max_tokens, run=run)
-        except JudgeError as e:
+        except judge_lib.JudgeError as e:
             return {"status": "judge_failed", "stage": "judge", "reason": f"judge_failed: {e}"}
         verdict = parse_verdict(reply)
         if verdict is not None:
@@ -176,15 +177,6 @@ def _reason_key(reason: str) -> str:
 def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out: pathlib.Path, judge: Any
         ) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(kept items, one with its trace's ``thinking``; rejected questions; stage report)."""
-    from tqdm.auto import tqdm
-
-    from cogito_jax.distill.scoring import ScoreConfig, score_trace
-    from cogito_jax.eval.score import is_correct
-    from cogito_jax.judge import HttpJudge
-    from cogito_jax.sampling import driver
-    from data_prep.stages import generation
-    from data_prep.stages.cache import StageCache
-
     a = cfg.audit
     scfg = ScoreConfig(min_thinking_chars=a.min_thinking_chars, max_thinking_chars=a.max_thinking_chars)
     index, count = generation.processes()
@@ -219,8 +211,8 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
                 cache.add({**base, "status": "accepted", "stage": "check", "reason": None})
             else:
                 to_judge.append((base, it))
-    workers = cfg.audit.workers if isinstance(judge, HttpJudge) else 1
-    attempts = VERDICT_ATTEMPTS if isinstance(judge, HttpJudge) else 1
+    workers = cfg.audit.workers if isinstance(judge, judge_lib.HttpJudge) else 1
+    attempts = VERDICT_ATTEMPTS if isinstance(judge, judge_lib.HttpJudge) else 1
     failed_now = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(judge_trace, judge, it, base["thinking"], base["answer"], max_tokens=a.judge_max_tokens,
@@ -252,9 +244,6 @@ def _merged_verdicts(path: pathlib.Path, count: int, items: Sequence[dict] = (),
     """The verdicts of a job of ``count`` processes: a 1-process run's file (``path``), overridden by each
     process's own file. Given ``items`` and their ``samples``, raises naming the traces without a verdict and
     those with verdicts from more than one process."""
-    from cogito_jax.sampling import driver
-    from data_prep.stages.cache import StageCache
-
     rows = dict(StageCache(path, writable=False).rows)
     seen: dict[str, list[int]] = collections.defaultdict(list)
     for p in range(count):

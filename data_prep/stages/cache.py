@@ -4,8 +4,9 @@ clip's cached log-mel lives (a file named by a hash of the clip id, never by the
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
+
+from cogito_jax import jsonl
 
 
 def mel_path(out: pathlib.Path, clip_id: str) -> pathlib.Path:
@@ -16,26 +17,16 @@ def mel_path(out: pathlib.Path, clip_id: str) -> pathlib.Path:
 
 
 class StageCache:
-    """Per-item results of one stage in an append-only JSONL file, keyed by item id. With ``writable=False``
-    (another process's file, or a file that one process of a job writes) rows are read and added in memory only."""
+    """Per-item results of one stage in an append-only JSONL file, keyed by item id (a later row of an id replaces
+    an earlier one). A torn last line (a crash mid-write) is dropped, so its item is simply redone; any other line
+    that is not a JSON object with an ``id`` raises :class:`cogito_jax.jsonl.JsonlError` naming ``file:line``.
+    With ``writable=False`` (another process's file, or a file that one process of a job writes) rows are read and
+    added in memory only."""
 
     def __init__(self, path: pathlib.Path, writable: bool = True):
         self.path = path
-        self.rows: dict[str, dict] = {}
-        text = path.read_text() if path.exists() else ""
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-                self.rows[row["id"]] = row
-            except (json.JSONDecodeError, KeyError):
-                continue  # torn last line from a crash: that item is simply redone
-        self._f = None
-        if not writable:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a")
-        if text and not text.endswith("\n"):
-            self._f.write("\n")  # the next row starts on a line of its own
+        self.rows: dict[str, dict] = {row["id"]: row for row in jsonl.read(path, require=("id",))}
+        self._f = jsonl.open_append(path) if writable else None  # cuts a torn last line off first
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.rows
@@ -43,8 +34,7 @@ class StageCache:
     def add(self, row: dict) -> None:
         self.rows[row["id"]] = row
         if self._f is not None:
-            self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
+            jsonl.write_row(self._f, row)
 
     def close(self) -> None:
         if self._f is not None:

@@ -10,18 +10,22 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import pathlib
 import re
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from cogito_jax.data import chat
+from cogito_jax import convert, jsonl
+from cogito_jax.data import chat, tokenizer as toklib
 from cogito_jax.errors import ConfigError
-from cogito_jax.sampling.driver import LazyMelPrompt
+from cogito_jax.eval import predict
+from cogito_jax.models import registry
+from cogito_jax.sampling import driver
 
 SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
 
@@ -54,9 +58,6 @@ def load_model(path: str, who: str) -> LoadedModel:
     p = _check_folder(path, who)
     key = str(p.resolve())
     if key not in _LOADED:
-        from cogito_jax import convert
-        from cogito_jax.data import tokenizer as toklib
-
         if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
             raise ConfigError(f"{who}={path!r} has no tokenizer (tokenizer.json / tokenizer_config.json)")
         try:
@@ -70,16 +71,13 @@ def load_model(path: str, who: str) -> LoadedModel:
 @functools.lru_cache(maxsize=16)
 def family_of(path: str, who: str) -> str:
     """The model family of a checkpoint folder, read from its config.json."""
-    from cogito_jax import convert
-    from cogito_jax.models import registry
-
     try:
         return registry.family_of(convert.read_config(_check_folder(path, who))).name
     except ValueError as e:
         raise ConfigError(f"{who}={path!r}: {e}") from None
 
 
-class MelItem(LazyMelPrompt):
+class MelItem(driver.LazyMelPrompt):
     """A driver prompt whose log-mel (a cached ``[frames, n_mels]`` .npy file) is read only when its batch is built."""
 
     def __init__(self, fields: Mapping[str, Any], mel_path: pathlib.Path, n_frames: int):
@@ -95,18 +93,12 @@ class MelItem(LazyMelPrompt):
 
 def processes() -> tuple[int, int]:
     """(this process's index, the number of processes) of the JAX job."""
-    import jax
-
     return jax.process_index(), jax.process_count()
 
 
 def barrier(name: str) -> None:
     """Waits until every process of the job gets here (nothing with one process)."""
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -116,8 +108,6 @@ def owner(item_id: str, process_count: int) -> int:
 
 
 def _own_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
-    from cogito_jax.sampling import driver
-
     return [driver.shard_path(path, p, process_count) for p in range(process_count)]
 
 
@@ -139,14 +129,11 @@ def output_files(path: pathlib.Path, process_count: int) -> list[pathlib.Path]:
 
 
 def _rows_by_id(path: pathlib.Path) -> dict[str, list[dict]]:
+    """The driver rows of one generation file by prompt id: a torn last line is dropped (its prompt is generated
+    again); any other bad line raises :class:`cogito_jax.jsonl.JsonlError` naming ``file:line``."""
     rows: dict[str, list[dict]] = collections.defaultdict(list)
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                rows[r["id"]].append(r)
-            except (json.JSONDecodeError, KeyError):
-                continue
+    for r in jsonl.read(path, require=("id",)):
+        rows[r["id"]].append(r)
     return rows
 
 
@@ -158,8 +145,6 @@ def _done_before(path: pathlib.Path, num_samples: int) -> set[str]:
     """The prompt ids with all their samples in any of the stage's files before this run generates, whatever
     process count wrote them; in a job of several processes every process reads them before any writes (a
     barrier follows)."""
-    from cogito_jax.sampling import driver
-
     index, count = processes()
     done = _complete(earlier_files(path, count), num_samples)
     if count == 1:
@@ -176,9 +161,6 @@ def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib
     (driver items), generating only those not yet in the stage's files. In a job of several processes each
     process generates its share of the prompts into its own file (see :func:`cogito_jax.sampling.driver.run`),
     and after a barrier every process reads the merged outputs, checked to hold each prompt exactly once."""
-    from cogito_jax.eval import predict
-    from cogito_jax.sampling import driver
-
     index, count = processes()
     a = lm.config.audio
     dcfg = driver.DriverConfig(

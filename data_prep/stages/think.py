@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cogito_jax.errors import ConfigError
+from data_prep.stages import generation
+from data_prep.stages.cache import mel_path
 
 
 def check_features(cfg: Any, lm: Any) -> None:
@@ -25,9 +27,6 @@ def check_features(cfg: Any, lm: Any) -> None:
 def run(items: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any, audio_rows: Mapping[str, dict]
         ) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """``({question id: its samples (driver rows, by sample)}, stage report)``."""
-    from data_prep.stages import generation
-    from data_prep.stages.cache import mel_path
-
     t = cfg.think
     check_features(cfg, lm)
     path = out / "cache" / "think_samples.jsonl"

@@ -25,7 +25,10 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from cogito_jax.audio import AUDIO_EXTENSIONS
+from cogito_jax.errors import usage_error
 from cogito_jax.eval.report import ORDER
 
 MODALITIES: tuple[str, ...] = tuple(ORDER["modality"])
@@ -309,8 +312,6 @@ def write_manifest(rows: Iterable[Row], patterns: Sequence[str], audio_dir: path
     ``audio_path`` is relative to the manifest's folder when the clip lies inside it, absolute otherwise
     (contract 6 resolves relative paths against the manifest's folder and refuses ones that leave it).
     """
-    from tqdm.auto import tqdm
-
     audio_dir = pathlib.Path(audio_dir)
     if not audio_dir.is_dir():
         raise AdapterError(f"audio folder {audio_dir} does not exist or is not a folder")
@@ -362,16 +363,12 @@ class CliParser(argparse.ArgumentParser):
     """An argument parser whose errors are the project's one-line usage errors (exit 2)."""
 
     def error(self, message: str) -> None:
-        from cogito_jax.errors import usage_error
-
         usage_error(message)
 
 
 def run_conversion(convert_call: Callable[[], Summary], label: str) -> int:
     """Runs a CLI's conversion: bad input (AdapterError, an unreadable file) is one usage-error line and exit
     2; otherwise the summary line is printed."""
-    from cogito_jax.errors import usage_error
-
     try:
         summary = convert_call()
     except AdapterError as e:

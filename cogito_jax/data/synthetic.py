@@ -1,4 +1,6 @@
-"""A procedurally generated audio-reasoning corpus: the embedded default dataset of the demo.
+"""A procedurally generated audio-reasoning corpus: the embedded default dataset of the demo, and
+:func:`build_dataset`, which turns it into a records dataset (runs with ``data.source="synthetic"``, the
+self-distillation pool, the demo).
 
 Thirteen task families over MMAR's layers (Signal, Perception, Semantic) and modalities (sound, music,
 mix-sound-music): counting beeps or notes, which of two events is longer / louder / first, tone vs noise
@@ -12,6 +14,11 @@ items. Every generating parameter except the answer itself (frequencies, duratio
 levels, tempi, gain, noise floor) is drawn from a grid whose even points belong to ``train`` and odd
 points to ``heldout``, so held-out items share no generating parameter value with training; the drawn
 values are kept in ``item["params"]``.
+
+``build_dataset`` writes the corpus as 16-bit wav files + a contract-6 manifest, then decodes, quality-filters
+(:data:`FILTERS`) and takes the log-mel of every clip (:mod:`cogito_jax.data.clips`), keeps the first of clips
+with the same PCM hash, and writes the records dataset, the same records as ``python -m data_prep.build`` with
+``source.kind=synthetic`` and ``filters.min_seconds=0.3`` would.
 """
 
 from __future__ import annotations
@@ -19,9 +26,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import soundfile as sf
+
+from cogito_jax.data import clips, records
+from cogito_jax.errors import ConfigError
+from cogito_jax.log import logger
 
 SR = 16_000
 MIN_SECONDS, MAX_SECONDS = 1.0, 4.0
@@ -356,8 +369,6 @@ def write_corpus(folder: str | pathlib.Path, n: int, seed: int = 0, split: str =
                  tasks: tuple[str, ...] | None = None) -> pathlib.Path:
     """Writes ``n`` items as 16-bit wav files under ``folder/audio`` plus a contract-6 ``folder/manifest.jsonl``
     (thinking, sub_category, task and params in ``metadata``); returns the manifest's path."""
-    import soundfile as sf
-
     folder = pathlib.Path(folder)
     (folder / "audio").mkdir(parents=True, exist_ok=True)
     lines = []
@@ -372,3 +383,77 @@ def write_corpus(folder: str | pathlib.Path, n: int, seed: int = 0, split: str =
     manifest = folder / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+
+# The quality checks of a synthetic build: data_prep's defaults (configs/data) with clips from 0.3 s.
+FILTERS = clips.FilterConfig(min_seconds=0.3)
+DONE_MARKER = "SYNTHETIC_DONE"  # inside DIR/dataset, written last: the arguments of the finished dataset
+STARTED_MARKER = "SYNTHETIC_STARTED"  # inside DIR/dataset, written first: the folder is build_dataset's
+# a folder with any of these is build_dataset's to replace (COGITO_BUILD, BUILD_KEY: earlier versions, which
+# built the synthetic corpus through data_prep.build)
+OWN_MARKERS = (DONE_MARKER, STARTED_MARKER, "COGITO_BUILD", "BUILD_KEY")
+DATASET_FORMAT = 1  # changes when the same arguments give other records
+
+
+def build_dataset(out: str | pathlib.Path, num_items: int, *, seed: int = 0, split: str = "train",
+                  n_mels: int = 128, max_seconds: float = 30.0) -> pathlib.Path:
+    """Builds ``num_items`` synthetic items into ``out/dataset`` (the corpus under ``out/dataset/corpus``, then
+    decode + :data:`FILTERS` + ``n_mels``-bin log-mel of at most ``max_seconds`` (clips over 30 s truncated),
+    exact dedup by PCM hash with the first kept, the records dataset); returns the dataset folder (the one
+    holding ``dataset_info.json``). A finished dataset of the same arguments is reused; any other folder there
+    (another build's, or one left half-written) is replaced, and a folder this function did not write is an
+    error, never deleted."""
+    out = pathlib.Path(out)
+    folder = out / "dataset"
+    key = json.dumps({"num_items": num_items, "seed": seed, "split": split, "n_mels": n_mels,
+                      "max_seconds": max_seconds, "format": DATASET_FORMAT}, sort_keys=True)
+    done = folder / DONE_MARKER
+    if done.is_file() and done.read_text() == key:
+        found = sorted(folder.rglob("dataset_info.json"))
+        if found:
+            return found[0].parent
+    _clear(folder)
+    folder.mkdir(parents=True)
+    (folder / STARTED_MARKER).write_text("written by cogito_jax.data.synthetic.build_dataset, which replaces this "
+                                         "folder when it is not finished or was built with other arguments\n")
+    logger.info("building %d synthetic %s items (seed %d) into %s", num_items, split, seed, folder)
+    manifest = write_corpus(folder / "corpus", num_items, seed, split)
+    manifest_items = [_item(json.loads(line), manifest.parent.resolve()) for line in manifest.read_text().splitlines()]
+    features = clips.Features(n_mels=n_mels, max_seconds=max_seconds, long_clips="truncate")
+
+    def make_records():
+        seen: set[str] = set()
+        for item in manifest_items:
+            row, mel = clips.process_clip(item, features, FILTERS)
+            if mel is None or row["hash"] in seen:
+                continue
+            seen.add(row["hash"])
+            yield records.item_record(item, mel)
+
+    path = records.write_dataset(folder, {"train": make_records}, feat_dim=n_mels,
+                                 description=f"Synthetic audio-reasoning corpus ({split} split, seed {seed})")
+    done.write_text(key)
+    return path
+
+
+def _item(entry: dict, root: pathlib.Path) -> dict:
+    """The build item of one manifest line this module wrote, as ``data_prep``'s manifest reader makes it."""
+    meta = entry["metadata"]
+    return {"id": entry["id"], "audio_path": str(root / entry["audio_path"]), "question": entry["question"].strip(),
+            "choices": [c.strip() for c in entry["choices"]], "answer": entry["answer"].strip(),
+            "modality": entry["modality"], "category": entry["category"], "sub_category": meta["sub_category"],
+            "thinking": meta["thinking"], "metadata": meta}
+
+
+def _clear(folder: pathlib.Path) -> None:
+    """Removes ``folder`` when it is build_dataset's (or empty); ConfigError for anything else there."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink() and (
+            any((folder / m).is_file() for m in OWN_MARKERS) or not any(folder.iterdir())):
+        shutil.rmtree(folder)
+        return
+    raise ConfigError(f"{folder} exists and is not a synthetic dataset folder (no {STARTED_MARKER} inside); it is "
+                      "left as it is: move it away or choose another folder")
