@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cogito_jax import config as cfglib, sharding
 from cogito_jax.train import checkpoint
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+from cogito_jax.train.step import TrainState
 
 
 def _state(mesh, spec, step):
@@ -106,7 +108,8 @@ def test_flipped_bytes_are_detected_and_the_step_moved_aside(tmp_path, cpu_devic
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
     # Orbax alone reads the flipped value without complaint ...
-    raw = ck.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    raw = ck.manager.restore(2, args=ocp.args.Composite(state=args))["state"]
     assert not np.array_equal(np.asarray(raw["params"]["w"]), 2 * np.asarray(noise["params"]["w"]))
     # ... the checksum saved with the step does not match it: step 1 is restored, step 2 moved aside.
     step, restored, data_state, _ = ck.restore(target)
@@ -165,6 +168,90 @@ def test_other_restore_errors_stop_and_leave_the_step(tmp_path, cpu_devices):
     with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Requested shape: \(4, 8\)"):
         ck.restore(other)
     assert _step_dirs(tmp_path) == ["1"]
+    ck.close()
+
+
+class OldTrainState(NamedTuple):
+    """The TrainState of checkpoints saved before its unused RNG key data was dropped."""
+
+    params: Any
+    opt_state: Any
+    step: Any
+    rng: Any
+
+
+def _train_state(mesh, step, cls=TrainState):
+    """A TrainState (or ``cls``) with large noise parameters and a small optimizer state, replicated on ``mesh``."""
+    rep = NamedSharding(mesh, P())
+    w = jax.random.normal(jax.random.key(0), (64, 64)) * step
+    fields = [{"w": w}, {"mu": jnp.full((4,), float(step))}, jnp.int32(step)]
+    if cls is OldTrainState:
+        fields.append(jax.random.key_data(jax.random.key(step)))
+    return cls(*jax.device_put(fields, rep))
+
+
+def test_a_checkpoint_with_the_retired_rng_restores_into_the_train_state(tmp_path, cpu_devices):
+    """Checkpoints saved with an RNG key in the state resume: the key is skipped, everything else is restored and
+    verified; a state lacking any other saved array is still not restored."""
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, async_save=False)
+    ck.save(2, _train_state(mesh, 2, OldTrainState), data_state={"i": 2})
+    ck.close()
+    ck = Checkpointer(tmp_path)
+    step, state, data_state, _ = ck.restore(abstract_like(_train_state(mesh, 0)))
+    assert step == 2 and data_state == {"i": 2} and isinstance(state, TrainState)
+    expected = _train_state(mesh, 2)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    no_optimizer = {"params": abstract_like(expected.params), "step": abstract_like(expected.step)}
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Structure mismatch: the checkpoint holds "
+                                                                r"opt_state/mu, which the state has not"):
+        ck.restore(no_optimizer)
+    assert _step_dirs(tmp_path) == ["2"]
+    ck.close()
+
+
+def test_restore_params_reads_the_parameters_alone_and_verifies_them(tmp_path, cpu_devices, monkeypatch,
+                                                                      warnings_logged):
+    import orbax.checkpoint as ocp
+
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, async_save=False)
+    for s in (1, 2):
+        ck.save(s, _train_state(mesh, s), data_state={"i": s})
+    ck.close()
+    requested = []
+    restore = ocp.CheckpointManager.restore
+
+    def spy(self, step, args=None, **kw):
+        requested.append({name: None if item is None else getattr(item, "item", None) for name, item in args.items()})
+        return restore(self, step, args=args, **kw)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+    ck = Checkpointer(tmp_path)
+    step, params = ck.restore_params(abstract_like(_train_state(mesh, 0).params))
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(_train_state(mesh, 2).params["w"]))
+    # One read: the state's parameters and the step's meta (their checksums); no optimizer, step or iterator state.
+    [items] = requested
+    assert set(items) == {"state", "meta"} and isinstance(items["state"], checkpoint.ParamsOnly)
+    assert [jax.tree_util.keystr(p) for p, _ in
+            jax.tree_util.tree_flatten_with_path(items["state"])[0]] == [".params['w']"]
+
+    # Flipped bytes in step 2's parameters: they do not match their checksum, step 1 is read instead.
+    path = _largest_state_file(tmp_path / "checkpoints" / "2")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    step, params = ck.restore_params(abstract_like(_train_state(mesh, 0).params))
+    assert step == 1
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(_train_state(mesh, 1).params["w"]))
+    assert _step_dirs(tmp_path) == ["1", "2.corrupt-1"]
+    assert "checksum mismatch in 1 array(s): .params['w']" in warnings_logged()[0]
+    # Parameters of another shape are not these parameters.
+    other = {"w": jax.ShapeDtypeStruct((32, 64), jnp.float32)}
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Requested shape: \(32, 64\)"):
+        ck.restore_params(other)
     ck.close()
 
 
@@ -258,6 +345,7 @@ import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from cogito_jax import log, sharding
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+from cogito_jax.train.step import TrainState
 
 log.setup()
 assert sharding.maybe_initialize_distributed()

@@ -127,8 +127,7 @@ def load_trained(cfg: Any, workdir: str | pathlib.Path):
     tx, _ = optim.make_tx(cfg.optim, cfg.train.steps)
     sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
     abstract = TrainState(jax.tree.map(sds, params), jax.tree.map(sds, jax.eval_shape(tx.init, params)),
-                          jax.ShapeDtypeStruct((), jax.numpy.int32),
-                          sds(jax.random.key_data(jax.random.key(0))))
+                          jax.ShapeDtypeStruct((), jax.numpy.int32))
     ck = Checkpointer(workdir)
     try:
         restored = ck.restore(abstract)
