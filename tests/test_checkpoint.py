@@ -377,27 +377,66 @@ ck.close()
 '''
 
 
+def _two_processes(tmp_path, source: str, *args: str) -> tuple[list[str], list[dict]]:
+    """Runs the script ``source`` as a two-process JAX job (workdir ``tmp_path/w``, then ``args``); returns each
+    process's log and the first JSON line it printed."""
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    script = tmp_path / "mp_script.py"
+    script.write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(COGITO_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+    r = subprocess.run(["bash", str(repo / "launch/local.sh"), "2", sys.executable, str(script), str(tmp_path / "w"),
+                        *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[1][-3000:]
+    return logs, [json.loads(next(ln for ln in log.splitlines() if ln.startswith("{"))) for log in logs]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["array", "iterator"])
 def test_processes_agree_on_a_step_damaged_for_one_of_them(tmp_path, damage):
     """Step 2 is unreadable for process 1 only (a truncated file of its shards, or its own iterator state): both
     processes restore step 1 with their own iterator positions, process 0 moves step 2 aside once, and both can
     save step 2 again."""
-    import pathlib
-    import subprocess
-    import sys
-
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    script = tmp_path / "mp_checkpoint.py"
-    script.write_text(MULTIPROCESS)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(COGITO_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
-    r = subprocess.run(["bash", str(repo / "launch/local.sh"), "2", sys.executable, str(script), str(tmp_path / "w"),
-                        damage], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[1][-3000:]
-    outs = [json.loads(next(ln for ln in log.splitlines() if ln.startswith("{"))) for log in logs]
+    logs, outs = _two_processes(tmp_path, MULTIPROCESS, damage)
     for i, out in enumerate(outs):
         assert out["step"] == 1 and out["data_state"] == {"i": 1, "process": i} and out["same"], out
         assert out["dirs"] == ["1", "2", "2.corrupt-1"] and out["steps"] == [1, 2], out
     assert "checkpoint step 2 in " in logs[0] and "is damaged (" in logs[0] and "moved to 2.corrupt-1" in logs[0]
+
+
+MULTIPROCESS_PARAMS = '''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from cogito_jax import log, sharding
+from cogito_jax.train.checkpoint import Checkpointer
+from cogito_jax.train.step import TrainState
+
+log.setup()
+assert sharding.maybe_initialize_distributed()
+mesh = sharding.make_mesh(dict(data=-1))
+value = np.random.default_rng(0).standard_normal((8, 64), dtype=np.float32)
+w = jax.make_array_from_callback(value.shape, NamedSharding(mesh, P("data")), lambda i: value[i])
+ck = Checkpointer(sys.argv[1], async_save=False)
+ck.save(1, TrainState({"w": w}, {"mu": w * 0}, jax.device_put(jnp.int32(1), NamedSharding(mesh, P()))), data_state={})
+jax.experimental.multihost_utils.sync_global_devices("saved")
+own = SingleDeviceSharding(jax.local_devices()[0])
+step, params = ck.restore_params({"w": jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=own)})
+print(json.dumps({"step": step, "same": bool(np.array_equal(np.asarray(params["w"]), value)),
+                  "local": params["w"].is_fully_addressable, "steps": ck.steps()}))
+sys.stdout.flush()
+ck.close()
+'''
+
+
+@pytest.mark.slow
+def test_each_process_restores_its_own_copy_of_the_parameters(tmp_path):
+    """A two-process job loads a model for sampling: each process restores the parameters whole onto its own
+    device, and their checksums (of one array per process, not one array across them) match."""
+    _, outs = _two_processes(tmp_path, MULTIPROCESS_PARAMS)
+    assert outs == [{"step": 1, "same": True, "local": True, "steps": [1]}] * 2, outs

@@ -93,9 +93,11 @@ def _block_digest(block: np.ndarray, index: tuple, shape: tuple[int, ...]) -> np
 
 
 def _local_digest(x: Any) -> np.ndarray:
-    """This process's share of ``x``'s digest: the shards it holds the first replica of."""
+    """This process's share of ``x``'s digest: the shards it holds the first replica of (of an array every process
+    holds whole, its own copy, as a model loaded for sampling: process 0's)."""
     if isinstance(x, jax.Array):
-        blocks = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0]
+        mine = not x.is_fully_addressable or jax.process_index() == 0
+        blocks = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0 and mine]
     else:  # a host value, the same on every process: counted once
         blocks = [((), np.asarray(x))] if jax.process_index() == 0 else []
     return sum((_block_digest(b, i, x.shape) for i, b in blocks), np.zeros(2, np.uint64)) % 2**32
