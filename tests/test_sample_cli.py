@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -207,6 +208,7 @@ def test_trained_run_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cogito_jax.train", *train, "--workdir", str(run)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    shutil.rmtree(run / "data")  # sampling needs the run's checkpoint and tokenizer, not its training data
     rng = np.random.default_rng(2)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "question": "How many beeps?", "choices": CHOICES,
@@ -219,3 +221,4 @@ def test_trained_run_input(tmp_path):
     rows = _rows(out)
     assert [x["id"] for x in rows] == ["q0", "q1", "q2"] and all(set(x) == FIELDS for x in rows)
     assert all(0 < x["n_tokens"] <= 8 for x in rows)
+    assert not (run / "data").exists()

@@ -39,11 +39,11 @@ def load_model(*, checkpoint: str | None = None, workdir: str | None = None, cfg
     """(model, tokenizer, model config) from a run trained here (``workdir`` with its config ``cfg``) or an HF
     checkpoint folder holding config.json, safetensors and the tokenizer (parameters in ``dtype``)."""
     if workdir:
-        from cogito_jax.train.run import load_trained
+        from cogito_jax.train import trained
 
         if cfg is None:
             raise ValueError(f"loading the run in {workdir!r} needs its config")
-        return load_trained(cfg, workdir)
+        return trained.load(cfg, workdir)
     if not checkpoint:
         raise ValueError("no model: give an HF checkpoint folder or a trained run's workdir")
     from cogito_jax.convert import load_hf
