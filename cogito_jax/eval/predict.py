@@ -7,7 +7,6 @@ and engine, and come back as challenge-format predictions (``id``, ``thinking_pr
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -94,14 +93,3 @@ def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: in
                                    meta={}) for it in items]
     summary, _ = score.score(bench_items, preds, benchmarks.get("mmar").rule, resamples, 0)
     return summary
-
-
-def write_predictions(rows: Sequence[dict], path: str | pathlib.Path) -> None:
-    """Challenge-format JSONL (``thinking_prediction`` cut below 10,000 characters)."""
-    with open(path, "w") as f:
-        for r in rows:
-            if r["sample"] == 0:
-                f.write(json.dumps({"id": r["id"], "thinking_prediction": r["thinking"][:9999],
-                                    "answer_prediction": r["answer"]}) + "\n")
-
-
