@@ -121,6 +121,16 @@ def test_samples_then_resumes(checkpoint, tmp_path):
     assert len(rows) == len(ids) * N
     assert sorted((x["id"], x["sample"]) for x in rows) == sorted((i, s) for i in ids for s in range(N))
 
+    # A bad line before the last one is not a crash's doing: one line naming it, exit 2, the file left as it is.
+    lines = after.splitlines(keepends=True)
+    damaged = lines[0] + lines[1][:15] + "\n" + "".join(lines[2:])
+    out.write_text(damaged)
+    r = cli(*args)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]
+    assert err[0].startswith("cogito_jax.sample: error:") and "results.jsonl:2: not a JSON line" in err[0], err
+    assert out.read_text() == damaged
+
 
 @pytest.mark.slow
 def test_dataset_input(checkpoint, tmp_path):
