@@ -30,10 +30,10 @@ for p in (REPO, REPO / "bench"):
 def make_pipeline(cfg, paths: dict, workers: int):
     """The run's training pipeline (``train.run``'s own construction) with ``workers`` worker processes."""
     from cogito_jax.data import pipeline, records, tokenizer as toklib
-    from cogito_jax.train import run
+    from cogito_jax.train import run, trained
 
     tok = toklib.load(paths["tokenizer"])
-    mcfg = run.model_config(cfg, tok)
+    mcfg = trained.model_config(cfg, tok)
     opts = {**run.pipeline_options(cfg, mcfg), "num_workers": workers}
     ds = pipeline.make_dataset(records.RecordSource(paths["train"], "train"), tokenizer_dir=str(paths["tokenizer"]),
                                spec=run.example_spec(cfg, mcfg, tok), batch_size=cfg.train.batch_size, seed=cfg.seed,

@@ -90,7 +90,7 @@ def bench_train(family: str, layers: int, batch: int, seq: int, steps: int, peak
     model = registry.build(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adamw(1e-5, weight_decay=0.0)
-    state = TrainState(params, tx.init(params), jnp.int32(0), jax.random.key_data(jax.random.key(0)))
+    state = TrainState(params, tx.init(params), jnp.int32(0))
     rng = jax.random.key(1)
     ids = jax.random.randint(rng, (batch, seq), 0, cfg.text.vocab_size, jnp.int32)
     batch_d = {"input_ids": ids, "targets": jnp.roll(ids, -1, axis=1), "loss_mask": jnp.ones((batch, seq), jnp.int32),

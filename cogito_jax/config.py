@@ -19,12 +19,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from cogito_jax.errors import (  # noqa: F401
-    EXIT_PREEMPTED,
-    EXIT_USAGE,
-    ConfigError,
-    usage_error,
-)
+from cogito_jax.errors import ConfigError
 
 # Sections whose keys are owned by a component (model family, data source) rather than the base.
 FREE_FORM = ("model", "data", "experiment")

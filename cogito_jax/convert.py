@@ -104,8 +104,22 @@ class _Reader:
         return sl[index]
 
 
-def _read_block(reader: _Reader, key: str, layout: str, shape: tuple[int, ...], index: tuple[slice, ...] | None,
-                dtype: np.dtype) -> np.ndarray:
+class _Tensors:
+    """:class:`_Reader`'s interface over tensors in memory (HF name -> array)."""
+
+    def __init__(self, tensors: Mapping[str, Any]):
+        self.tensors, self.files = tensors, dict.fromkeys(tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(np.shape(self.tensors[key]))
+
+    def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        t = np.asarray(self.tensors[key])
+        return t if index is None else t[index]
+
+
+def _read_block(reader: _Reader | _Tensors, key: str, layout: str, shape: tuple[int, ...],
+                index: tuple[slice, ...] | None, dtype: np.dtype) -> np.ndarray:
     """Our parameter's block ``index`` (all of it for ``None``), in ``dtype``."""
     n = len(stack_names(key))
     index = tuple(index) if index else (slice(None),) * len(shape)
@@ -119,7 +133,7 @@ def _read_block(reader: _Reader, key: str, layout: str, shape: tuple[int, ...], 
     return np.stack(parts).reshape(*(len(r) for r in ranges), *parts[0].shape)
 
 
-def _check(reader: _Reader, table: Mapping[str, tuple[str, str]], leaves: list, strict: bool, family: str,
+def _check(reader: _Reader | _Tensors, table: Mapping[str, tuple[str, str]], leaves: list, strict: bool, family: str,
            skipped: tuple[str, ...] = ()) -> None:
     """Every parameter has its tensors with the right shapes; with ``strict`` no tensor is left unused
     (except those under the family's ``skipped`` prefixes: parts the models here do not build)."""
@@ -206,12 +220,50 @@ def load_hf(path: str | pathlib.Path, dtype: Any = jnp.float32, *, mesh: jax.sha
     return nnx.merge(graphdef, params, rest), cfg
 
 
+def load_params(module: nnx.Module, table: Mapping[str, tuple[str, str]], tensors: Mapping[str, Any]) -> None:
+    """Fills the parameters of ``module`` (a model, or one block of one such as an MoE layer) in place from HF
+    tensors in memory (name -> array) through ``table``, each in its parameter's dtype; tensors the table does not
+    use are ignored."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))
+    reader = _Tensors(tensors)
+    _check(reader, table, leaves, False, type(module).__name__)
+    params = [jnp.asarray(_read_block(reader, *table[path_str(p)], tuple(leaf.shape), None, leaf.dtype))
+              for p, leaf in leaves]
+    nnx.update(module, jax.tree_util.tree_unflatten(treedef, params))
+
+
 def _host(arr: jax.Array) -> np.ndarray:
     if not arr.is_fully_addressable:
         from jax.experimental import multihost_utils
 
         arr = multihost_utils.process_allgather(arr, tiled=True)
     return np.asarray(jax.device_get(arr))
+
+
+def _plan(model: nnx.Module, table: Mapping[str, tuple[str, str]], dtype: Any, what: str) -> list[tuple]:
+    """(HF name, parameter, stack index, layout, bytes, dtype) of every HF tensor of ``model``'s parameters (in
+    ``dtype``, default their own) through ``table``, sorted by name."""
+    plan = []
+    for p, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
+        name = path_str(p)
+        if name not in table:
+            raise ValueError(f"parameter {name!r} has no HF name in {what} (merge LoRA adapters first)")
+        key, layout = table[name]
+        n = len(stack_names(key))
+        out_dtype = np.dtype(dtype if dtype is not None else leaf.dtype)
+        nbytes = math.prod(leaf.shape[n:]) * out_dtype.itemsize
+        plan += [(hf_name, leaf, idx, layout, nbytes, out_dtype) for idx, hf_name in _expand(key, leaf.shape[:n])]
+    names = [e[0] for e in plan]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: several parameters map to the same HF tensor")
+    return sorted(plan, key=lambda e: e[0])
+
+
+def export_params(module: nnx.Module, table: Mapping[str, tuple[str, str]]) -> dict[str, np.ndarray]:
+    """The HF tensors (name -> array) of every parameter of ``module`` (a model, or one block of one) through
+    ``table``, as :func:`save_hf` writes them."""
+    return {name: to_hf(_host(leaf[idx]), layout)
+            for name, leaf, idx, layout, _, _ in _plan(module, table, None, type(module).__name__)}
 
 
 def save_hf(model: nnx.Module, config: AudioLMConfig, out_dir: str | pathlib.Path, dtype: Any = None,
@@ -224,21 +276,7 @@ def save_hf(model: nnx.Module, config: AudioLMConfig, out_dir: str | pathlib.Pat
 
     out = pathlib.Path(out_dir)
     fam = registry.FAMILIES[config.family]
-    table = fam.weights(config)
-    plan = []  # (HF name, parameter, stack index, layout, bytes)
-    for p, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
-        name = path_str(p)
-        if name not in table:
-            raise ValueError(f"parameter {name!r} has no HF name in family {fam.name} (merge LoRA adapters first)")
-        key, layout = table[name]
-        n = len(stack_names(key))
-        out_dtype = np.dtype(dtype if dtype is not None else leaf.dtype)
-        nbytes = math.prod(leaf.shape[n:]) * out_dtype.itemsize
-        plan += [(hf_name, leaf, idx, layout, nbytes, out_dtype) for idx, hf_name in _expand(key, leaf.shape[:n])]
-    names = [e[0] for e in plan]
-    if len(set(names)) != len(names):
-        raise ValueError(f"family {fam.name}: several parameters map to the same HF tensor")
-    plan.sort(key=lambda e: e[0])
+    plan = _plan(model, fam.weights(config), dtype, f"family {fam.name}")
     shards: list[list] = [[]]
     size = 0
     for e in plan:

@@ -16,7 +16,7 @@ import time
 
 from absl import flags
 
-from cogito_jax import cli, config as cfglib, errors
+from cogito_jax import cli, config as cfglib, errors, jsonl
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the demo writes its outputs.")
 _QUICK = flags.DEFINE_bool("quick", False, "A smoke-sized run (configs/demo.py:quick).")
@@ -139,7 +139,7 @@ def _examples(workdir: pathlib.Path, n: int = 3) -> str:
     last = sorted(workdir.glob("eval_*.jsonl"))[-1:]
     if not last:
         return ""
-    rows = [json.loads(x) for x in last[0].read_text().splitlines()[:n]]
+    rows = jsonl.read(last[0])[:n]  # the sampling driver's output: a torn last line is left out
     return "\n\n".join(f"[{r['id']}] <think>{r['thinking']}</think> {r['answer']}" for r in rows)
 
 

@@ -4,7 +4,8 @@ A writer appends one JSON object per line and flushes, so a crash can leave only
 newline at its end). :func:`read` drops such a line when it does not parse and raises :class:`JsonlError`
 naming ``file:line`` for any other line that is not a JSON object (or lacks a required key): a damaged file
 is reported, never half-read. :func:`open_append` cuts a torn tail off before appending, so the next row
-starts on a line of its own and the file stays readable. Paths may be local or ``gs://`` (read only).
+starts on a line of its own and the file stays readable (:func:`mended` does the same to a file's text held in
+memory, for storage that cannot append). Paths may be local or ``gs://`` (read only).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _path(path: Any):
     return pathlib.Path(text)
 
 
-def parse(text: str, where: str, require: Iterable[str] = ()) -> list[dict[str, Any]]:
+def parse(text: str, where: str, require: Iterable[str] = (), *, objects: bool = True) -> list[Any]:
     """The rows of ``text`` (the content of file ``where``); see :func:`read`."""
     lines = text.split("\n")
     last = len(lines) - 1  # lines[last] is "" when the text ends with a newline, else the torn tail
@@ -48,6 +49,9 @@ def parse(text: str, where: str, require: Iterable[str] = ()) -> list[dict[str, 
                 break  # torn by a crash mid-write: that row was never finished
             raise JsonlError(f"{where}:{n + 1}: not a JSON line ({e.msg}); the file is damaged: repair or "
                              "delete it") from None
+        if not objects:
+            rows.append(row)
+            continue
         if not isinstance(row, dict):
             raise JsonlError(f"{where}:{n + 1}: a row must be a JSON object, got {type(row).__name__}")
         missing = [k for k in need if k not in row]
@@ -57,13 +61,35 @@ def parse(text: str, where: str, require: Iterable[str] = ()) -> list[dict[str, 
     return rows
 
 
-def read(path: Any, require: Iterable[str] = (), *, errors: str = "strict") -> list[dict[str, Any]]:
+def read(path: Any, require: Iterable[str] = (), *, errors: str = "strict", objects: bool = True) -> list[Any]:
     """The rows of the append-only file ``path`` ([] when it does not exist): a torn last line is dropped; any
-    other line that is not a JSON object with the ``require``\\d keys raises :class:`JsonlError` naming it."""
+    other line that is not a JSON object with the ``require``\\d keys raises :class:`JsonlError` naming it.
+    With ``objects=False`` a row may be any JSON value (the caller judges it); a line that is not JSON still
+    raises."""
     p = _path(path)
     if not p.exists():
         return []
-    return parse(p.read_bytes().decode("utf-8", errors=errors), os.fspath(path), require)
+    return parse(p.read_bytes().decode("utf-8", errors=errors), os.fspath(path), require, objects=objects)
+
+
+def _mend(tail: bytes) -> tuple[int, bytes]:
+    """For the last bytes ``tail`` of a file: how many of them to keep and what to add so that it ends with a
+    whole line (a torn last line that does not parse cut off, a complete one ended with its newline)."""
+    if not tail or tail.endswith(b"\n"):
+        return len(tail), b""
+    cut = tail.rfind(b"\n") + 1
+    try:
+        json.loads(tail[cut:])
+    except ValueError:
+        return cut, b""
+    return len(tail), b"\n"
+
+
+def mended(text: str) -> str:
+    """``text``, the whole content of an append-only file, ready for appending (see :func:`open_append`)."""
+    data = text.encode("utf-8")
+    keep, add = _mend(data)
+    return (data[:keep] + add).decode("utf-8")
 
 
 def open_append(path: Any) -> IO[str]:
@@ -77,14 +103,10 @@ def open_append(path: Any) -> IO[str]:
         if size:
             f.seek(max(0, size - (1 << 20)))
             tail = f.read()
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n") + 1
-                start = size - len(tail) + cut
-                try:
-                    json.loads(tail[cut:])
-                    f.write(b"\n")
-                except ValueError:
-                    f.truncate(start)
+            keep, add = _mend(tail)
+            if keep < len(tail):
+                f.truncate(size - len(tail) + keep)
+            f.write(add)
     finally:
         f.close()
     return open(p, "a", encoding="utf-8")

@@ -6,8 +6,10 @@ JSON with a non-empty text in ``choices[0].message.content`` is a failed attempt
 backoff (or after the server's ``Retry-After``, at most ``max_backoff_s``). Redirects are not followed (the
 API key goes to the configured URL only) and other 4xx replies are not retried: both fail at once. Calls are
 rate-limited; each good reply is cached on disk (JSONL keyed by a hash of URL, model and request), so a re-run
-never pays twice and a crashed run resumes where it stopped; unreadable cache lines are skipped and asked
-again. A call that fails raises :class:`JudgeError`: callers record it as a failure, never as a verdict.
+never pays twice and a crashed run resumes where it stopped; a cached row that is not a usable entry is
+skipped and asked again, a torn last line is dropped, and any other line that is not JSON stops the client with
+a :class:`~cogito_jax.jsonl.JsonlError` naming ``file:line``. A call that fails raises :class:`JudgeError`:
+callers record it as a failure, never as a verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import httpx
 import numpy as np
 import tenacity
 
+from cogito_jax import jsonl
 from cogito_jax.data import chat
 from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
@@ -117,13 +120,10 @@ class HttpJudge:
         self._backoff = tenacity.wait_exponential(multiplier=backoff_s, max=max_backoff_s)
         self.cache_path = pathlib.Path(cache_path) if cache_path else None
         self._cache: dict[str, str] = {}
-        self._cache_torn = False  # the file ends inside a line (a crash mid-write): start the next row on a new one
         self.stats = {"calls": 0, "cache_hits": 0, "retries": 0, "failures": 0}
-        if self.cache_path and self.cache_path.exists():
-            text = self.cache_path.read_text(encoding="utf-8", errors="replace")
-            self._cache_torn = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
-                key, reply = _cache_row(line)
+        if self.cache_path:
+            for row in jsonl.read(self.cache_path, errors="replace", objects=False):
+                key, reply = _cache_entry(row)
                 if key is not None:
                     self._cache[key] = reply
 
@@ -143,10 +143,8 @@ class HttpJudge:
         with self._lock:
             self._cache[key] = reply
             if self.cache_path:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a", encoding="utf-8") as f:
-                    f.write("\n" * self._cache_torn + json.dumps({"key": key, "reply": reply}) + "\n")
-                self._cache_torn = False
+                with jsonl.open_append(self.cache_path) as f:  # a torn last line is cut off first
+                    jsonl.write_row(f, {"key": key, "reply": reply})
         return reply
 
     def _count(self, name: str) -> None:
@@ -229,12 +227,8 @@ class HttpJudge:
         return content
 
 
-def _cache_row(line: str) -> tuple[str | None, str]:
-    """(key, reply) of one cache line, or (None, "") for a line that is not a usable entry."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None, ""
+def _cache_entry(row: Any) -> tuple[str | None, str]:
+    """(key, reply) of one cache row, or (None, "") for a row that is not a usable entry."""
     if not isinstance(row, dict):
         return None, ""
     key, reply = row.get("key"), row.get("reply")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from cogito_jax import jsonl as jsonlib
 from cogito_jax.log import is_main_process, logger
 
 
@@ -103,14 +104,11 @@ class MetricsWriter:
             path = self.workdir / "metrics.jsonl"
             if resume_step is not None:
                 _truncate(path, resume_step)
-            if is_remote(path):
+            if is_remote(path):  # a torn last line (a crash mid-write) is cut off, a complete one ended
                 self._jsonl = _ObjectLines(path, remote_flush_s)
-                text = self._jsonl.text
+                self._jsonl.text = jsonlib.mended(self._jsonl.text)
             else:
-                text = path.read_text() if path.exists() else ""
-                self._jsonl = path.open("a")
-            if text and not text.endswith("\n"):  # a crash cut the last line short: end it so the next one reads
-                self._jsonl.write("\n")
+                self._jsonl = jsonlib.open_append(path)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -180,39 +178,32 @@ class MetricsWriter:
 
 
 def _truncate(path: epath.Path, step: int) -> None:
-    """Drops the lines of steps after ``step`` (and a torn last line) from ``path``, rewriting it whole."""
+    """Drops the lines of steps after ``step`` (and a torn last line) from ``path``, rewriting it whole;
+    :class:`~cogito_jax.jsonl.JsonlError` naming the line if another line is not a JSON object."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step):
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) == len(lines) and all(line.endswith("\n") for line in lines):
+    text = path.read_text()
+    rows = jsonlib.parse(text, os.fspath(path))
+    kept = [r for r in rows if not (isinstance(r.get("step"), int) and r["step"] > step)]
+    if len(kept) == len(rows) and jsonlib.mended(text) == text:
         return
+    content = "".join(json.dumps(r) + "\n" for r in kept)
     if is_remote(path):  # an object is replaced whole by one write
-        path.write_text("".join(kept))
+        path.write_text(content)
     else:
         tmp = path.parent / (path.name + ".tmp")
-        tmp.write_text("".join(kept))
+        tmp.write_text(content)
         tmp.replace(path)
-    logger.info("metrics.jsonl: dropped %d line(s) after step %d, which this run logs again", len(lines) - len(kept),
+    logger.info("metrics.jsonl: dropped %d line(s) after step %d, which this run logs again", len(rows) - len(kept),
                 step)
 
 
 def read_jsonl(path: str | epath.Path) -> list[dict[str, Any]]:
-    """Reads a metrics.jsonl file back (skipping a torn last line from a crash)."""
-    rows = []
-    for line in epath.Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The rows of a metrics.jsonl file, local or ``gs://`` (a torn last line from a crash dropped); ``JsonlError``
+    naming the line if another line is not a JSON object."""
+    if not epath.Path(path).exists():
+        raise FileNotFoundError(f"{os.fspath(path)!r} does not exist")
+    return jsonlib.read(path)
 
 
 def from_config(workdir: str | epath.Path, cfg: Any, **kw: Any) -> MetricsWriter:

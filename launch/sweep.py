@@ -3,7 +3,7 @@ pod/cluster), and summarise each run's final metrics in a table.
 
     python launch/sweep.py --sweep configs/sweeps/tiny_lr.py --config configs/tiny.py --workdir W [--print_only]
 
-A run that exits with ``config.EXIT_PREEMPTED`` (SIGTERM: it saved a checkpoint and stopped) stops the sweep
+A run that exits with ``errors.EXIT_PREEMPTED`` (SIGTERM: it saved a checkpoint and stopped) stops the sweep
 with that status, so whatever restarts it (e.g. ``launch/tpu.py babysit``) reruns the same command: finished
 runs resume at their last step and end at once, the preempted one continues. SIGTERM to the sweep is passed
 on to the run in progress.
@@ -12,7 +12,6 @@ on to the run in progress.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import subprocess
@@ -20,7 +19,8 @@ import sys
 
 from etils import epath
 
-from cogito_jax.errors import EXIT_PREEMPTED
+from cogito_jax import jsonl
+from cogito_jax.errors import EXIT_PREEMPTED, EXIT_USAGE
 from cogito_jax.sweeps import load_sweep, run_name
 
 
@@ -37,17 +37,13 @@ def commands(sweep_spec: str, config: str, workdir: str, python: str = sys.execu
 
 
 def summarize(workdir: str, names: list[str], keys: tuple[str, ...] = ("step", "loss", "eval_loss")) -> str:
-    """A markdown table of each run's last logged value of ``keys`` (from its metrics.jsonl)."""
+    """A markdown table of each run's last logged value of ``keys`` (from its metrics.jsonl, local or gs://; a
+    torn last line is left out, any other bad line raises ``JsonlError`` naming it)."""
     rows = []
     for name in names:
-        path = epath.Path(workdir) / name / "metrics.jsonl"  # local or gs://
         last: dict = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    last.update(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        for row in jsonl.read(epath.Path(workdir) / name / "metrics.jsonl"):
+            last.update(row)
         rows.append([name] + [_fmt(last.get(k)) for k in keys])
     head = "| run | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
     return head + "".join("| " + " | ".join(r) + " |\n" for r in rows)
@@ -92,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     if a.print_only:
         return 0
-    table = summarize(a.workdir, [n for n, _ in runs])
+    try:
+        table = summarize(a.workdir, [n for n, _ in runs])
+    except jsonl.JsonlError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     (epath.Path(a.workdir) / "sweep_summary.md").write_text(table)
     print(table)
     if failed:

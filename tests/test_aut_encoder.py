@@ -8,7 +8,8 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from cogito_jax import sharding
-from cogito_jax.models import aut_encoder as aut, hf_weights
+from cogito_jax.convert import export_params, load_params
+from cogito_jax.models import aut_encoder as aut
 from configs.models.qwen3_omni_thinker import get_config
 from tests.hf_tiny_qwen3_omni import save_thinker
 
@@ -20,8 +21,25 @@ def loaded(tmp_path_factory):
     hf = save_thinker(d)
     tensors = load_file(str(d / "model.safetensors"))
     enc = aut.AuTEncoder(aut.AuTEncoderConfig.from_hf(get_config("tiny").audio_config), rngs=nnx.Rngs(1))
-    hf_weights.load_table(enc, aut.hf_weight_table("audio_tower."), tensors.__getitem__)
+    load_params(enc, aut.hf_weight_table("audio_tower."), tensors)
     return hf, enc, tensors
+
+
+def from_packed(features_mt: np.ndarray, feature_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HF's packed audio (``[n_mels, sum(lens)]`` + lens) -> padded ``[B, n_mels, max_len]`` and a mask."""
+    lens = np.asarray(feature_lens, np.int64)
+    b, m = len(lens), features_mt.shape[0]
+    out = np.zeros((b, m, int(lens.max())), features_mt.dtype)
+    mask = np.zeros((b, int(lens.max())), np.int32)
+    for i, (start, n) in enumerate(zip(np.cumsum(lens) - lens, lens, strict=True)):
+        out[i, :, :n] = features_mt[:, start:start + n]
+        mask[i, :n] = 1
+    return out, mask
+
+
+def to_packed(embeds_btd: np.ndarray, lengths_b: np.ndarray) -> np.ndarray:
+    """Valid tokens of every example concatenated, ``[sum(lengths), D]`` (HF's ``last_hidden_state``)."""
+    return np.concatenate([np.asarray(e)[: int(n)] for e, n in zip(embeds_btd, lengths_b, strict=True)])
 
 
 def batch(lengths, frames, seed=0):
@@ -68,7 +86,7 @@ def test_matches_hf_thinker_on_padded_batch(loaded, lengths, frames):
     out, lens = run(enc, feats, mask)
     assert lens.tolist() == aut.output_lengths(np.array(lengths)).tolist()
     assert out.shape == (len(lengths), enc.num_tokens(frames), 32)
-    assert rel_err(aut.to_packed(out, lens), ref.numpy()) <= 1e-4
+    assert rel_err(to_packed(out, lens), ref.numpy()) <= 1e-4
     padding = np.arange(out.shape[1])[None, :] >= lens[:, None]
     assert (out[padding] == 0).all()
 
@@ -81,9 +99,9 @@ def test_packed_form_and_windows(loaded):
     packed = rng.normal(size=(16, lengths.sum())).astype(np.float32)
     with torch.no_grad():
         ref = hf.model.audio_tower(torch.tensor(packed), feature_lens=torch.tensor(lengths)).last_hidden_state.numpy()
-    feats, mask = aut.from_packed(packed, lengths)
+    feats, mask = from_packed(packed, lengths)
     out, lens = run(enc, feats, mask)
-    assert rel_err(aut.to_packed(out, lens), ref) <= 1e-4
+    assert rel_err(to_packed(out, lens), ref) <= 1e-4
     # Windows of 2 chunks (26 tokens): changing audio in chunk 5 leaves tokens of windows 0 and 1 unchanged.
     feats2 = feats.copy()
     feats2[0, :, 500:520] += 1.0
@@ -97,12 +115,12 @@ def test_no_mask_means_all_frames_valid(loaded):
     with torch.no_grad():
         ref = hf.get_audio_features(torch.tensor(feats), feature_attention_mask=torch.ones(2, 230, dtype=torch.long))
     out, lens = run(enc, feats, None)
-    assert rel_err(aut.to_packed(out, lens), ref.last_hidden_state.numpy()) <= 1e-4
+    assert rel_err(to_packed(out, lens), ref.last_hidden_state.numpy()) <= 1e-4
 
 
 def test_weights_round_trip(loaded):
     _, enc, tensors = loaded
-    exported = hf_weights.export_table(enc, aut.hf_weight_table("audio_tower."))
+    exported = export_params(enc, aut.hf_weight_table("audio_tower."))
     assert set(exported) == {k for k in tensors if k.startswith("audio_tower.")}
     for k, v in exported.items():
         np.testing.assert_array_equal(v, tensors[k])

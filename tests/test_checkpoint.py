@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cogito_jax import errors, sharding
 from cogito_jax.train import checkpoint
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+from cogito_jax.train.step import TrainState
 
 
 def _state(mesh, spec, step):
@@ -106,7 +108,8 @@ def test_flipped_bytes_are_detected_and_the_step_moved_aside(tmp_path, cpu_devic
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
     # Orbax alone reads the flipped value without complaint ...
-    raw = ck.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    raw = ck.manager.restore(2, args=ocp.args.Composite(state=args))["state"]
     assert not np.array_equal(np.asarray(raw["params"]["w"]), 2 * np.asarray(noise["params"]["w"]))
     # ... the checksum saved with the step does not match it: step 1 is restored, step 2 moved aside.
     step, restored, data_state, _ = ck.restore(target)
@@ -165,6 +168,90 @@ def test_other_restore_errors_stop_and_leave_the_step(tmp_path, cpu_devices):
     with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Requested shape: \(4, 8\)"):
         ck.restore(other)
     assert _step_dirs(tmp_path) == ["1"]
+    ck.close()
+
+
+class OldTrainState(NamedTuple):
+    """The TrainState of checkpoints saved before its unused RNG key data was dropped."""
+
+    params: Any
+    opt_state: Any
+    step: Any
+    rng: Any
+
+
+def _train_state(mesh, step, cls=TrainState):
+    """A TrainState (or ``cls``) with large noise parameters and a small optimizer state, replicated on ``mesh``."""
+    rep = NamedSharding(mesh, P())
+    w = jax.random.normal(jax.random.key(0), (64, 64)) * step
+    fields = [{"w": w}, {"mu": jnp.full((4,), float(step))}, jnp.int32(step)]
+    if cls is OldTrainState:
+        fields.append(jax.random.key_data(jax.random.key(step)))
+    return cls(*jax.device_put(fields, rep))
+
+
+def test_a_checkpoint_with_the_retired_rng_restores_into_the_train_state(tmp_path, cpu_devices):
+    """Checkpoints saved with an RNG key in the state resume: the key is skipped, everything else is restored and
+    verified; a state lacking any other saved array is still not restored."""
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, async_save=False)
+    ck.save(2, _train_state(mesh, 2, OldTrainState), data_state={"i": 2})
+    ck.close()
+    ck = Checkpointer(tmp_path)
+    step, state, data_state, _ = ck.restore(abstract_like(_train_state(mesh, 0)))
+    assert step == 2 and data_state == {"i": 2} and isinstance(state, TrainState)
+    expected = _train_state(mesh, 2)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    no_optimizer = {"params": abstract_like(expected.params), "step": abstract_like(expected.step)}
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Structure mismatch: the checkpoint holds "
+                                                                r"opt_state/mu, which the state has not"):
+        ck.restore(no_optimizer)
+    assert _step_dirs(tmp_path) == ["2"]
+    ck.close()
+
+
+def test_restore_params_reads_the_parameters_alone_and_verifies_them(tmp_path, cpu_devices, monkeypatch,
+                                                                      warnings_logged):
+    import orbax.checkpoint as ocp
+
+    mesh = sharding.make_mesh(dict(data=-1))
+    ck = Checkpointer(tmp_path, async_save=False)
+    for s in (1, 2):
+        ck.save(s, _train_state(mesh, s), data_state={"i": s})
+    ck.close()
+    requested = []
+    restore = ocp.CheckpointManager.restore
+
+    def spy(self, step, args=None, **kw):
+        requested.append({name: None if item is None else getattr(item, "item", None) for name, item in args.items()})
+        return restore(self, step, args=args, **kw)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+    ck = Checkpointer(tmp_path)
+    step, params = ck.restore_params(abstract_like(_train_state(mesh, 0).params))
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(_train_state(mesh, 2).params["w"]))
+    # One read: the state's parameters and the step's meta (their checksums); no optimizer, step or iterator state.
+    [items] = requested
+    assert set(items) == {"state", "meta"} and isinstance(items["state"], checkpoint.ParamsOnly)
+    assert [jax.tree_util.keystr(p) for p, _ in
+            jax.tree_util.tree_flatten_with_path(items["state"])[0]] == [".params['w']"]
+
+    # Flipped bytes in step 2's parameters: they do not match their checksum, step 1 is read instead.
+    path = _largest_state_file(tmp_path / "checkpoints" / "2")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    step, params = ck.restore_params(abstract_like(_train_state(mesh, 0).params))
+    assert step == 1
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.asarray(_train_state(mesh, 1).params["w"]))
+    assert _step_dirs(tmp_path) == ["1", "2.corrupt-1"]
+    assert "checksum mismatch in 1 array(s): .params['w']" in warnings_logged()[0]
+    # Parameters of another shape are not these parameters.
+    other = {"w": jax.ShapeDtypeStruct((32, 64), jnp.float32)}
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"Requested shape: \(32, 64\)"):
+        ck.restore_params(other)
     ck.close()
 
 
@@ -258,6 +345,7 @@ import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from cogito_jax import log, sharding
 from cogito_jax.train.checkpoint import Checkpointer, abstract_like
+from cogito_jax.train.step import TrainState
 
 log.setup()
 assert sharding.maybe_initialize_distributed()
@@ -289,27 +377,66 @@ ck.close()
 '''
 
 
+def _two_processes(tmp_path, source: str, *args: str) -> tuple[list[str], list[dict]]:
+    """Runs the script ``source`` as a two-process JAX job (workdir ``tmp_path/w``, then ``args``); returns each
+    process's log and the first JSON line it printed."""
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    script = tmp_path / "mp_script.py"
+    script.write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(COGITO_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+    r = subprocess.run(["bash", str(repo / "launch/local.sh"), "2", sys.executable, str(script), str(tmp_path / "w"),
+                        *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[1][-3000:]
+    return logs, [json.loads(next(ln for ln in log.splitlines() if ln.startswith("{"))) for log in logs]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["array", "iterator"])
 def test_processes_agree_on_a_step_damaged_for_one_of_them(tmp_path, damage):
     """Step 2 is unreadable for process 1 only (a truncated file of its shards, or its own iterator state): both
     processes restore step 1 with their own iterator positions, process 0 moves step 2 aside once, and both can
     save step 2 again."""
-    import pathlib
-    import subprocess
-    import sys
-
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    script = tmp_path / "mp_checkpoint.py"
-    script.write_text(MULTIPROCESS)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(COGITO_LOG_DIR=str(tmp_path / "logs"), JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
-    r = subprocess.run(["bash", str(repo / "launch/local.sh"), "2", sys.executable, str(script), str(tmp_path / "w"),
-                        damage], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[1][-3000:]
-    outs = [json.loads(next(ln for ln in log.splitlines() if ln.startswith("{"))) for log in logs]
+    logs, outs = _two_processes(tmp_path, MULTIPROCESS, damage)
     for i, out in enumerate(outs):
         assert out["step"] == 1 and out["data_state"] == {"i": 1, "process": i} and out["same"], out
         assert out["dirs"] == ["1", "2", "2.corrupt-1"] and out["steps"] == [1, 2], out
     assert "checkpoint step 2 in " in logs[0] and "is damaged (" in logs[0] and "moved to 2.corrupt-1" in logs[0]
+
+
+MULTIPROCESS_PARAMS = '''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from cogito_jax import log, sharding
+from cogito_jax.train.checkpoint import Checkpointer
+from cogito_jax.train.step import TrainState
+
+log.setup()
+assert sharding.maybe_initialize_distributed()
+mesh = sharding.make_mesh(dict(data=-1))
+value = np.random.default_rng(0).standard_normal((8, 64), dtype=np.float32)
+w = jax.make_array_from_callback(value.shape, NamedSharding(mesh, P("data")), lambda i: value[i])
+ck = Checkpointer(sys.argv[1], async_save=False)
+ck.save(1, TrainState({"w": w}, {"mu": w * 0}, jax.device_put(jnp.int32(1), NamedSharding(mesh, P()))), data_state={})
+jax.experimental.multihost_utils.sync_global_devices("saved")
+own = SingleDeviceSharding(jax.local_devices()[0])
+step, params = ck.restore_params({"w": jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=own)})
+print(json.dumps({"step": step, "same": bool(np.array_equal(np.asarray(params["w"]), value)),
+                  "local": params["w"].is_fully_addressable, "steps": ck.steps()}))
+sys.stdout.flush()
+ck.close()
+'''
+
+
+@pytest.mark.slow
+def test_each_process_restores_its_own_copy_of_the_parameters(tmp_path):
+    """A two-process job loads a model for sampling: each process restores the parameters whole onto its own
+    device, and their checksums (of one array per process, not one array across them) match."""
+    _, outs = _two_processes(tmp_path, MULTIPROCESS_PARAMS)
+    assert outs == [{"step": 1, "same": True, "local": True, "steps": [1]}] * 2, outs

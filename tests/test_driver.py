@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from cogito_jax import jsonl
 from cogito_jax.data import chat, tokenizer as toklib
 from cogito_jax.sampling import driver
 
@@ -76,6 +77,22 @@ def test_resume_after_crash_and_merge(tok, tmp_path):
     assert stats["skipped_done"] == 4 and stats["prompts"] == 6 and len(first) == 5
     merged = driver.merge_outputs(out, [f"p{i}" for i in range(10)], 1, 2)
     assert len(merged) == 20
+
+
+@pytest.mark.parametrize("bad, why", [("not json at all", "not a JSON line"), ('{"sample": 1}', "row has no 'id'")])
+def test_a_bad_line_inside_an_output_is_named_not_skipped(tok, tmp_path, bad, why):
+    """Only a torn last line is a crash's doing: any other bad line stops resuming (and merging) with one message
+    naming the file and line, and the file is left as it is."""
+    out = tmp_path / "out.jsonl"
+    _run(tok, _items(3), out, FakeEngine(tok))
+    lines = out.read_text().splitlines()
+    damaged = "\n".join([lines[0], bad, *lines[1:]]) + "\n"
+    out.write_text(damaged)
+    with pytest.raises(jsonl.JsonlError, match=rf"out.jsonl:2: .*{why}"):
+        _run(tok, _items(3), out, FakeEngine(tok))
+    with pytest.raises(jsonl.JsonlError, match=rf"out.jsonl:2: .*{why}"):
+        driver.merge_outputs(out, [f"p{i}" for i in range(3)], 1, 2)
+    assert out.read_text() == damaged
 
 
 def test_process_shards_partition_prompts(tok, tmp_path):

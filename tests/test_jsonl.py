@@ -35,3 +35,21 @@ def test_a_bad_line_inside_the_file_is_named(tmp_path, bad, why):
 
 def test_missing_file_has_no_rows(tmp_path):
     assert jsonl.read(tmp_path / "absent.jsonl") == []
+
+
+def test_any_json_value_as_a_row_when_the_caller_judges_rows(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"id": "a"}\n[1, 2]\nnull\n"text"\n{"id": "b"')
+    assert jsonl.read(p, objects=False) == [{"id": "a"}, [1, 2], None, "text"]
+    p.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
+    with pytest.raises(jsonl.JsonlError, match=r"rows.jsonl:2: not a JSON line"):
+        jsonl.read(p, objects=False)
+
+
+@pytest.mark.parametrize("text, mended", [("", ""), ('{"a": 1}\n', '{"a": 1}\n'), ('{"a": 1}\n{"b', '{"a": 1}\n'),
+                                          ('{"a": 1}\n{"b": 2}', '{"a": 1}\n{"b": 2}\n'), ('{"b', "")])
+def test_mended_text_is_what_open_append_leaves(tmp_path, text, mended):
+    p = tmp_path / "rows.jsonl"
+    p.write_text(text)
+    jsonl.open_append(p).close()
+    assert jsonl.mended(text) == mended == p.read_text()

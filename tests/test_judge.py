@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from cogito_jax import jsonl
 from cogito_jax.errors import ConfigError
 from cogito_jax.judge import HttpJudge, JudgeError, retry_after_s
 from data_prep.stages.audit import VERDICT_FORMAT, judge_messages, parse_verdict
@@ -165,6 +166,20 @@ def test_unusable_cache_lines_are_asked_again(tmp_path):
         j = _judge(stub.url, cache_path=cache)
         assert [_ask(j, t) for t in "abc"] == [f"verdict for {t}" for t in "abc"]
         assert len(stub.requests) == 6 and j.stats["cache_hits"] == 3
+
+
+def test_a_cache_line_that_is_not_json_inside_the_file_is_named(tmp_path):
+    """Rows that are JSON but no usable entry are asked again (above); a line in the middle that is not JSON at
+    all is damage, reported in one message naming the file and line before anything is asked or written."""
+    cache = tmp_path / "cache.jsonl"
+    with JudgeStub(_echo) as stub:
+        _ask(_judge(stub.url, cache_path=cache), "a")
+        good = cache.read_text()
+        damaged = good + '{"key": "k", "reply": "unfinished\n' + good
+        cache.write_text(damaged)
+        with pytest.raises(jsonl.JsonlError, match=r"cache.jsonl:2: not a JSON line"):
+            _judge(stub.url, cache_path=cache)
+        assert len(stub.requests) == 1 and cache.read_text() == damaged
 
 
 def test_the_cache_is_keyed_by_url(tmp_path):

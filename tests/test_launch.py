@@ -186,6 +186,26 @@ def test_sweep_print_only_and_summary(tmp_path):
     assert "| a | 2 | 1.25 | - |" in table and "| missing | - | - | - |" in table
 
 
+def test_sweep_summary_names_a_bad_metrics_line(tmp_path, monkeypatch, capsys):
+    """A metrics file with a bad line before its last one is reported in one line naming it (exit 2); a torn last
+    line alone is left out of the summary."""
+    from cogito_jax.errors import EXIT_USAGE
+
+    sweep_mod = _sweep_module()
+    runs = [(name, [sys.executable, "-c", "pass"]) for name in ("a", "b")]
+    monkeypatch.setattr(sweep_mod, "commands", lambda *args, **kw: runs)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert sweep_mod.summarize(str(tmp_path), ["a"]).endswith("| a | 1 | 2 | - |\n")
+    (tmp_path / "b" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3}\n')
+    rc = sweep_mod.main(["--sweep", "s.py", "--config", "c.py", "--workdir", str(tmp_path)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == EXIT_USAGE and len(err) == 1, err
+    assert err[0].startswith("sweep: error: ") and "b/metrics.jsonl:2: not a JSON line" in err[0]
+    assert not (tmp_path / "sweep_summary.md").exists()
+
+
 @pytest.mark.slow
 def test_sweep_runs_four_tiny_runs_and_summarises(tmp_path):
     from cogito_jax import cli
@@ -303,7 +323,7 @@ def test_metrics_writer_on_a_gs_workdir(fake_gcs):
     w.write(3, {"loss": 1.25})
     w.close()
     assert [r["step"] for r in read_jsonl(work / "metrics.jsonl")] == [1, 2, 3]
-    # A resumed run keeps the lines already there (a torn last line is ended, not glued to the next one).
+    # A resumed run keeps the lines already there (a torn last line is cut off, not glued to the next one).
     (work / "metrics.jsonl").write_text((work / "metrics.jsonl").read_text() + '{"step": 4, "lo')
     with MetricsWriter(work, tensorboard=False) as w:
         w.write(4, {"loss": 1.0})

@@ -55,7 +55,7 @@ def _train_lora(steps: int = 3):
     graphdef, params, frozen = nnx.split(lora, optim.trainable_filter("lora"), ...)
     tx = optax.adam(1e-2)
     step = jax.jit(make_train_step(graphdef, tx), donate_argnums=0)
-    state = TrainState(params, tx.init(params), jnp.int32(0), jax.random.key_data(jax.random.key(0)))
+    state = TrainState(params, tx.init(params), jnp.int32(0))
     b = _batch()
     for _ in range(steps):
         state, metrics = step(state, frozen, b)

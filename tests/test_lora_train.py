@@ -1,5 +1,5 @@
 """`train.trainable="lora"` end to end: the trainer wraps the tiny model in LoRA adapters (config section
-`lora`), only the adapters train and are checkpointed, and `load_trained` folds them into the rebuilt base."""
+`lora`), only the adapters train and are checkpointed, and `trained.load` folds them into the rebuilt base."""
 
 import jax
 import numpy as np
@@ -12,7 +12,7 @@ from cogito_jax.errors import ConfigError
 from cogito_jax.metrics import read_jsonl
 from cogito_jax.models import registry
 from cogito_jax.models.layers import path_str
-from cogito_jax.train import run
+from cogito_jax.train import run, trained
 from cogito_jax.train.checkpoint import Checkpointer
 
 TARGETS = r"^llm/layers/(self_attn/(q|v)_proj|mlp/down_proj)/kernel$"
@@ -48,7 +48,7 @@ def test_lora_run_trains_only_the_adapters(tmp_path):
     assert n_saved < 3 * n_adapter + 16
 
     # The base is rebuilt from the config (same seed); only the adapted kernels differ, by scale * A @ B.
-    merged, _, mcfg = run.load_trained(cfg, tmp_path)
+    merged, _, mcfg = trained.load(cfg, tmp_path)
     base = _flat(nnx.state(registry.build(mcfg, cfg.seed), nnx.Param))
     after = _flat(nnx.state(merged, nnx.Param))
     assert sorted(after) == sorted(base)

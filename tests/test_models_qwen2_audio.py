@@ -267,7 +267,8 @@ def test_decoder_matches_transformers_qwen3_dense():
     against transformers' Qwen3ForCausalLM on a left-padded batch."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from cogito_jax.models.hf_weights import LINEAR, SAME, load_table
+    from cogito_jax.convert import load_params
+    from cogito_jax.models.hf_weights import LINEAR, SAME
 
     torch.manual_seed(0)
     hf = Qwen3ForCausalLM(Qwen3Config(
@@ -292,7 +293,7 @@ def test_decoder_matches_transformers_qwen3_dense():
     for n in ("gate_proj", "up_proj", "down_proj"):
         table[f"layers/mlp/{n}/kernel"] = (layer + f"mlp.{n}.weight", LINEAR)
     weights = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    load_table(dec, table, weights.__getitem__)
+    load_params(dec, table, weights)
     ids = np.random.default_rng(0).integers(0, 120, (2, 9))
     am = np.ones((2, 9), np.int64)
     am[1, :4] = 0

@@ -11,7 +11,8 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from cogito_jax import sharding
-from cogito_jax.models import hf_weights, moe
+from cogito_jax.convert import export_params, load_params
+from cogito_jax.models import moe
 from configs.models.qwen3_omni_thinker import get_config
 from tests.hf_tiny_qwen3_omni import rescale_, save_thinker, thinker_config
 
@@ -42,7 +43,7 @@ def ours_from(block, text) -> moe.SparseMoE:
     cfg = moe.MoEConfig(text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok,
                         text.norm_topk_prob)
     ours = moe.SparseMoE(cfg, rngs=nnx.Rngs(1))
-    hf_weights.load_table(ours, moe.hf_weight_table(""), on_disk(block.state_dict()).__getitem__)
+    load_params(ours, moe.hf_weight_table(""), on_disk(block.state_dict()))
     return ours
 
 
@@ -133,12 +134,12 @@ def test_loads_from_saved_thinker_checkpoint(tmp_path):
     cfg = moe.MoEConfig(text.hidden_size, text.moe_intermediate_size, text.num_experts, text.num_experts_per_tok)
     table = moe.hf_weight_table("model.layers.1.mlp.")
     ours = moe.SparseMoE(cfg, rngs=nnx.Rngs(0))
-    hf_weights.load_table(ours, table, tensors.__getitem__)
+    load_params(ours, table, tensors)
     x = np.random.default_rng(4).normal(size=(2, 7, text.hidden_size)).astype(np.float32)
     with torch.no_grad():
         ref = hf.model.language_model.layers[1].mlp(torch.tensor(x)).numpy()
     assert rel_err(ours(jnp.asarray(x))[0], ref) <= 1e-4
-    exported = hf_weights.export_table(ours, table)
+    exported = export_params(ours, table)
     assert set(exported) == {k for k in tensors if k.startswith("model.layers.1.mlp.")}
     for k, v in exported.items():
         np.testing.assert_array_equal(v, tensors[k])

@@ -152,3 +152,17 @@ def test_engine_judge_runs_a_local_model(tmp_path):
     # A random model writes no JSON: the item is reported as a judge failure, never scored as zero.
     out = rubrics.score_rubrics([_meta(1)], {"q1": {"answer_prediction": "dog bark"}}, judge, mmar_rule, runs=1)
     assert out["failed"]["ids"] == ["q1"] and out["scored"] == 0 and out["accuracy"] == 1.0
+
+
+def test_rubrics_cli_on_a_damaged_judge_cache_is_one_line_exit_2(tmp_path):
+    (tmp_path / "meta.jsonl").write_text(json.dumps(_meta(0)) + "\n")
+    (tmp_path / "pred.jsonl").write_text(json.dumps({"id": "q0", "thinking_prediction": "t",
+                                                     "answer_prediction": "dog bark"}) + "\n")
+    cache = tmp_path / "rub.judge_cache.jsonl"
+    cache.write_text('{"key": "a", "reply": "fine"}\n{"key": "b", "re\n{"key": "c", "reply": "fine"}\n')
+    with JudgeStub(_reply) as stub:
+        r = _rubrics_cli(tmp_path, stub.url)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and "rub.judge_cache.jsonl:2: not a JSON line" in lines[0], r.stderr
+    assert not stub.requests and not (tmp_path / "rub.json").exists()

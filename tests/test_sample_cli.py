@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -120,6 +121,16 @@ def test_samples_then_resumes(checkpoint, tmp_path):
     assert len(rows) == len(ids) * N
     assert sorted((x["id"], x["sample"]) for x in rows) == sorted((i, s) for i in ids for s in range(N))
 
+    # A bad line before the last one is not a crash's doing: one line naming it, exit 2, the file left as it is.
+    lines = after.splitlines(keepends=True)
+    damaged = lines[0] + lines[1][:15] + "\n" + "".join(lines[2:])
+    out.write_text(damaged)
+    r = cli(*args)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]
+    assert err[0].startswith("cogito_jax.sample: error:") and "results.jsonl:2: not a JSON line" in err[0], err
+    assert out.read_text() == damaged
+
 
 @pytest.mark.slow
 def test_dataset_input(checkpoint, tmp_path):
@@ -207,6 +218,7 @@ def test_trained_run_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cogito_jax.train", *train, "--workdir", str(run)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    shutil.rmtree(run / "data")  # sampling needs the run's checkpoint and tokenizer, not its training data
     rng = np.random.default_rng(2)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "question": "How many beeps?", "choices": CHOICES,
@@ -219,3 +231,4 @@ def test_trained_run_input(tmp_path):
     rows = _rows(out)
     assert [x["id"] for x in rows] == ["q0", "q1", "q2"] and all(set(x) == FIELDS for x in rows)
     assert all(0 < x["n_tokens"] <= 8 for x in rows)
+    assert not (run / "data").exists()

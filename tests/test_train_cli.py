@@ -102,13 +102,13 @@ def test_init_from_checkpoint_takes_the_runs_model_settings(tmp_path):
     from cogito_jax import cli, sharding
     from cogito_jax.convert import save_hf
     from cogito_jax.models import registry
-    from cogito_jax.train import run
+    from cogito_jax.train import trained
 
     mcfg = registry.config_for({"family": "qwen2_audio", "size": "tiny"})
     save_hf(registry.build(mcfg), mcfg, tmp_path / "hf")
     cfg = cli.load_config("configs/tiny.py", {"model.dtype": "bfloat16", "model.param_dtype": "float32",
                                                  "model.remat": "full", "model.attn_impl": "dot_product_attention"})
-    model, loaded = run.load_init(cfg, str(tmp_path / "hf"), sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+    model, loaded = trained.load_init(cfg, str(tmp_path / "hf"), sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
     for c in (loaded.text, loaded.audio, model.llm.cfg):
         assert (c.dtype, c.param_dtype, c.remat, c.attn_impl) == ("bfloat16", "float32", "full",
                                                                   "dot_product_attention")
@@ -122,11 +122,11 @@ def test_moe_settings_reach_the_decoder_only():
 
     from cogito_jax import cli, errors
     from cogito_jax.models import registry
-    from cogito_jax.train import run
+    from cogito_jax.train import trained
 
     cfg = cli.load_config("configs/tiny.py:qwen3_omni_thinker", {"model.moe_impl": "capacity",
                                                                     "model.moe_capacity_factor": 2.0})
-    assert run.model_overrides(cfg)["moe_impl"] == "capacity"
+    assert trained.model_overrides(cfg)["moe_impl"] == "capacity"
     mcfg = registry.config_for(cfg.model)
     assert (mcfg.text.moe_impl, mcfg.text.moe_capacity_factor) == ("capacity", 2.0)
     assert (mcfg.text.moe_config().impl, mcfg.text.moe_config().capacity_factor) == ("capacity", 2.0)

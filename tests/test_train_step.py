@@ -49,7 +49,7 @@ def _step(model: nnx.Module, tx: optax.GradientTransformation, batch: dict) -> t
     """One jitted, donated train step of every trainable parameter: (new state, metrics, parameters before)."""
     graphdef, params, frozen = nnx.split(model, optim.trainable_filter("full"), ...)
     before = _flat(params)
-    state = TrainState(params, tx.init(params), jnp.int32(0), jax.random.key_data(jax.random.key(0)))
+    state = TrainState(params, tx.init(params), jnp.int32(0))
     state, metrics = jax.jit(make_train_step(graphdef, tx), donate_argnums=0)(state, frozen, batch)
     return state, metrics, before
 

@@ -38,6 +38,7 @@ from cogito_jax.errors import EXIT_PREEMPTED, ConfigError, check_choice, check_n
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
+from cogito_jax.train import trained
 
 
 class State:
@@ -122,9 +123,7 @@ def _stage_cfg(cfg: Any, steps: int, data_dir: str | None = None, tokenizer: str
 
 
 def _evaluate(cfg: Any, run_dir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path, limit: int) -> dict:
-    from cogito_jax.train.run import load_trained
-
-    model, tok, mcfg = load_trained(cfg, run_dir)
+    model, tok, mcfg = trained.load(cfg, run_dir)
     items = predict_lib.items_from_records(records.RecordSource(heldout, "train"), limit=limit or None)
     rows = predict_lib.predict(model, tok, mcfg.family, items, out, max_frames=mcfg.audio.num_frames,
                                n_mels=mcfg.audio.num_mel_bins, batch_size=cfg.distill.batch_size,
@@ -151,10 +150,8 @@ def _order_seed(rnd: int, k: int, hint: bool = False) -> int:
 def _generate(cfg: Any, run_cfg: Any, run_dir: pathlib.Path, orders: list[list[dict]], out_dir: pathlib.Path,
               prefix: str, seed: int) -> None:
     """Samples ``num_samples // orders`` traces per item of each order's item list into ``{prefix}_order{k}.jsonl``."""
-    from cogito_jax.train.run import load_trained
-
     d = cfg.distill
-    model, tok, mcfg = load_trained(run_cfg, run_dir)
+    model, tok, mcfg = trained.load(run_cfg, run_dir)
     for k, items in enumerate(orders):
         predict_lib.predict(model, tok, mcfg.family, items, out_dir / f"{prefix}_order{k}.jsonl",
                             max_frames=mcfg.audio.num_frames, n_mels=mcfg.audio.num_mel_bins,
@@ -321,10 +318,8 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
         round_cfg = _stage_cfg(cfg, d.round_steps, str(prepare.dataset_dir(rd / "data")), tokenizer)
 
         def train_round(rd=rd, round_cfg=round_cfg, init_cfg=prev_cfg, init_dir=prev_dir):
-            from cogito_jax.train.run import load_trained
-
             base_cfg, base_dir = (cfg, sft_dir) if d.from_base else (init_cfg, init_dir)
-            base_model, _, _ = load_trained(base_cfg, base_dir)
+            base_model, _, _ = trained.load(base_cfg, base_dir)
             _train(round_cfg, str(rd / "train"), init_model=base_model)
 
         _stage(state, f"train_{r}", train_round)

@@ -7,7 +7,6 @@ and engine, and come back as challenge-format predictions (``id``, ``thinking_pr
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -39,11 +38,11 @@ def load_model(*, checkpoint: str | None = None, workdir: str | None = None, cfg
     """(model, tokenizer, model config) from a run trained here (``workdir`` with its config ``cfg``) or an HF
     checkpoint folder holding config.json, safetensors and the tokenizer (parameters in ``dtype``)."""
     if workdir:
-        from cogito_jax.train.run import load_trained
+        from cogito_jax.train import trained
 
         if cfg is None:
             raise ValueError(f"loading the run in {workdir!r} needs its config")
-        return load_trained(cfg, workdir)
+        return trained.load(cfg, workdir)
     if not checkpoint:
         raise ValueError("no model: give an HF checkpoint folder or a trained run's workdir")
     from cogito_jax.convert import load_hf
@@ -94,14 +93,3 @@ def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: in
                                    meta={}) for it in items]
     summary, _ = score.score(bench_items, preds, benchmarks.get("mmar").rule, resamples, 0)
     return summary
-
-
-def write_predictions(rows: Sequence[dict], path: str | pathlib.Path) -> None:
-    """Challenge-format JSONL (``thinking_prediction`` cut below 10,000 characters)."""
-    with open(path, "w") as f:
-        for r in rows:
-            if r["sample"] == 0:
-                f.write(json.dumps({"id": r["id"], "thinking_prediction": r["thinking"][:9999],
-                                    "answer_prediction": r["answer"]}) + "\n")
-
-

@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cogito_jax import sharding
@@ -221,20 +220,3 @@ def hf_weight_table(prefix: str = "audio_tower.") -> dict[str, tuple[str, str]]:
     w["ln_post/bias"] = (f"{prefix}ln_post.bias", SAME)
     w.update(audio_layers.hf_weight_table(f"{prefix}layers.{{i}}.", k_bias=True))
     return w
-
-
-def from_packed(features_mt: np.ndarray, feature_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HF's packed audio (``[n_mels, sum(lens)]`` + lens) -> padded ``[B, n_mels, max_len]`` and a mask."""
-    lens = np.asarray(feature_lens, np.int64)
-    b, m = len(lens), features_mt.shape[0]
-    out = np.zeros((b, m, int(lens.max())), features_mt.dtype)
-    mask = np.zeros((b, int(lens.max())), np.int32)
-    for i, (start, n) in enumerate(zip(np.cumsum(lens) - lens, lens, strict=True)):
-        out[i, :, :n] = features_mt[:, start:start + n]
-        mask[i, :n] = 1
-    return out, mask
-
-
-def to_packed(embeds_btd: np.ndarray, lengths_b: np.ndarray) -> np.ndarray:
-    """Valid tokens of every example concatenated, ``[sum(lengths), D]`` (HF's ``last_hidden_state``)."""
-    return np.concatenate([np.asarray(e)[: int(n)] for e, n in zip(embeds_btd, lengths_b, strict=True)])

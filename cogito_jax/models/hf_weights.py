@@ -5,19 +5,13 @@ key may hold ``{i}`` (a stacked-layer axis) and ``{e}`` (a stacked-expert axis);
 leading axes are, in that order, the layers and the experts, one HF tensor per index. ``layout`` says
 how one HF tensor becomes ours: ``linear`` (torch ``[out, in]`` -> ``[in, out]``), ``conv1d`` (torch
 ``[out, in, k]`` -> ``[k, in, out]``), ``conv2d`` (torch ``[out, in, kh, kw]`` -> ``[kh, kw, in, out]``) or
-``same``.
+``same``. ``cogito_jax.convert`` reads and writes parameters through such tables (``load_hf`` / ``save_hf``
+for a model's checkpoint folder, ``load_params`` / ``export_params`` for tensors in memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
-from cogito_jax.models.layers import path_str
 
 LINEAR, CONV1D, CONV2D, SAME = "linear", "conv1d", "conv2d", "same"
 STACK_AXES = ("i", "e")  # placeholder names of stacked leading axes, outermost first
@@ -49,59 +43,3 @@ def to_hf(t: np.ndarray, layout: str) -> np.ndarray:
 def stack_names(key: str) -> list[str]:
     """The stacked-axis placeholders a key holds, outermost first."""
     return [n for n in STACK_AXES if "{" + n + "}" in key]
-
-
-def read(get: Callable[[str], np.ndarray], key: str, layout: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Our array for ``key``: HF tensors stacked over the key's ``{i}``/``{e}`` placeholders."""
-    names = stack_names(key)
-
-    def rec(idx: dict[str, int]) -> np.ndarray:
-        if len(idx) == len(names):
-            return to_ours(np.asarray(get(key.format(**idx))), layout)
-        return np.stack([rec({**idx, names[len(idx)]: j}) for j in range(shape[len(idx)])])
-
-    return rec({})
-
-
-def write(arr: np.ndarray, key: str, layout: str) -> dict[str, np.ndarray]:
-    """HF tensors (name -> array) for our stacked array ``arr``."""
-    names = stack_names(key)
-    out: dict[str, np.ndarray] = {}
-
-    def rec(a: np.ndarray, idx: dict[str, int]) -> None:
-        if len(idx) == len(names):
-            out[key.format(**idx)] = to_hf(a, layout)
-            return
-        for j in range(a.shape[0]):
-            rec(a[j], {**idx, names[len(idx)]: j})
-
-    rec(np.asarray(arr), {})
-    return out
-
-
-def load_table(module: nnx.Module, table: Mapping[str, tuple[str, str]], get: Callable[[str], np.ndarray]) -> None:
-    """Fills every parameter of ``module`` in place from HF tensors (``get(name)``) through ``table``."""
-    state = nnx.state(module, nnx.Param)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
-    missing = [path_str(p) for p, _ in leaves if path_str(p) not in table]
-    if missing:
-        raise ValueError(f"no HF tensor mapped for parameters {missing}")
-    out = []
-    for p, leaf in leaves:
-        key, layout = table[path_str(p)]
-        arr = read(get, key, layout, leaf.shape)
-        if arr.shape != leaf.shape:
-            raise ValueError(f"{key}: HF shape (as ours) {arr.shape} != parameter shape {leaf.shape}")
-        out.append(jnp.asarray(arr, leaf.dtype))
-    nnx.update(module, jax.tree_util.tree_unflatten(treedef, out))
-
-
-def export_table(module: nnx.Module, table: Mapping[str, tuple[str, str]]) -> dict[str, np.ndarray]:
-    """HF tensors (name -> array) for every parameter of ``module``."""
-    out: dict[str, np.ndarray] = {}
-    for p, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]:
-        name = path_str(p)
-        if name not in table:
-            raise ValueError(f"parameter {name!r} has no HF name")
-        out.update(write(np.asarray(jax.device_get(leaf)), *table[name]))
-    return out

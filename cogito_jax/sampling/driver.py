@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cogito_jax import jsonl
 from cogito_jax.data import chat
 from cogito_jax.errors import ConfigError, check_choice, check_number
 
@@ -100,21 +101,17 @@ def shard_path(out: str | pathlib.Path, process_index: int, process_count: int) 
 
 def resume_file(path: pathlib.Path, num_samples: int) -> set[str]:
     """Keeps only prompts with all ``num_samples`` lines in an existing output (a crash can leave a torn
-    or partial tail), rewriting the file atomically if anything was dropped; returns the finished ids."""
-    if not path.exists():
-        return set()
-    rows: dict[str, list[str]] = {}
-    lines = path.read_text().splitlines()
-    for line in lines:
-        try:
-            rows.setdefault(json.loads(line)["id"], []).append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue
+    or partial tail), rewriting the file atomically if anything was dropped; returns the finished ids. Any line
+    but a torn last one that is not a row with an ``id`` raises :class:`~cogito_jax.jsonl.JsonlError` naming it."""
+    rows: dict[str, list[dict]] = {}
+    found = jsonl.read(path, require=("id",))
+    for r in found:
+        rows.setdefault(r["id"], []).append(r)
     done = {i for i, v in rows.items() if len(v) == num_samples}
-    kept = [ln for i in rows if i in done for ln in rows[i]]
-    if len(kept) != len(lines):
+    kept = [r for i in rows if i in done for r in rows[i]]
+    if len(kept) != len(found):
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(path)
     return done
 
@@ -203,7 +200,7 @@ def run(
     bar = tqdm(total=stats["prompts"], desc=f"sampling (process {process_index})", disable=not progress, unit="prompt")
     eos = set(int(e) for e in eos_token_ids)
     t0 = time.time()
-    with path.open("a") as f:
+    with jsonl.open_append(path) as f:  # a torn last line is cut off first
         for start, group in batches:
             arrays = _batch_arrays(group, cfg, pad_token_id)
             toks = np.asarray(generate_fn(
@@ -236,14 +233,12 @@ def run(
 
 def merge_outputs(out: str | pathlib.Path, expected_ids: Iterable[str], process_count: int,
                   num_samples: int) -> list[dict[str, Any]]:
-    """Joins the per-process files; raises if a prompt is missing, duplicated or has the wrong sample count."""
+    """Joins the per-process files; raises if a prompt is missing, duplicated or has the wrong sample count
+    (:class:`~cogito_jax.jsonl.JsonlError` naming the line if a line other than a torn last one is not a row)."""
     rows: dict[str, list[dict]] = {}
     for p in range(process_count):
-        for line in shard_path(out, p, process_count).read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        shard = shard_path(out, p, process_count)
+        for r in jsonl.parse(shard.read_text(), str(shard), require=("id",)):
             rows.setdefault(r["id"], []).append(r)
     expected = list(expected_ids)
     missing = [i for i in expected if i not in rows]

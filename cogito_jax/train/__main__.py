@@ -3,7 +3,7 @@
 Appends one JSON line per logged step to `W/metrics.jsonl`, keeps checkpoints in `W/checkpoints/`, and
 continues from the newest checkpoint in `W` by itself (`--config.train.steps=N` is the total).
 Exit status: 0 finished, 2 bad input (one line on stderr), 1 a run-time error (non-finite loss, a checkpoint
-that could not be written), 143 (`config.EXIT_PREEMPTED`) stopped by SIGTERM after saving a checkpoint.
+that could not be written), 143 (`errors.EXIT_PREEMPTED`) stopped by SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations

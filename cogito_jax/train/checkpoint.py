@@ -1,10 +1,11 @@
 """Orbax checkpointing of everything a run needs to continue exactly where it stopped.
 
-A checkpoint at step ``s`` holds ``state`` (parameters that train, optimizer state, step, RNG key
-data), ``iterators`` (every process's input-iterator state, one JSON file per process: each process reads
-its own slice of the data, so their positions differ), ``data`` (process 0's iterator state, as older
-checkpoints have it) and ``meta`` (the config, free-form JSON and a checksum of every state array). Every
-file goes through ``etils.epath`` and Orbax, so a ``gs://`` workdir takes the same code path as a local one.
+A checkpoint at step ``s`` holds ``state`` (parameters that train, optimizer state, step; older checkpoints
+also an unused RNG key, never read), ``iterators`` (every process's input-iterator state, one JSON file per
+process: each process reads its own slice of the data, so their positions differ), ``data`` (process 0's
+iterator state, as older checkpoints have it) and ``meta`` (the config, free-form JSON and a checksum of every
+state array). Every file goes through ``etils.epath`` and Orbax, so a ``gs://`` workdir takes the same code path
+as a local one.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a crash never leaves a
 half-written step behind. Damage after that is caught on restore: missing, truncated or garbled files (Orbax
@@ -12,10 +13,13 @@ and TensorStore read errors, undecodable JSON) and changed bytes (each array's :
 and each JSON item's SHA-256, saved with the step, are compared after reading it). Every process reaches
 the same verdict; a damaged step is moved aside to ``<step>.corrupt-<n>`` (by process 0, between two
 barriers), so it is neither restored again nor in the way of saving that step anew, and the previous step
-is tried. Any other restore failure (e.g. a changed model whose shapes no longer fit) stops the run with
-:class:`IncompatibleCheckpoint`. A save that fails in the background (disk full, no permission) is raised
-as :class:`CheckpointError` by the next :meth:`Checkpointer.check`, :meth:`~Checkpointer.save` or
-:meth:`~Checkpointer.close`.
+is tried. Any other restore failure (e.g. a changed model whose shapes no longer fit, or a state with more or
+fewer arrays than the saved one) stops the run with :class:`IncompatibleCheckpoint`. A save that fails in the
+background (disk full, no permission) is raised as :class:`CheckpointError` by the next
+:meth:`Checkpointer.check`, :meth:`~Checkpointer.save` or :meth:`~Checkpointer.close`.
+
+:meth:`Checkpointer.restore_params` reads the parameters alone, for using a trained model: neither the optimizer
+state, nor the step, nor the input-iterator state is read, and the parameters are verified like a full restore.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -90,9 +94,11 @@ def _block_digest(block: np.ndarray, index: tuple, shape: tuple[int, ...]) -> np
 
 
 def _local_digest(x: Any) -> np.ndarray:
-    """This process's share of ``x``'s digest: the shards it holds the first replica of."""
+    """This process's share of ``x``'s digest: the shards it holds the first replica of (of an array every process
+    holds whole, its own copy, as a model loaded for sampling: process 0's)."""
     if isinstance(x, jax.Array):
-        blocks = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0]
+        mine = not x.is_fully_addressable or jax.process_index() == 0
+        blocks = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0 and mine]
     else:  # a host value, the same on every process: counted once
         blocks = [((), np.asarray(x))] if jax.process_index() == 0 else []
     return sum((_block_digest(b, i, x.shape) for i, b in blocks), np.zeros(2, np.uint64)) % 2**32
@@ -113,12 +119,15 @@ def state_checksums(tree: Any) -> list[list[str]]:
 
 
 def _verify_state(tree: Any, saved: list[list[str]]) -> None:
-    """CorruptCheckpoint naming the arrays whose checksum differs from the one saved (dtype-cast arrays aside)."""
+    """CorruptCheckpoint naming the arrays of ``tree`` (all or part of the saved state) whose checksum differs from
+    the one saved (dtype-cast arrays aside)."""
+    by_path = {path: (dtype, digest) for path, dtype, digest in saved}
     now = state_checksums(tree)
-    if len(now) != len(saved):
-        raise CorruptCheckpoint(f"it holds checksums of {len(saved)} arrays, the state has {len(now)}")
-    bad = [path for (path, dtype, digest), (_, dtype_now, digest_now) in zip(saved, now, strict=True)
-           if dtype == dtype_now and digest != digest_now]
+    unknown = [path for path, _, _ in now if path not in by_path]
+    if unknown:
+        raise CorruptCheckpoint(f"it holds no checksum of {len(unknown)} restored array(s): {', '.join(unknown[:3])}")
+    bad = [path for path, dtype_now, digest_now in now
+           if by_path[path][0] == dtype_now and by_path[path][1] != digest_now]
     if bad:
         raise CorruptCheckpoint(f"checksum mismatch in {len(bad)} array(s): {', '.join(bad[:3])}")
 
@@ -300,6 +309,50 @@ class ProcessJsonRestore(ocp.args.CheckpointArgs):
     pass
 
 
+# ----------------------------------------------------------------------------- what a restore reads
+
+# Arrays that older checkpoints hold and the state no longer has, as paths in the saved tree: never read. (The
+# RNG key data a TrainState carried, which nothing used.)
+RETIRED = frozenset({("rng",)})
+
+
+class ParamsOnly(NamedTuple):
+    """The part of a saved ``TrainState`` that :meth:`Checkpointer.restore_params` reads; its array paths, and so
+    the checksums saved for them, are the state's."""
+
+    params: Any
+
+
+def _key(path: tuple) -> tuple[str, ...]:
+    """A JAX key path as the tuple of names that keys Orbax's flat trees."""
+    return tuple(next((str(getattr(k, a)) for a in ("key", "name", "idx") if hasattr(k, a)), str(k)) for k in path)
+
+
+def _listed(keys: list[tuple[str, ...]]) -> str:
+    return ", ".join("/".join(k) for k in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _restore_args(target: Any, saved: Mapping[tuple[str, ...], Any], skipped: Callable[[tuple[str, ...]], bool]):
+    """Orbax restore arguments for the arrays of ``target`` (one without a sharding gets the saved one). ValueError
+    unless the arrays of ``target`` are those of ``saved`` (the flat metadata tree of the saved state) but for the
+    ``skipped`` ones."""
+    keys = {_key(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    missing = sorted(keys - set(saved))
+    if missing:
+        raise ValueError(f"Structure mismatch: the checkpoint has no {_listed(missing)}")
+    extra = sorted(k for k in saved if k not in keys and not skipped(k))
+    if extra:
+        raise ValueError(f"Structure mismatch: the checkpoint holds {_listed(extra)}, which the state has not")
+
+    def sharding(path, leaf):
+        if getattr(leaf, "sharding", None) is not None:
+            return leaf.sharding
+        stored = getattr(saved[_key(path)], "sharding", None)
+        return None if stored is None else stored.to_jax_sharding()
+
+    return ocp.checkpoint_utils.construct_restore_args(target, jax.tree_util.tree_map_with_path(sharding, target))
+
+
 # ----------------------------------------------------------------------------- the checkpointer
 
 
@@ -327,7 +380,7 @@ class Checkpointer:
         self.check(wait=True)
         iterator = {"iterator": _json_safe(data_state)}
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.PyTreeSave(state),
             data=ocp.args.JsonSave(_seal(iterator)),
             iterators=ProcessJsonSave(_seal(iterator)),
             meta=ocp.args.JsonSave(_seal({"meta": dict(meta or {}), "processes": jax.process_count(),
@@ -370,15 +423,34 @@ class Checkpointer:
         """(step, state, data_state, meta) of ``step`` or the newest intact one; None if there is none.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with the target shardings, so arrays
-        are restored straight into their (possibly different) sharded layout. Without ``step``, damaged steps
-        are moved aside and the previous one is tried; with it, damage raises :class:`CorruptCheckpoint`.
+        are restored straight into their (possibly different) sharded layout. It must hold exactly the saved
+        arrays, but for those of older checkpoints the state no longer has (:data:`RETIRED`), which are not read.
+        Without ``step``, damaged steps are moved aside and the previous one is tried; with it, damage raises
+        :class:`CorruptCheckpoint`.
         """
+        return self._restore(step, lambda s: self._read(s, abstract_state, lambda key: key in RETIRED, True))
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[int, Any] | None:
+        """(step, parameters) of ``step`` or the newest intact one; None if there is none.
+
+        Reads only the ``params`` of the saved :class:`~cogito_jax.train.step.TrainState` (``abstract_params``:
+        ``jax.ShapeDtypeStruct``\\s with the target shardings), never the optimizer state, step or input-iterator
+        state. The parameters are checked against their saved checksums, and damaged steps handled, as by
+        :meth:`restore`.
+        """
+        out = self._restore(step, lambda s: self._read(s, ParamsOnly(abstract_params), lambda key: key[0] != "params",
+                                                       False))
+        return None if out is None else (out[0], out[1].params)
+
+    def _restore(self, step: int | None, read: Callable[[int], tuple[tuple, list | None]]) -> tuple | None:
+        """``read(s)`` of ``step``, or of the newest step whose ``read`` succeeds and whose arrays match their
+        checksums (the others moved aside); its result is ``(step, state, ...)``."""
         self.check(wait=True)  # a save still running is finished (or its failure raised) first
         for s in [step] if step is not None else list(reversed(self.steps())):
             where = f"checkpoint step {s} in {self.directory}"
             out, checksums = None, None
             try:
-                out, checksums = self._read(s, abstract_state)
+                out, checksums = read(s)
                 code, why = 0, ""
             except Exception as e:
                 why = damage(e)
@@ -401,12 +473,24 @@ class Checkpointer:
             self._quarantine(s, why)
         return None
 
-    def _read(self, step: int, abstract_state: Any) -> tuple[tuple[int, Any, Any, dict], list | None]:
-        """Reads ``step`` and checks its JSON items; returns it and the state checksums saved with it."""
-        items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+    def _read(self, step: int, target: Any, skipped: Callable[[tuple[str, ...]], bool],
+              iterators: bool) -> tuple[tuple[int, Any, Any, dict], list | None]:
+        """Reads the arrays of ``target`` from ``step`` (and the input-iterator state where ``iterators``) and
+        checks its JSON items; returns it and the state checksums saved with it. Saved arrays that ``target`` lacks
+        must be ``skipped(key)`` (a key is the array's path in the saved tree); they are not read."""
+        state_dir = self.directory / str(step) / "state"
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            saved = ocp.tree.to_flat_dict(handler.metadata(state_dir).tree)
+        finally:
+            handler.close()
+        items = dict(state=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target, saved, skipped),
+                                                  partial_restore=True),
                      meta=ocp.args.JsonRestore())
-        if (self.directory / str(step) / "iterators").exists():
-            items["iterators"] = ProcessJsonRestore()
+        if iterators:
+            items["data"] = ocp.args.JsonRestore()
+            if (self.directory / str(step) / "iterators").exists():
+                items["iterators"] = ProcessJsonRestore()
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception:
@@ -417,6 +501,9 @@ class Checkpointer:
         sealed = isinstance(out["meta"], Mapping) and "sha256" in out["meta"]
         meta = _unseal(out["meta"], "meta", required=False)
         checksums = meta.get("state_checksums") if sealed else None
+        user_meta = dict(meta["meta"]) if sealed else meta
+        if not iterators:
+            return (step, out["state"], None, user_meta), checksums
         data = _unseal(out["data"], "data/ (iterator state)", required=sealed).get("iterator")
         own = out["iterators"] if "iterators" in items else None
         if own is not None:
@@ -427,7 +514,6 @@ class Checkpointer:
             logger.warning("checkpoint step %d has no input-iterator state for process %d of %d; using process 0's, "
                            "so this process's data order does not continue exactly", step, jax.process_index(),
                            jax.process_count())
-        user_meta = dict(meta["meta"]) if sealed else meta
         return (step, out["state"], _from_json_safe(data), user_meta), checksums
 
     def _quarantine(self, step: int, why: str) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import jax
 
 from cogito_jax import config as cfglib, errors, sharding
-from cogito_jax.data import chat, pipeline, prepare, records, tokenizer as toklib
+from cogito_jax.data import pipeline, prepare, records, tokenizer as toklib
 from cogito_jax.models import registry
+from cogito_jax.train.trained import load_init, model_config
 
 
 def example_spec(cfg: Any, model_cfg: Any, tok: Any) -> pipeline.ExampleSpec:
@@ -35,29 +35,6 @@ def pipeline_options(cfg: Any, model_cfg: Any) -> dict[str, Any]:
                                      f"{model_cfg.audio.num_frames} mel frames")
     return {"packing": bool(opts["packing"]), "max_clips_per_row": int(opts["max_clips_per_row"]),
             "audio_buckets": buckets, "num_workers": int(opts["num_workers"])}
-
-
-def model_overrides(cfg: Any) -> dict[str, Any]:
-    """The run's model settings (``registry.OVERRIDES``: dtypes, remat, attention, MoE) that it sets."""
-    return {k: cfg.model[k] for k in registry.OVERRIDES if cfg.model.get(k)}
-
-
-def load_init(cfg: Any, path: str, mesh: jax.sharding.Mesh | None):
-    """(model, config) of an HF checkpoint folder (or a ``convert hf-to-orbax`` folder) with the run's
-    dtypes, remat and attention settings."""
-    from cogito_jax.convert import load
-
-    over = model_overrides(cfg)
-    param_dtype = over.pop("param_dtype", "float32")
-    compute_dtype = over.pop("dtype", param_dtype)
-    kw = {} if mesh is None else dict(mesh=mesh, rules=sharding.resolve_rules(cfg.sharding.rules))
-    return load(path, param_dtype, compute_dtype=compute_dtype, **kw, **over)
-
-
-def model_config(cfg: Any, tok: Any):
-    fmt = chat.chat_format(cfg.model.family)
-    audio_id = tok.convert_tokens_to_ids(fmt.audio_token)
-    return registry.config_for(cfg.model, vocab_size=len(tok), audio_token_id=audio_id)
 
 
 def train(cfg: Any, workdir: str, *, init_from: str | None = None, init_model: Any = None) -> dict[str, Any]:
@@ -107,33 +84,3 @@ def check_dataset(source: records.RecordSource, spec: pipeline.ExampleSpec, what
         raise errors.ConfigError(
             f"the {what} dataset {str(source.dataset_dir)!r} holds {mel.shape[-1]}-bin log-mel but the model takes "
             f"{spec.n_mels} bins: rebuild it with data_prep.build --config.features.n_mels={spec.n_mels}")
-
-
-def load_trained(cfg: Any, workdir: str | pathlib.Path):
-    """(model, tokenizer, model config) with the newest checkpoint's parameters of a finished run."""
-    from flax import nnx
-
-    from cogito_jax.train import optim, trainer
-    from cogito_jax.train.checkpoint import Checkpointer
-    from cogito_jax.train.step import TrainState
-
-    paths = prepare.ensure_data(cfg, workdir)
-    tok = toklib.load(paths["tokenizer"])
-    mcfg = model_config(cfg, tok)
-    base = (load_init(cfg, cfg.model.checkpoint, None)[0] if cfg.model.get("checkpoint")  # frozen parts
-            else registry.build(mcfg, cfg.seed))
-    model = trainer.for_training(cfg, base)  # LoRA runs: base + adapters
-    graphdef, params, rest = nnx.split(model, optim.trainable_filter(cfg.train.trainable), ...)
-    tx, _ = optim.make_tx(cfg.optim, cfg.train.steps)
-    sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
-    abstract = TrainState(jax.tree.map(sds, params), jax.tree.map(sds, jax.eval_shape(tx.init, params)),
-                          jax.ShapeDtypeStruct((), jax.numpy.int32),
-                          sds(jax.random.key_data(jax.random.key(0))))
-    ck = Checkpointer(workdir)
-    try:
-        restored = ck.restore(abstract)
-    finally:
-        ck.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}")
-    return trainer.unwrap(nnx.merge(graphdef, TrainState(*restored[1]).params, rest)), tok, mcfg

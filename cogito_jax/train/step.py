@@ -36,7 +36,6 @@ class TrainState(NamedTuple):
     params: Any  # nnx.State of the trainable parameters
     opt_state: Any
     step: jax.Array  # int32 scalar
-    rng: jax.Array  # uint32 key data
 
 
 def token_cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array,
@@ -153,7 +152,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             "param_norm": optax.tree.norm(params),
             **throughput_counts(batch),
         }
-        return TrainState(params, opt_state, state.step + 1, state.rng), metrics
+        return TrainState(params, opt_state, state.step + 1), metrics
 
     return step
 

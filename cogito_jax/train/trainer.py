@@ -2,7 +2,7 @@
 
 ``run(cfg, workdir, model_factory, train_data, ...)`` trains until ``cfg.train.steps`` and returns the
 last logged metrics plus ``preempted`` (True when SIGTERM stopped it early). It restarts
-from the newest checkpoint in ``workdir`` by itself (parameters, optimizer, step, RNG and the input
+from the newest checkpoint in ``workdir`` by itself (parameters, optimizer, step and the input
 iterator's position), so a killed run continues with the next unseen batch and produces the same
 losses it would have without the interruption. SIGTERM (preemption) saves the current step and
 returns normally.
@@ -150,15 +150,12 @@ def prepare(cfg: Any, model: nnx.Module, mesh: jax.sharding.Mesh, rules: shardin
     if abstract:
         opt_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_opt,
                                  opt_sh)
-        rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-        state = TrainState(params, opt_state, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-                           jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=rep))
+        state = TrainState(params, opt_state, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep))
     else:
         with jax.set_mesh(mesh):
             opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-        state = TrainState(params, opt_state, jax.device_put(jnp.int32(0), rep),
-                           jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), rep))
-    return Prepared(graphdef, state, frozen, TrainState(params_sh, opt_sh, rep, rep), frozen_sh, tx, schedule, mesh,
+        state = TrainState(params, opt_state, jax.device_put(jnp.int32(0), rep))
+    return Prepared(graphdef, state, frozen, TrainState(params_sh, opt_sh, rep), frozen_sh, tx, schedule, mesh,
                     rules)
 
 
