@@ -12,11 +12,17 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import resource
 import time
 
+import numpy as np
 from absl import flags
 
 from cogito_jax import cli, config as cfglib, errors, jsonl
+from cogito_jax.data import records, synthetic
+from cogito_jax.data.prepare import audio_window
+from cogito_jax.distill import rounds
+from cogito_jax.metrics import read_jsonl
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where the demo writes its outputs.")
 _QUICK = flags.DEFINE_bool("quick", False, "A smoke-sized run (configs/demo.py:quick).")
@@ -24,17 +30,12 @@ cli.define_config_flag()
 
 
 def run(cfg, workdir: pathlib.Path) -> dict:
-    from cogito_jax.data import records, synthetic
-    from cogito_jax.distill import rounds
-
     workdir.mkdir(parents=True, exist_ok=True)
     cfglib.dump(cfg, workdir / "config.json")
     times = {}
     t = time.time()
     pool_size = cfg.experiment.get("pool_size", 0)
     if pool_size:
-        from cogito_jax.data.prepare import audio_window
-
         n_mels, max_seconds = audio_window(cfg)
         pool = synthetic.build_dataset(workdir / "pool", pool_size, seed=cfg.data.seed + 17, split="train",
                                        n_mels=n_mels, max_seconds=max_seconds)
@@ -72,8 +73,6 @@ def gain_over_sft(stages: list[dict]) -> list[dict]:
 
 
 def _peak_rss_gib() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
 
 
@@ -99,10 +98,6 @@ def _plots(report: dict, workdir: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from cogito_jax.metrics import read_jsonl
-
     stages = report["stages"]
     cats = sorted({c for s in stages for c in s["category"]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -22,13 +22,20 @@ import math
 import os
 import pathlib
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 
-from cogito_jax.data import chat
+from cogito_jax import audio
+from cogito_jax.cli import load_config
+from cogito_jax.convert import load_hf
+from cogito_jax.data import chat, tokenizer as toklib
 from cogito_jax.errors import usage_error
-from cogito_jax.eval import benchmarks
+from cogito_jax.eval import benchmarks, predict as predict_lib, rubrics
 from cogito_jax.eval.benchmarks import BenchmarkError, write_atomic, write_official
-from cogito_jax.eval.score import check_known, score
+from cogito_jax.eval.predict import load_model
+from cogito_jax.eval.report import write_report
+from cogito_jax.eval.score import check_known, is_correct, score
+from cogito_jax.judge import EngineJudge, HttpJudge
 
 __all__ = ["main", "write_official"]
 
@@ -162,8 +169,6 @@ def _read_scores(path: str) -> dict:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cogito_jax.eval.report import write_report
-
     out = _out_dir(args.out)
     names = args.names.split(",") if args.names else [pathlib.Path(args.scores).stem,
                                                       pathlib.Path(args.compare or "other").stem]
@@ -180,9 +185,6 @@ def _load_model(args: argparse.Namespace):
     """(model, tokenizer, family, max_frames, n_mels) from an HF checkpoint folder or a trained run."""
     if bool(args.checkpoint) == bool(args.workdir):
         raise BenchmarkError("give exactly one of --checkpoint HF_DIR or --workdir RUN (with --config)")
-    from cogito_jax.cli import load_config
-    from cogito_jax.eval.predict import load_model
-
     if args.workdir and not args.config:
         raise BenchmarkError("--workdir needs --config (the run's config file)")
     if args.workdir and not (pathlib.Path(args.workdir) / "checkpoints").is_dir():
@@ -196,13 +198,7 @@ def _load_model(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     """Features -> generate -> split thinking/answer -> challenge-format predictions -> scores + report."""
-    from collections import Counter
-
     from tqdm.auto import tqdm
-
-    from cogito_jax import audio
-    from cogito_jax.eval import predict as predict_lib
-    from cogito_jax.eval.report import write_report
 
     bench = benchmarks.get(args.benchmark)
     out = _out_dir(args.out)
@@ -255,10 +251,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rubrics(args: argparse.Namespace) -> int:
     """MMAR-Rubrics: the judge grades correctly answered items' reasoning (5 runs, middle-3 mean, CRS)."""
-    from cogito_jax.eval import rubrics
-    from cogito_jax.eval.score import is_correct
-    from cogito_jax.judge import HttpJudge
-
     if bool(args.judge_url) == bool(args.judge_checkpoint):
         raise BenchmarkError("give exactly one of --judge-url (OpenAI-compatible) or --judge-checkpoint (local)")
     _hf_dir(args.judge_checkpoint, "--judge-checkpoint")
@@ -276,10 +268,6 @@ def _rubrics(args: argparse.Namespace) -> int:
         judge = HttpJudge(args.judge_url, args.judge_model, timeout_s=args.timeout, max_retries=args.retries,
                           requests_per_s=args.rate, cache_path=out.with_suffix(".judge_cache.jsonl"))
     else:
-        from cogito_jax.convert import load_hf
-        from cogito_jax.data import tokenizer as toklib
-        from cogito_jax.judge import EngineJudge
-
         model, mcfg = load_hf(args.judge_checkpoint)
         judge = EngineJudge(model, toklib.load(args.judge_checkpoint), mcfg.family)
     result = rubrics.score_rubrics(meta, predictions, judge, is_correct)

@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from cogito_jax import cli, errors
-from cogito_jax.data import chat
+from cogito_jax import audio, cli, errors, sharding
+from cogito_jax.data import chat, prepare, records
 from cogito_jax.errors import ConfigError
+from cogito_jax.eval import predict
+from cogito_jax.eval.predict import load_model
+from cogito_jax.sampling import driver
 from cogito_jax.sampling.driver import LazyMelPrompt
 
 _INPUT = flags.DEFINE_string("input", None, "Prompts: a JSONL file or a dataset folder written by data_prep.build.")
@@ -47,8 +50,6 @@ class AudioFileItem(LazyMelPrompt):
         self._n_frames: int | None = None
 
     def _wave(self) -> np.ndarray:
-        from cogito_jax import audio
-
         try:
             wave, _ = audio.decode(self.path)
         except audio.AudioError as e:
@@ -56,15 +57,11 @@ class AudioFileItem(LazyMelPrompt):
         return wave[: self.max_frames * audio.HOP]
 
     def load_mel(self) -> np.ndarray:
-        from cogito_jax import audio
-
         mel = audio.log_mel_frames(self._wave(), self.n_mels).T
         self._n_frames = mel.shape[0]
         return mel
 
     def num_frames(self) -> int:
-        from cogito_jax import audio
-
         if self._n_frames is None:
             self._n_frames = audio.num_frames(len(self._wave()))
         return self._n_frames
@@ -176,8 +173,6 @@ def jsonl_items(rows: list[dict[str, Any]], n_mels: int, max_frames: int) -> lis
 
 def open_records(path: pathlib.Path, split: str) -> Any:
     """The RecordSource of a dataset folder written by ``data_prep.build``."""
-    from cogito_jax.data import prepare, records
-
     try:
         source = records.RecordSource(prepare.dataset_dir(path), split)
     except KeyError as e:
@@ -198,8 +193,6 @@ def record_items(source: Any, n_mels: int) -> list[Mapping[str, Any]]:
 
 def load(cfg: Any) -> tuple[Any, Any, Any]:
     """(model, tokenizer, model config) the config names: ``sample.workdir`` or ``model.checkpoint``."""
-    from cogito_jax.eval.predict import load_model
-
     workdir, checkpoint = cfg.sample.workdir, cfg.model.get("checkpoint", "")
     if workdir and not (pathlib.Path(workdir) / "checkpoints").is_dir():
         raise ConfigError(f"sample.workdir={workdir!r} holds no checkpoints/ (not a run of python -m cogito_jax.train)")
@@ -223,9 +216,6 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
            progress: bool = True) -> dict[str, Any]:
     """Reads the prompts, loads the model and runs the driver; returns its statistics and the output path."""
     import jax
-
-    from cogito_jax.eval import predict
-    from cogito_jax.sampling import driver
 
     path = pathlib.Path(input_spec)
     if not path.exists():
@@ -255,8 +245,6 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
 
 
 def main(cfg) -> int:
-    from cogito_jax import sharding
-
     if not _INPUT.value:
         errors.usage_error("--input is required (a prompts JSONL file or a data_prep dataset folder)")
     if not _OUT.value:

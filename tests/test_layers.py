@@ -1,11 +1,33 @@
-"""The package's import graph points one way: no circle between modules (counting imports inside functions), the
-library never imports ``data_prep``, and modules import each other at module level, not inside functions."""
+"""The package's import graph points one way: no circle between modules (counting imports inside functions), each
+module imports only modules of its own layer or below (``LAYERS``, the map in docs/ARCHITECTURE.md), the library
+never imports ``data_prep``, and modules import each other at module level, not inside functions."""
 
 import ast
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("cogito_jax", "data_prep", "launch")
+# The library's layers, bottom first: a module's prefix names its layer (the longest prefix that matches).
+LAYERS = (
+    ("base", ("cogito_jax.errors", "cogito_jax.log", "cogito_jax.jsonl", "cogito_jax.audio", "cogito_jax.metrics")),
+    ("config", ("cogito_jax.config",)),
+    ("sharding", ("cogito_jax.sharding",)),
+    ("models", ("cogito_jax.models", "cogito_jax.convert")),
+    ("data", ("cogito_jax.data",)),
+    ("sampling", ("cogito_jax.sampling",)),
+    ("train", ("cogito_jax.train",)),
+    ("eval", ("cogito_jax.eval", "cogito_jax.distill", "cogito_jax.judge")),
+    ("entry points", ("cogito_jax.cli", "cogito_jax.sample", "cogito_jax.evaluate", "cogito_jax.demo",
+                      "cogito_jax.show_config", "cogito_jax.sweeps", "cogito_jax.train.__main__",
+                      "cogito_jax.distill.__main__")),
+    ("data_prep", ("data_prep",)),
+    ("launch", ("launch",)),
+)
+# Modules that import project modules inside a function, and why they must.
+LATE_IMPORTS = {
+    "launch.aot_compile": "--topology cpu:N sets XLA_FLAGS before JAX is first imported, and every project module "
+                          "it compiles imports JAX",
+}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -108,6 +130,21 @@ def test_the_import_graph_has_no_circle():
     assert _cycles(EDGES) == []
 
 
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a module (its longest matching prefix); KeyError for a module no layer holds."""
+    best = max(((len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+                if module == p or module.startswith(p + ".")), default=None)
+    if best is None:
+        raise KeyError(f"{module} is in no layer: add it to LAYERS (and docs/ARCHITECTURE.md)")
+    return best[1]
+
+
+def test_imports_point_down_the_layers():
+    up = sorted((m, t) for m, ts in EDGES.items() if m != "cogito_jax"  # the root package imports nothing
+                for t in ts if layer_of(t) > layer_of(m))
+    assert up == []
+
+
 def test_the_library_never_imports_data_prep():
     up = sorted((m, t) for m, ts in EDGES.items() for t in ts
                 if m.startswith("cogito_jax") and t.startswith("data_prep"))
@@ -115,7 +152,8 @@ def test_the_library_never_imports_data_prep():
 
 
 def test_project_modules_are_imported_at_module_level():
-    assert LOCAL == []
+    assert [x for x in LOCAL if x[0] not in LATE_IMPORTS] == []
+    assert {m for m, _, _ in LOCAL} == set(LATE_IMPORTS)  # an entry above that no longer needs it goes
 
 
 def test_the_checker_sees_circles_and_imports_inside_functions(tmp_path):
@@ -126,3 +164,6 @@ def test_the_checker_sees_circles_and_imports_inside_functions(tmp_path):
     node = tree.body[1].body[0]
     assert any(isinstance(p, ast.FunctionDef) for p in _parents(tree, node))
     assert _targets("cogito_jax.cli", node) == ["cogito_jax.audio"]
+    assert LAYERS[layer_of("cogito_jax.train.__main__")][0] == "entry points"
+    assert LAYERS[layer_of("cogito_jax.train.step")][0] == "train"
+    assert layer_of("cogito_jax.config") < layer_of("cogito_jax.sharding") < layer_of("cogito_jax.models.attention")

@@ -38,7 +38,9 @@ from cogito_jax.errors import EXIT_PREEMPTED, ConfigError, check_choice, check_n
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
+from cogito_jax.sampling import driver
 from cogito_jax.train import trained
+from cogito_jax.train.run import train
 
 
 class State:
@@ -105,8 +107,6 @@ def _stage(state: State, name: str, fn: Callable[[], dict | None]) -> None:
 
 def _train(*args: Any, **kwargs: Any) -> None:
     """A training stage; a preempted one stops the whole job (exit ``EXIT_PREEMPTED``), never marked done."""
-    from cogito_jax.train.run import train
-
     if train(*args, **kwargs).get("preempted"):
         logger.warning("training was preempted: stopping; a restart resumes this stage from its checkpoint")
         raise SystemExit(EXIT_PREEMPTED)
@@ -161,8 +161,6 @@ def _generate(cfg: Any, run_cfg: Any, run_dir: pathlib.Path, orders: list[list[d
 
 def _read(cfg: Any, orders: list[list[dict]], out_dir: pathlib.Path, prefix: str) -> list[dict]:
     """The rows of a finished sampling stage, each with its choice order and the choices as shown."""
-    from cogito_jax.sampling import driver
-
     rows = []
     for k, items in enumerate(orders):
         got = driver.merge_outputs(out_dir / f"{prefix}_order{k}.jsonl", [it["id"] for it in items], 1,

@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from cogito_jax.data import chat
+from cogito_jax.convert import load_hf
+from cogito_jax.data import chat, tokenizer as toklib
+from cogito_jax.eval import benchmarks, score
 from cogito_jax.sampling import driver, engine_for
+from cogito_jax.train import trained
 
 
 def items_from_records(source: Any, limit: int | None = None, order_seed: int | None = None) -> list[dict]:
@@ -38,16 +41,11 @@ def load_model(*, checkpoint: str | None = None, workdir: str | None = None, cfg
     """(model, tokenizer, model config) from a run trained here (``workdir`` with its config ``cfg``) or an HF
     checkpoint folder holding config.json, safetensors and the tokenizer (parameters in ``dtype``)."""
     if workdir:
-        from cogito_jax.train import trained
-
         if cfg is None:
             raise ValueError(f"loading the run in {workdir!r} needs its config")
         return trained.load(cfg, workdir)
     if not checkpoint:
         raise ValueError("no model: give an HF checkpoint folder or a trained run's workdir")
-    from cogito_jax.convert import load_hf
-    from cogito_jax.data import tokenizer as toklib
-
     model, mcfg = load_hf(checkpoint, dtype, compute_dtype=compute_dtype)
     return model, toklib.load(checkpoint), mcfg
 
@@ -83,8 +81,6 @@ def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out:
 
 def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: int = 1000) -> dict[str, Any]:
     """MMAR-rule accuracy (overall, per modality / category / sub-category, with CIs) of sample 0."""
-    from cogito_jax.eval import benchmarks, score
-
     preds = {r["id"]: {"answer_prediction": r["answer"], "thinking_prediction": r["thinking"]}
              for r in rows if r["sample"] == 0}
     bench_items = [benchmarks.Item(id=it["id"], audio_path="", question=it["question"], choices=list(it["choices"]),

@@ -9,6 +9,8 @@ import jax
 from cogito_jax import config as cfglib, errors, sharding
 from cogito_jax.data import pipeline, prepare, records, tokenizer as toklib
 from cogito_jax.models import registry
+from cogito_jax.models.whisper_encoder import WhisperEncoderConfig
+from cogito_jax.train import trainer
 from cogito_jax.train.trained import load_init, model_config
 
 
@@ -25,8 +27,6 @@ def pipeline_options(cfg: Any, model_cfg: Any) -> dict[str, Any]:
     opts = {k: d.get(k, v) for k, v in cfglib.DATA_PIPELINE_DEFAULTS.items()}
     buckets = tuple(opts["audio_buckets"])
     if buckets:
-        from cogito_jax.models.whisper_encoder import WhisperEncoderConfig
-
         if isinstance(model_cfg.audio, WhisperEncoderConfig):
             raise errors.ConfigError(f"data.audio_buckets={buckets}: the {model_cfg.family} audio encoder takes "
                                      f"exactly {model_cfg.audio.num_frames} mel frames; leave audio_buckets empty")
@@ -41,8 +41,6 @@ def train(cfg: Any, workdir: str, *, init_from: str | None = None, init_model: A
     """Trains ``cfg`` in ``workdir``; starts from an HF checkpoint folder (``init_from``, by default the
     config's ``model.checkpoint``), a given model (``init_model``, e.g. the base of a self-distillation
     round) or a fresh initialisation."""
-    from cogito_jax.train import trainer
-
     if init_model is None and not init_from:
         init_from = cfg.model.get("checkpoint") or None
 
