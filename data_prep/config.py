@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from ml_collections import ConfigDict
 
 from cogito_jax.config import DISTRIBUTED_DEFAULTS, check_schema
-from cogito_jax.errors import ConfigError
+from cogito_jax.data import chat
+from cogito_jax.errors import ConfigError, check_choice
 from cogito_jax.judge import check_settings
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
-THINK_SYSTEMS = ("challenge", "default", "none")
 MAX_QUESTIONS_PER_CLIP = 3
 RUNNERS = ("local", "beam")  # local: data_prep.build; beam: data_prep.beam_pipeline (the CPU stages)
 # options: pipeline options as strings; clips_per_shard: manifest items per output shard; select_groups: the
@@ -105,8 +105,7 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
     if cfg.annotate.model and not cfg.annotate.seed_questions:
         raise ConfigError("annotate.model is set but annotate.seed_questions is not: give a JSONL pool of seed "
                           "questions (--config.annotate.seed_questions=SEEDS.jsonl)")
-    if cfg.think.system not in THINK_SYSTEMS:
-        raise ConfigError(f"think.system={cfg.think.system!r} must be one of {THINK_SYSTEMS}")
+    check_choice("think.system", cfg.think.system, tuple(chat.SYSTEMS))
     a = cfg.audit
     if a.judge_url and a.judge_local_model:
         raise ConfigError(f"audit.judge_url={a.judge_url!r} and audit.judge_local_model={a.judge_local_model!r} "

@@ -21,13 +21,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from cogito_jax import convert, jsonl
-from cogito_jax.data import chat, tokenizer as toklib
+from cogito_jax.data import tokenizer as toklib
 from cogito_jax.errors import ConfigError
 from cogito_jax.eval import predict
 from cogito_jax.models import registry
 from cogito_jax.sampling import driver
-
-SYSTEMS = {"challenge": chat.CHALLENGE_SYSTEM, "default": "default", "none": None}
 
 
 @dataclasses.dataclass(frozen=True)

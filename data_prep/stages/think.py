@@ -11,6 +11,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cogito_jax.data import chat
 from cogito_jax.errors import ConfigError
 from data_prep.stages import generation
 from data_prep.stages.cache import mel_path
@@ -35,7 +36,7 @@ def run(items: Sequence[dict], cfg: Any, out: pathlib.Path, lm: Any, audio_rows:
                for it in items]
     samples, before = generation.generate(lm, prompts, path, num_samples=t.num_samples, temperature=t.temperature,
                                           top_p=t.top_p, max_new_tokens=t.max_new_tokens, batch_size=t.batch_size,
-                                          seed=cfg.seed, system=generation.SYSTEMS[t.system], who="think.model")
+                                          seed=cfg.seed, system=chat.SYSTEMS[t.system], who="think.model")
     finish = [r["finish_reason"] for rows in samples.values() for r in rows]
     stats = {"questions": len(items), "samples": len(finish), "generated_this_run": len(set(samples) - before),
              "cut_at_max_new_tokens": finish.count("length")}
