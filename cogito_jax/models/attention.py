@@ -263,3 +263,71 @@ def splash_attention(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, ma
 
 def check_impl(impl: str, what: str = "attn_impl") -> str:
     return check_choice(what, impl, IMPLS)
+
+
+class PagedKV(NamedTuple):
+    """One layer's view of a paged KV pool (continuous batching): where each row's keys/values live and which of
+    them a new token sees.
+
+    A row's tokens are stored by *slot*: slot ``s`` is offset ``s % page_size`` of page ``table[row, s //
+    page_size]``. Slots ``0 .. prompt_len - 1`` hold the prompt (pages shared by the prompt's samples); the
+    row's generated tokens start at slot ``gen_start`` (the first page boundary after the prompt, so no row
+    writes into a shared page). Rotary positions are passed apart and do not depend on slots."""
+
+    k: jax.Array  # [pages, page_size, K, H]
+    v: jax.Array  # [pages, page_size, K, H]
+    table: jax.Array  # int32 [B, W]: page of each block of page_size slots; W a multiple of block_pages
+    slot: jax.Array  # int32 [B, T]: where each new token is written (-1: nowhere, to the null page 0)
+    prompt_len: jax.Array  # int32 [B]
+    gen_start: jax.Array  # int32 [B]
+    block_pages: int  # pages read per step of the attention loop
+
+
+def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv: PagedKV, scale: float
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Writes the new tokens' keys/values at their slots, then attends each query over the slots it sees:
+    prompt slots before it (``< min(prompt_len, slot + 1)``) and generated slots ``gen_start .. slot``.
+
+    Only live blocks are read: a loop over ``block_pages`` pages at a time runs up to the block that holds the
+    highest slot any row writes, with an online softmax (running max and sum in float32), so the cost follows
+    the longest live row, not the pool or the page table. Returns (``[B, T, n, H]``, the layer's new k, v)."""
+    b, t, n, h = q_btnh.shape
+    pages, page, kvh, _ = kv.k.shape
+    g = n // kvh
+    slot = kv.slot
+    page_of = jnp.where(slot >= 0, jnp.take_along_axis(kv.table, jnp.maximum(slot, 0) // page, axis=1), 0)
+    off = jnp.where(slot >= 0, slot % page, 0)
+    k_pages = kv.k.at[page_of.reshape(-1), off.reshape(-1)].set(k_btkh.reshape(b * t, kvh, h).astype(kv.k.dtype))
+    v_pages = kv.v.at[page_of.reshape(-1), off.reshape(-1)].set(v_btkh.reshape(b * t, kvh, h).astype(kv.v.dtype))
+
+    span = kv.block_pages * page
+    n_blocks = (jnp.max(slot) + span) // span  # blocks up to the one holding the highest written slot
+    q = q_btnh.reshape(b, t, kvh, g, h).astype(jnp.float32)
+    lim = jnp.minimum(kv.prompt_len[:, None], slot + 1)  # [B, T]: prompt slots seen
+    neg = jnp.finfo(jnp.float32).min
+
+    def block(j, carry):
+        m, l, acc = carry
+        pages_j = jax.lax.dynamic_slice_in_dim(kv.table, j * kv.block_pages, kv.block_pages, axis=1)  # [B, bp]
+        k_j = k_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
+        v_j = v_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
+        s_idx = j * span + jnp.arange(span)  # [L]
+        seen = ((s_idx[None, None, :] < lim[:, :, None])
+                | ((s_idx[None, None, :] >= kv.gen_start[:, None, None]) & (s_idx[None, None, :] <= slot[:, :, None])))
+        if t == 1:  # decode: products and sums XLA fuses into one pass over the block (no batched matmul)
+            k_t, v_t = k_j.transpose(0, 2, 1, 3)[:, None, :, None], v_j.transpose(0, 2, 1, 3)[:, None, :, None]
+            logits = jnp.sum(q[..., None, :] * k_t, axis=-1) * scale
+        else:
+            logits = jnp.einsum("btkgh,blkh->btkgl", q, k_j) * scale
+        logits = jnp.where(seen[:, :, None, None, :], logits, neg)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        p = jnp.exp(logits - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        pv = jnp.sum(p[..., None] * v_t, axis=-2) if t == 1 else jnp.einsum("btkgl,blkh->btkgh", p, v_j)
+        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+
+    init = (jnp.full((b, t, kvh, g), neg, jnp.float32), jnp.zeros((b, t, kvh, g), jnp.float32),
+            jnp.zeros((b, t, kvh, g, h), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
+    out = (acc / l[..., None]).reshape(b, t, n, h).astype(q_btnh.dtype)
+    return out, k_pages, v_pages

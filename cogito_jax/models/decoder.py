@@ -26,11 +26,13 @@ from flax import nnx
 from cogito_jax import sharding
 from cogito_jax.models.attention import (
     KVCache,
+    PagedKV,
     SampleCache,
     SampleKV,
     attention_mask,
     check_impl,
     dot_product_attention,
+    paged_attention,
     self_attention_mask,
     shared_prefix_attention,
 )
@@ -103,6 +105,9 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        if isinstance(cache_kv, PagedKV):  # continuous batching: a paged pool shared by every live row
+            out, k_pages, v_pages = paged_attention(q, k, v, cache_kv, cfg.head_dim ** -0.5)
+            return self.o_proj(out.reshape(b, t, -1)), (k_pages, v_pages)
         if isinstance(cache_kv, SampleKV):  # one new token per row: shared prompt + this row's generated slots
             c = cache_kv
             k_rksh = jax.lax.dynamic_update_slice(c.k, k.swapaxes(1, 2).astype(c.k.dtype), (0, 0, c.index, 0))
@@ -204,6 +209,24 @@ class Decoder(nnx.Module):
             vs.append(v)
         logits = self.logits(self.norm(x))[:, 0]
         return logits, cache._replace(k=tuple(ks), v=tuple(vs), index=cache.index + 1)
+
+    def paged(self, x_btd: jax.Array, positions_bt: jax.Array, k_pages: Sequence[jax.Array],
+              v_pages: Sequence[jax.Array], view: PagedKV, layers: Sequence[Block] | None = None
+              ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Final hidden states ``[B, T, D]`` (normed) for new tokens ``x_btd`` at rotary ``positions_bt``, read from
+        and written to a paged KV pool (one ``[pages, page_size, K, H]`` array per layer; ``view`` gives the page
+        tables and slots, its ``k``/``v`` unused). Prefill chunks (``T`` tokens of one prompt) and decode steps
+        (one token per row) both run here."""
+        cfg = self.cfg
+        layers = self.unstack_layers() if layers is None else layers
+        cos, sin = rope_cos_sin(positions_bt, cfg.head_dim, cfg.rope_theta)
+        x = x_btd.astype(dtype_of(cfg.dtype))
+        ks, vs = [], []
+        for i, block in enumerate(layers):
+            x, (k, v), _ = block(x, cos, sin, None, view._replace(k=k_pages[i], v=v_pages[i]))
+            ks.append(k)
+            vs.append(v)
+        return self.norm(x), tuple(ks), tuple(vs)
 
     def logits(self, h_btd: jax.Array) -> jax.Array:
         if self.cfg.tie_embeddings:
