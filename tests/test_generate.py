@@ -9,6 +9,7 @@ from flax import nnx
 from cogito_jax.convert import load_hf
 from cogito_jax.models.attention import SampleCache
 from cogito_jax.sampling import Engine, engine_for, generate
+from cogito_jax.sampling.continuous import ContinuousEngine, Request, SlotConfig
 from tests.hf_tiny import save_qwen2_audio
 from tests.test_models_qwen2_audio import make_batch
 
@@ -161,3 +162,90 @@ def test_an_engine_goes_with_its_model():
     del model, eng
     gc.collect()
     assert gone() is None and model_gone() is None
+
+
+# ------------------------------------------------------------------------------------------- continuous batching
+
+
+def _requests(ids, am, feats, fmask, *, samples=1, max_new=12, temperature=0.0, budgets=None):
+    reqs = []
+    for b in range(ids.shape[0]):
+        n = int(fmask[b].sum())
+        reqs.append(Request(id=f"p{b}", ids=ids[b][am[b] == 1].tolist(), samples=range(samples),
+                            max_new_tokens=budgets[b] if budgets else max_new, temperature=temperature, top_k=40,
+                            stop_ids=(EOS,), mel=feats[b].T, n_frames=n))
+    return reqs
+
+
+def _continuous(model, reqs, *, seed=0, **slot_kw):
+    kw = dict(slots=4, page_size=4, max_context=64, prefill_chunk=16, steps_per_sync=3, block_pages=2) | slot_kw
+    eng = ContinuousEngine(model, SlotConfig(**kw))
+    got = {}
+    stats = eng.run(reqs, lambda f: got.__setitem__((f.id, f.sample), f), seed=seed, max_frames=32)
+    return got, stats, eng
+
+
+def test_continuous_greedy_equals_hf_generate(models):
+    """Unpadded prompts of mixed lengths with audio, 3 samples each through 4 slots (rows refilled mid-run),
+    prefill in chunks smaller than the prompts: every sample equals HF generate's greedy continuation."""
+    hf, model = models
+    ids, feats, fmask, am = _prompts()
+    with torch.no_grad():
+        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
+                          input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
+                          do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    got, stats, eng = _continuous(model, _requests(ids, am, feats, fmask, samples=3))
+    for b in range(3):
+        want = ref[b, ids.shape[1]:].tolist()
+        end = want.index(EOS) + 1 if EOS in want else len(want)
+        for s in range(3):
+            assert got[(f"p{b}", s)].tokens == want[:end]
+    assert stats["samples"] == 9 and stats["decode_calls"] > 1
+    # Refills never recompile: one decode program per width (4 slots, then 2 once few rows are left).
+    assert eng.cfg.widths == (4, 2) and eng.trace_counts == {"encode": 1, "prefill": 1, "first": 1, "decode": 2}
+
+
+def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
+    """Sampled tokens and their log-probs are the same whatever the slot count, the arrival order, the steps
+    between host checks, the decode width (narrower calls once few rows are left), or a KV pool so small that rows are preempted and generated again; a stop id and
+    per-request budgets end rows where they should."""
+    _, model = models
+    ids, feats, fmask, am = _prompts(seed=5)
+    reqs = _requests(ids, am, feats, fmask, samples=4, temperature=1.0, budgets=[12, 3, 9])
+
+    def run(order, **kw):
+        got, stats, _ = _continuous(model, [reqs[i] for i in order], seed=7, **kw)
+        return {k: (f.tokens, f.logprobs, f.finish_reason) for k, f in got.items()}, stats
+
+    base, _ = run([0, 1, 2])
+    assert len(base) == 12 and len({tuple(v[0]) for k, v in base.items() if k[0] == "p0"}) > 1
+    for (pid, _), (toks, lps, why) in base.items():
+        budget = {"p0": 12, "p1": 3, "p2": 9}[pid]
+        assert len(toks) == len(lps) <= budget and all(lp <= 0 for lp in lps)
+        assert why == ("eos" if toks[-1] == EOS else "length") and EOS not in toks[:-1]
+        assert why == "eos" or len(toks) == budget
+    same, _ = run([2, 0, 1], slots=7, steps_per_sync=5)
+    assert same == base
+    wide, stats = run([0, 1, 2], slots=12, narrowest=2)  # every row at once, then narrower calls
+    assert wide == base and len(stats["calls_by_width"]) > 1  # it did narrow
+    tight, stats = run([1, 2, 0], slots=6, num_pages=21, steps_per_sync=4)
+    assert stats["preempted"] > 0 and tight == base
+    other, _, _ = _continuous(model, reqs, seed=8)
+    assert {k: f.tokens for k, f in other.items()} != {k: v[0] for k, v in base.items()}
+
+
+def test_continuous_logprobs_are_the_models(models):
+    """The log-prob stored with each emitted token is log_softmax of a full forward pass over prompt + tokens."""
+    _, model = models
+    ids, feats, fmask, am = _prompts(seed=6)
+    got, _, _ = _continuous(model, _requests(ids[:1], am[:1], feats[:1], fmask[:1], samples=2, temperature=1.0),
+                            seed=3)
+    for s in range(2):
+        f = got[("p0", s)]
+        seq = ids[0][am[0] == 1].tolist() + f.tokens
+        full = np.asarray(model(jnp.asarray([seq]), jnp.asarray(feats[:1]), jnp.asarray(fmask[:1])))[0]
+        top = full.max(-1, keepdims=True)
+        logp = full - top - np.log(np.exp(full - top).sum(-1, keepdims=True))
+        n = len(seq) - len(f.tokens)
+        want = [logp[n - 1 + i, t] for i, t in enumerate(f.tokens)]
+        np.testing.assert_allclose(f.logprobs, want, rtol=1e-4, atol=1e-4)
