@@ -28,15 +28,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import tenacity
 
 from cogito_jax import jsonl
 from cogito_jax.data import chat
 from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
-from cogito_jax.sampling import engine_for
-from cogito_jax.sampling.driver import LENGTH_BUCKETS, bucket_length
+from cogito_jax.sampling import continuous
+from cogito_jax.sampling.driver import LENGTH_BUCKETS
 
 Messages = Sequence[Mapping[str, str]]
 RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
@@ -256,20 +255,20 @@ class EngineJudge:
 
     def complete(self, messages: Messages, *, temperature: float = 0.0, max_tokens: int | None = None,
                  run: int = 0) -> str:
-
-
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
         fmt = chat.chat_format(self.family)
         ids = chat.encode_prompt(self.tokenizer, fmt, user, 0, system)
         eos = [self.tokenizer.convert_tokens_to_ids(t) for t in (chat.IM_END, "<|endoftext|>")]
-        pad = self.tokenizer.pad_token_id
-        # Left-padded to a length bucket, so the engine compiles one program per bucket, not per prompt length
-        # (a prompt past the largest bucket runs at its own length).
-        width = bucket_length(len(ids), LENGTH_BUCKETS) if len(ids) <= max(LENGTH_BUCKETS) else len(ids)
+        max_new = max_tokens or self.max_new_tokens
+        # One page table width for every prompt up to the largest length bucket (one compiled program); a longer
+        # prompt gets an engine of its own.
+        cfg = continuous.SlotConfig(slots=1, max_context=max(max(LENGTH_BUCKETS), len(ids)) + max_new)
         self.stats["calls"] += 1
-        out = engine_for(self.model).generate(
-            np.asarray([pad] * (width - len(ids)) + list(ids))[None], max_new_tokens=max_tokens or self.max_new_tokens,
-            temperature=temperature, eos_token_id=eos, pad_token_id=pad, seed=run)
-        toks = [t for t in np.asarray(out.tokens)[0, 0].tolist() if t not in eos]
+        got: list[continuous.Finished] = []
+        key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        request = continuous.Request(id=key, ids=ids, samples=[0], max_new_tokens=max_new, temperature=temperature,
+                                     stop_ids=eos)
+        continuous.engine_for(self.model, cfg).run([request], got.append, seed=run)
+        toks = [t for t in got[0].tokens if t not in eos]
         return chat.split_thinking(self.tokenizer.decode(toks, skip_special_tokens=True))[1]

@@ -234,7 +234,7 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
         system=chat.SYSTEMS[s.system],
     )
     try:
-        stats = driver.run(items, out, generate_fn=predict.model_generate_fn(model), tokenizer=tok, cfg=dcfg,
+        stats = driver.run(items, out, model=model, tokenizer=tok, cfg=dcfg,
                            eos_token_ids=predict.stop_ids(tok), pad_token_id=tok.pad_token_id,
                            process_index=jax.process_index(), process_count=jax.process_count(), progress=progress)
     except driver.PromptError as e:

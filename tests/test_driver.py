@@ -109,3 +109,70 @@ def test_process_shards_partition_prompts(tok, tmp_path):
 def test_prompt_too_long():
     with pytest.raises(ValueError, match="longer than the largest length bucket 256"):
         driver.bucket_length(300, (64, 128, 256))
+
+
+# ------------------------------------------------------------------------------------ the continuous engine
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from cogito_jax.models import registry
+
+    return registry.build(registry.config_for({"family": "qwen2_audio", "size": "tiny"}), seed=3)
+
+
+def _text_items(n):
+    return [{"id": f"q{i}", "question": "How many beeps?" + " really?" * (i % 5), "choices": ANSWERS}
+            for i in range(n)]
+
+
+def _run_model(tok, model, items, out, **kw):
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    cfg = driver.DriverConfig(family="qwen2_audio", batch_size=2, num_samples=3, max_new_tokens=20, temperature=1.0,
+                              seed=11, length_buckets=(256,), slots=4, page_size=8, prefill_chunk=32,
+                              steps_per_sync=4, logprobs=True)
+    return driver.run(items, out, model=model, tokenizer=tok, cfg=cfg, eos_token_ids=eos,
+                      pad_token_id=tok.pad_token_id, progress=False, **kw)
+
+
+def _by_sample(path):
+    return {(r["id"], r["sample"]): r for r in jsonl.read(path)}
+
+
+def test_continuous_lines_are_written_as_samples_finish_and_a_rerun_fills_only_the_gaps(tok, tiny_model, tmp_path,
+                                                                                        monkeypatch):
+    """A run that dies after 7 samples (and leaves a torn line) keeps them; the re-run generates the other 17 and
+    the file then holds exactly what an uninterrupted run writes; 2 processes write the same samples as 1."""
+    items = _text_items(8)
+    whole = tmp_path / "whole.jsonl"
+    stats = _run_model(tok, tiny_model, items, whole)
+    ref = _by_sample(whole)
+    assert len(ref) == 24 and stats["samples"] == 24 and 0 < stats["engine"]["utilization"] <= 1
+    assert all(len(r["token_ids"]) == len(r["logprobs"]) == r["n_tokens"] + (r["finish_reason"] == "eos")
+               for r in ref.values())
+
+    out, written = tmp_path / "out.jsonl", []
+    real = jsonl.write_row
+
+    def dies_after_seven(f, row):
+        real(f, row)
+        written.append(row)
+        if len(written) == 7:
+            f.write('{"id": "q7", "sam')
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(jsonl, "write_row", dies_after_seven)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run_model(tok, tiny_model, items, out)
+    monkeypatch.setattr(jsonl, "write_row", real)
+    assert len(driver.done_samples(out)) >= 1 and sum(map(len, driver.done_samples(out).values())) == 7
+    again = _run_model(tok, tiny_model, items, out)
+    assert again["samples"] == 17
+    assert _by_sample(out) == ref
+    assert len(driver.merge_outputs(out, [it["id"] for it in items], 1, 3)) == 24
+
+    split = tmp_path / "split.jsonl"
+    for p in range(2):
+        _run_model(tok, tiny_model, items, split, process_index=p, process_count=2)
+    merged = driver.merge_outputs(split, [it["id"] for it in items], 2, 3)
+    assert {(r["id"], r["sample"]): r for r in merged} == ref

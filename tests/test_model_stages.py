@@ -299,7 +299,7 @@ def _lines(path: pathlib.Path) -> list[dict]:
 @pytest.mark.slow
 def test_build_crashes_midway_then_resumes_without_losing_or_repeating_work(ckpt, tmp_path, monkeypatch):
     from cogito_jax.data import records
-    from cogito_jax.eval import predict
+    from cogito_jax.sampling import continuous
     from data_prep import build
 
     root = _corpus(tmp_path / "corpus", [_mcq("m0"), _mcq("m1"), _mcq("m2"), _clip("a0", {"caption": "a hiss"}),
@@ -307,35 +307,39 @@ def test_build_crashes_midway_then_resumes_without_losing_or_repeating_work(ckpt
     out = tmp_path / "out"
     _cache_outputs(out / "cache" / "annotate_outputs.jsonl", {"a0": [A0_OUTPUT]})
     _cache_outputs(out / "cache" / "think_samples.jsonl", {"m0": [GOOD, DOG], "m2": [GOOD2, WRONG]})
-    real, calls = predict.model_generate_fn, []
+    real_run, calls = continuous.ContinuousEngine.run, []
 
-    def crash_on_second_think_batch(model):
-        fn = real(model)
+    def dies_midway_through_think(self, requests, on_finished, **kw):
+        requests = list(requests)
+        calls.append(sorted(r.id for r in requests))
+        written = []
 
-        def generate(ids, **kw):
-            calls.append(kw.get("input_features") is not None)
-            if sum(calls) == 2:
+        def write(fin):
+            on_finished(fin)
+            written.append(fin)
+            if len(calls) == 2 and len(written) == N + 1:
                 raise RuntimeError("simulated crash")
-            return fn(ids, **kw)
 
-        return generate
+        return real_run(self, requests, write, **kw)
 
     think_file = out / "cache" / "think_samples.jsonl"
     failures = {"one pitch held": ["timeout", "500"], "level stays even": ["500", "garbage", "429"]}
     with JudgeStub(_judge_reply, failures, delay_s=0.5) as stub:
         cfg = _data_cfg(**_settings(root, ckpt), **{"audit.judge_url": stub.url})
-        monkeypatch.setattr(predict, "model_generate_fn", crash_on_second_think_batch)
+        monkeypatch.setattr(continuous.ContinuousEngine, "run", dies_midway_through_think)
         with pytest.raises(RuntimeError, match="simulated crash"):
             build.build(cfg, str(out))
-        assert calls == [False, True, True]  # annotate a1; think: one batch written, the next one crashed
+        assert calls == [["a1"], ["a0#q0", "a0#q1", "m1"]]  # annotate a1; think the three questions not cached
         partial = think_file.read_text()
-        # Batches are planned over all five questions (two already done): the first one held a single new one.
-        assert len(partial.splitlines()) == 3 * N and not stub.requests
-        monkeypatch.setattr(predict, "model_generate_fn", real)
+        # Each sample's line was written as it finished: the cached 2 x N and the N + 1 done before the crash.
+        assert len(partial.splitlines()) == 3 * N + 1 and not stub.requests
+        per_prompt = collections.Counter(r["id"] for r in _lines(think_file))
+        unfinished = sum(per_prompt.get(q, 0) < N for q in ("m1", "a0#q0", "a0#q1"))
+        monkeypatch.setattr(continuous.ContinuousEngine, "run", real_run)
 
         report = build.build(cfg, str(out))
         st = report["stages"]
-        assert st["annotate"]["generated_this_run"] == 0 and st["think"]["generated_this_run"] == 2
+        assert st["annotate"]["generated_this_run"] == 0 and st["think"]["generated_this_run"] == unfinished
         assert think_file.read_text().startswith(partial)
         samples = collections.Counter((r["id"], r["sample"]) for r in _lines(think_file))
         questions = {"m0", "m1", "m2", "a0#q0", "a0#q1"}
@@ -356,7 +360,6 @@ def test_build_crashes_midway_then_resumes_without_losing_or_repeating_work(ckpt
         report = build.build(cfg, str(out))  # the judge works now: only m2's trace is asked again
         assert len(stub.requests) == n + 1 and report["stages"]["think"]["generated_this_run"] == 0
         assert report["stages"]["audit"]["judged_this_run"] == 1
-    assert calls == [False, True, True]  # no generation after the crash went through the patched function
     assert report["kept"] == 2 and "m2" not in {r["id"] for r in report["rejected"]}
     ds = records.RecordSource(report["dataset_dir"])
     got = {r["id"]: r for r in ds}

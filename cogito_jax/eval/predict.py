@@ -16,7 +16,7 @@ import numpy as np
 from cogito_jax.convert import load_hf
 from cogito_jax.data import chat, tokenizer as toklib
 from cogito_jax.eval import benchmarks, score
-from cogito_jax.sampling import driver, engine_for
+from cogito_jax.sampling import driver
 from cogito_jax.train import trained
 
 
@@ -56,15 +56,6 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return [i for i in dict.fromkeys(ids) if i is not None and i != tokenizer.unk_token_id]
 
 
-def model_generate_fn(model: Any):
-    eng = engine_for(model)
-
-    def fn(input_ids, **kw):
-        return eng.generate(input_ids, **kw).tokens
-
-    return fn
-
-
 def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out: str | pathlib.Path, *,
             max_frames: int, n_mels: int, batch_size: int = 16, num_samples: int = 1, max_new_tokens: int = 128,
             temperature: float = 0.0, seed: int = 0, system: str | None = "default",
@@ -73,7 +64,7 @@ def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out:
     cfg = driver.DriverConfig(family=family, batch_size=batch_size, num_samples=num_samples,
                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, max_frames=max_frames,
                               n_mels=n_mels, system=system, length_buckets=(64, 128, 192, 256, 384, 512, 1024))
-    driver.run(items, out, generate_fn=model_generate_fn(model), tokenizer=tokenizer, cfg=cfg,
+    driver.run(items, out, model=model, tokenizer=tokenizer, cfg=cfg,
                eos_token_ids=stop_ids(tokenizer),
                pad_token_id=tokenizer.pad_token_id, progress=progress)
     return driver.merge_outputs(out, [it["id"] for it in items], 1, num_samples)

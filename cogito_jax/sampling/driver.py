@@ -1,6 +1,13 @@
 """Streams a set of prompts through the generation engine and writes results as JSONL, resumably.
 
-Prompts are grouped into static shapes so a long job compiles a handful of programs: the batch is
+Two engines. ``model=`` runs the continuous-batching engine (:mod:`cogito_jax.sampling.continuous`, the default
+everywhere generation happens): every sample's line is appended the moment it finishes, so a killed job loses
+only the samples in flight, and a re-run generates exactly the samples its files lack (a sample's tokens depend
+on its prompt id and sample index, not on what ran beside it). In a multi-process job process ``p`` takes the
+prompts ``p, p + n, ...`` of the input order. ``generate_fn=`` runs a contract-4 ``generate`` over static
+batches, as described next (the reference the continuous engine is measured against).
+
+Static batches: prompts are grouped into static shapes so a long job compiles a handful of programs: the batch is
 always ``batch_size`` rows (short batches are padded with copies of a real row and their outputs
 dropped), prompt lengths are rounded up to a bucket, audio is padded to ``max_frames``. Output lines
 are appended as soon as a batch finishes and each prompt's lines are written together, so a crashed
@@ -25,10 +32,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cogito_jax import jsonl
 from cogito_jax.data import chat
 from cogito_jax.errors import ConfigError, check_choice, check_number
+from cogito_jax.sampling import continuous
 
 # Prompt lengths batches are left-padded to: one compiled program per bucket, not per prompt length.
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -49,6 +58,19 @@ class DriverConfig:
     n_window: int = 50
     length_buckets: tuple[int, ...] = LENGTH_BUCKETS
     system: str | None = chat.CHALLENGE_SYSTEM
+    # the continuous engine (driver.run(model=...)); 0 slots: batch_size * num_samples, 0 pages: the default pool
+    slots: int = 0
+    kv_pages: int = 0
+    page_size: int = 16
+    prefill_chunk: int = 128
+    steps_per_sync: int = 8
+    logprobs: bool = False  # add each sample's token ids and their log-probs to its line
+
+    def slot_config(self) -> continuous.SlotConfig:
+        return continuous.SlotConfig(
+            slots=self.slots or self.batch_size * self.num_samples, page_size=self.page_size,
+            max_context=max(self.length_buckets) + self.max_new_tokens, num_pages=self.kv_pages,
+            prefill_chunk=self.prefill_chunk, steps_per_sync=self.steps_per_sync)
 
 
 class PromptError(ValueError):
@@ -145,10 +167,7 @@ def _batch_arrays(group: list[dict], cfg: DriverConfig, pad_id: int) -> dict[str
         for i, g in enumerate(group):
             n = g["n_frames"]
             if n:
-                mel = np.asarray(g["item"]["mel"], np.float32)
-                if mel.ndim != 2 or mel.shape[1] != cfg.n_mels or mel.shape[0] < n:
-                    raise PromptError(f"prompt {g['item']['id']!r}: audio features of shape {mel.shape}, the model "
-                                      f"takes [frames >= {n}, {cfg.n_mels}]")
+                mel = _checked_mel(g["item"], n, cfg)
                 feats[i, :, :n] = mel[:n].T
                 fmask[i, :n] = 1
         feats[len(group):], fmask[len(group):] = feats[0], fmask[0]
@@ -160,7 +179,8 @@ def run(
     items: Iterable[Mapping[str, Any]],
     out: str | pathlib.Path,
     *,
-    generate_fn: Callable[..., Any],
+    generate_fn: Callable[..., Any] | None = None,
+    model: Any = None,
     tokenizer: Any,
     cfg: DriverConfig,
     eos_token_ids: Sequence[int],
@@ -176,12 +196,17 @@ def run(
     other files, e.g. by an earlier run with another process count). Batches and their seeds are planned over
     all ``items`` whatever is done, so a resumed run generates what an uninterrupted one would have.
 
-    ``generate_fn(input_ids, input_features=, feature_attention_mask=, num_samples=, max_new_tokens=,
-    temperature=, top_k=, top_p=, eos_token_id=, pad_token_id=, seed=)`` returns int32
-    ``[B, num_samples, max_new_tokens]`` (contract 4, with the model bound).
+    ``model``: generate with the continuous engine. ``generate_fn(input_ids, input_features=,
+    feature_attention_mask=, num_samples=, max_new_tokens=, temperature=, top_k=, top_p=, eos_token_id=,
+    pad_token_id=, seed=)`` instead: static batches; it returns int32 ``[B, num_samples, max_new_tokens]``
+    (contract 4, with the model bound).
     """
-    from tqdm.auto import tqdm
-
+    if (model is None) == (generate_fn is None):
+        raise ValueError("give exactly one of model= (continuous batching) or generate_fn= (static batches)")
+    if model is not None:
+        return _run_continuous(items, out, model=model, tokenizer=tokenizer, cfg=cfg, eos_token_ids=eos_token_ids,
+                               process_index=process_index, process_count=process_count, progress=progress,
+                               done_elsewhere=done_elsewhere)
     path = shard_path(out, process_index, process_count)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = resume_file(path, cfg.num_samples) | set(done_elsewhere)
@@ -214,13 +239,9 @@ def run(
                 for s in range(cfg.num_samples):
                     seq = toks[row, s].tolist()
                     end = next((i for i, t in enumerate(seq) if t in eos), None)
-                    gen = seq[: end if end is not None else len(seq)]
-                    text = tokenizer.decode(gen, skip_special_tokens=False)
-                    thinking, answer = chat.split_thinking(text)
-                    stats["tokens"] += len(gen) + (end is not None)
-                    lines.append(json.dumps({"id": g["item"]["id"], "sample": s, "text": text, "thinking": thinking,
-                                             "answer": answer, "n_tokens": len(gen),
-                                             "finish_reason": "eos" if end is not None else "length"}))
+                    emitted = seq[: end + 1 if end is not None else len(seq)]
+                    stats["tokens"] += len(emitted)
+                    lines.append(json.dumps(_line(g["item"]["id"], s, emitted, None, eos, tokenizer, False)))
             f.write("\n".join(lines) + "\n")
             f.flush()
             elapsed = time.time() - t0
@@ -229,6 +250,88 @@ def run(
     bar.close()
     stats["seconds"] = time.time() - t0
     return stats
+
+
+def _line(prompt_id: str, sample: int, emitted: Sequence[int], logprobs: Sequence[float] | None, eos: Collection[int],
+          tokenizer: Any, with_logprobs: bool) -> dict[str, Any]:
+    """One output line: the text up to (not including) the end token, split into thinking and answer."""
+    ended = bool(emitted) and emitted[-1] in eos
+    gen = list(emitted[:-1] if ended else emitted)
+    text = tokenizer.decode(gen, skip_special_tokens=False)
+    thinking, answer = chat.split_thinking(text)
+    row = {"id": prompt_id, "sample": sample, "text": text, "thinking": thinking, "answer": answer,
+           "n_tokens": len(gen), "finish_reason": "eos" if ended else "length"}
+    if with_logprobs:
+        row.update(token_ids=[int(t) for t in emitted], logprobs=[float(x) for x in logprobs])
+    return row
+
+
+def done_samples(path: pathlib.Path) -> dict[str, set[int]]:
+    """The samples already in an output file, ``{prompt id: {sample index}}`` (a torn last line is not one; any
+    other bad line raises :class:`~cogito_jax.jsonl.JsonlError` naming it)."""
+    done: dict[str, set[int]] = {}
+    for r in jsonl.read(path, require=("id", "sample")):
+        done.setdefault(r["id"], set()).add(int(r["sample"]))
+    return done
+
+
+def _run_continuous(items: Iterable[Mapping[str, Any]], out: str | pathlib.Path, *, model: Any, tokenizer: Any,
+                    cfg: DriverConfig, eos_token_ids: Sequence[int], process_index: int, process_count: int,
+                    progress: bool, done_elsewhere: Collection[str]) -> dict[str, Any]:
+    path = shard_path(out, process_index, process_count)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    have = done_samples(path)
+    elsewhere = set(done_elsewhere)
+    scfg = cfg.slot_config()
+    eos = tuple(int(e) for e in eos_token_ids)
+    requests, skipped = [], 0
+    for k, item in enumerate(items):
+        if k % process_count != process_index:
+            continue
+        if item["id"] in elsewhere:
+            skipped += 1
+            continue
+        todo = [s for s in range(cfg.num_samples) if s not in have.get(item["id"], ())]
+        if not todo:
+            skipped += 1
+            continue
+        g = _prepare(item, tokenizer, cfg)
+        if len(g["ids"]) > max(cfg.length_buckets):
+            raise PromptError(f"prompt {item['id']!r} has {len(g['ids'])} tokens, more than the largest length "
+                              f"bucket {max(cfg.length_buckets)}")
+        n = g["n_frames"]
+        if n:
+            mel_of = (lambda it=item, n=n: _checked_mel(it, n, cfg))
+        requests.append(continuous.Request(
+            id=item["id"], ids=g["ids"], samples=todo, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=eos, mel=mel_of if n else None, n_frames=n))
+    total = sum(len(r.samples) for r in requests)
+    stats = {"prompts": len(requests), "samples": total, "skipped_done": skipped, "tokens": 0, "seconds": 0.0}
+    bar = tqdm(total=total, desc=f"sampling (process {process_index})", disable=not progress, unit="sample")
+    engine = continuous.engine_for(model, scfg)
+    with jsonl.open_append(path) as f:  # a torn last line is cut off first
+        def write(fin: continuous.Finished) -> None:
+            jsonl.write_row(f, _line(fin.id, fin.sample, fin.tokens, fin.logprobs, eos, tokenizer, cfg.logprobs))
+            bar.update(1)
+
+        def step(s: dict[str, Any]) -> None:
+            bar.set_postfix(tok_per_s=f"{s['decode_tokens'] / max(s['seconds'], 1e-9):.0f}",
+                            live=f"{s['live']}/{scfg.slots}")
+
+        t0 = time.time()
+        engine_stats = engine.run(requests, write, seed=cfg.seed, max_frames=cfg.max_frames, on_step=step)
+    bar.close()
+    stats.update(tokens=engine_stats["tokens"], seconds=time.time() - t0,
+                 engine={k: v for k, v in engine_stats.items() if k != "live"})
+    return stats
+
+
+def _checked_mel(item: Mapping[str, Any], n: int, cfg: DriverConfig) -> np.ndarray:
+    mel = np.asarray(item["mel"], np.float32)
+    if mel.ndim != 2 or mel.shape[1] != cfg.n_mels or mel.shape[0] < n:
+        raise PromptError(f"prompt {item['id']!r}: audio features of shape {mel.shape}, the model takes "
+                          f"[frames >= {n}, {cfg.n_mels}]")
+    return mel
 
 
 def merge_outputs(out: str | pathlib.Path, expected_ids: Iterable[str], process_count: int,

@@ -168,7 +168,7 @@ def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib
     done = _done_before(out, num_samples)
     if any(p["id"] not in done for p in prompts):
         try:
-            driver.run(list(prompts), out, generate_fn=predict.model_generate_fn(lm.model), tokenizer=lm.tokenizer,
+            driver.run(list(prompts), out, model=lm.model, tokenizer=lm.tokenizer,
                        cfg=dcfg, eos_token_ids=predict.stop_ids(lm.tokenizer), pad_token_id=lm.tokenizer.pad_token_id,
                        process_index=index, process_count=count, done_elsewhere=done)
         except driver.PromptError as e:
