@@ -37,9 +37,17 @@ def _recomputed_accuracy(workdir: pathlib.Path, r: int) -> tuple[float, int, dic
     return sum(right.values()) / len(items), len(items), {c: sum(v) / len(v) for c, v in cats.items()}
 
 
-def _clips_processed(workdir: pathlib.Path) -> dict[str, int]:
-    """Rows in every build's audio-stage cache (one appended per clip decoded, filtered and turned into log-mel)."""
-    return {str(p.relative_to(workdir)): len(p.read_text().splitlines()) for p in workdir.rglob("cache/audio.jsonl")}
+def _synthetic_datasets(workdir: pathlib.Path) -> dict[str, tuple[int, dict[str, int]]]:
+    """Every finished synthetic build under ``workdir``: its record count (from the dataset's own metadata) and
+    the modification time of each file it holds, which a rebuild would change."""
+    out = {}
+    for done in workdir.rglob("dataset/SYNTHETIC_DONE"):
+        folder = done.parent
+        (info,) = folder.rglob("dataset_info.json")
+        (split,) = json.loads(info.read_text())["splits"]
+        files = {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()}
+        out[str(folder.relative_to(workdir))] = (sum(int(n) for n in split["shardLengths"]), files)
+    return out
 
 
 @pytest.mark.slow
@@ -73,13 +81,14 @@ def test_demo_quick_writes_report(tmp_path):
     for png in ("accuracy.png", "training.png"):
         assert (tmp_path / png).stat().st_size > 5000
     assert "| sft |" in (tmp_path / "report.md").read_text()
-    clips = _clips_processed(tmp_path)
-    assert clips == {"pool/cache/audio.jsonl": 48, "sft/data/train/cache/audio.jsonl": 60,
-                     "sft/data/heldout/cache/audio.jsonl": 40}
-    # Re-running finds every stage done and does no work: no clip is processed again, no stage is started again.
+    built = _synthetic_datasets(tmp_path)
+    # One of the 60 SFT clips (syn-train-0-000008) is mostly silent and rejected by the build's filters.
+    assert {k: n for k, (n, _) in built.items()} == {"pool/dataset": 48, "sft/data/train/dataset": 59,
+                                                     "sft/data/heldout/dataset": 40}
+    # Re-running finds every stage done and does no work: no dataset is rebuilt, no stage is started again.
     r2 = subprocess.run([sys.executable, "-m", "cogito_jax.demo", "--workdir", str(tmp_path), "--quick"], cwd=REPO,
                         capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert _clips_processed(tmp_path) == clips
+    assert _synthetic_datasets(tmp_path) == built
     assert json.loads((tmp_path / "rounds.json").read_text())["stages"] == rounds["stages"]
     assert json.loads((tmp_path / "report.json").read_text())["stages"] == report["stages"]
