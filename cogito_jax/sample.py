@@ -231,7 +231,8 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
         family=mcfg.family, batch_size=s.batch_size, num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
         temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=s.seed, max_frames=max_frames,
         n_mels=n_mels, n_window=getattr(mcfg.audio, "n_window", 50), length_buckets=tuple(s.length_buckets),
-        system=chat.SYSTEMS[s.system],
+        system=chat.SYSTEMS[s.system], slots=s.slots, kv_pages=s.kv_pages, page_size=s.page_size,
+        steps_per_sync=s.steps_per_sync,
     )
     try:
         stats = driver.run(items, out, model=model, tokenizer=tok, cfg=dcfg,

@@ -368,3 +368,15 @@ def validate(s: Mapping[str, Any]) -> None:
     b = list(s.length_buckets)
     if not b or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in b) or b != sorted(set(b)):
         raise ConfigError(f"sample.length_buckets={tuple(b)} must be increasing positive integers")
+    for key in ("slots", "kv_pages"):
+        if s[key] < 0:
+            raise ConfigError(f"sample.{key}={s[key]} must be >= 0 (0 = the default)")
+    for key in ("page_size", "steps_per_sync"):
+        if s[key] < 1:
+            raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
+    try:
+        DriverConfig(family="", batch_size=s.batch_size, num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
+                     length_buckets=tuple(b), slots=s.slots, kv_pages=s.kv_pages, page_size=s.page_size,
+                     steps_per_sync=s.steps_per_sync).slot_config()
+    except ValueError as e:
+        raise ConfigError(f"sample.kv_pages={s.kv_pages}: {e}") from e
