@@ -30,13 +30,18 @@ def _prompts(seed=0):
     return ids, feats, fmask, am
 
 
+def _hf_greedy(hf, ids, am, feats, fmask, new):
+    """HF generate's greedy output (prompt included) for a left-padded batch with audio."""
+    with torch.no_grad():
+        return hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
+                           input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
+                           do_sample=False, max_new_tokens=new, eos_token_id=EOS, pad_token_id=PAD).numpy()
+
+
 def test_greedy_equals_hf_generate_with_audio_and_left_padding(models):
     hf, model = models
     ids, feats, fmask, am = _prompts()
-    with torch.no_grad():
-        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                          input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
-                          do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    ref = _hf_greedy(hf, ids, am, feats, fmask, 12)
     ref_new = ref[:, ids.shape[1]:]
     out = np.asarray(generate(model, ids, input_features=feats, feature_attention_mask=fmask, max_new_tokens=12,
                               eos_token_id=EOS, pad_token_id=PAD))
@@ -190,10 +195,7 @@ def test_continuous_greedy_equals_hf_generate(models):
     prefill in chunks smaller than the prompts: every sample equals HF generate's greedy continuation."""
     hf, model = models
     ids, feats, fmask, am = _prompts()
-    with torch.no_grad():
-        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                          input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
-                          do_sample=False, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    ref = _hf_greedy(hf, ids, am, feats, fmask, 12)
     got, stats, eng = _continuous(model, _requests(ids, am, feats, fmask, samples=3))
     for b in range(3):
         want = ref[b, ids.shape[1]:].tolist()
@@ -207,8 +209,8 @@ def test_continuous_greedy_equals_hf_generate(models):
 
 def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
     """Sampled tokens and their log-probs are the same whatever the slot count, the arrival order, the steps
-    between host checks, the decode width (narrower calls once few rows are left), or a KV pool so small that rows are preempted and generated again; a stop id and
-    per-request budgets end rows where they should."""
+    between host checks, the decode width (narrower calls once few rows are left), or a KV pool so small that
+    rows are preempted and generated again; a stop id and per-request budgets end rows where they should."""
     _, model = models
     ids, feats, fmask, am = _prompts(seed=5)
     reqs = _requests(ids, am, feats, fmask, samples=4, temperature=1.0, budgets=[12, 3, 9])

@@ -106,28 +106,30 @@ def test_save_hf_loads_in_transformers_and_round_trip_is_bitwise(hf_dir, model, 
     np.testing.assert_array_equal(hf_logits(reloaded, *batch), hf_logits(hf, *batch))
 
 
-def test_greedy_generate_equals_transformers(hf_dir, model):
+@pytest.fixture(scope="module")
+def greedy_ref(hf_dir):
+    """A left-padded batch with audio and transformers' greedy output for it (prompt included), 10 new tokens."""
     _, hf = hf_dir
     ids, feats, fmask, am = make_batch(seed=3, lengths=(250, 61), left_pad=(0, 4))
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
                           input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
                           do_sample=False, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    return ids, feats, fmask, am, ref
+
+
+def test_greedy_generate_equals_transformers(greedy_ref, model):
+    ids, feats, fmask, am, ref = greedy_ref
     ref_new = ref[:, ids.shape[1]:]
     out = np.asarray(generate(model, ids, input_features=feats, feature_attention_mask=fmask, max_new_tokens=10,
                               eos_token_id=EOS, pad_token_id=PAD))[:, 0]
     np.testing.assert_array_equal(out[:, :ref_new.shape[1]], ref_new)
 
 
-def test_continuous_greedy_equals_transformers(hf_dir, model):
+def test_continuous_greedy_equals_transformers(greedy_ref, model):
     """The continuous-batching engine on the MoE thinker: unpadded prompts with audio through 3 slots, 2 samples
     each, prefill in chunks: greedy samples equal HF generate."""
-    _, hf = hf_dir
-    ids, feats, fmask, am = make_batch(seed=3, lengths=(250, 61), left_pad=(0, 4))
-    with torch.no_grad():
-        ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                          input_features=torch.tensor(feats), feature_attention_mask=torch.tensor(fmask),
-                          do_sample=False, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD).numpy()
+    ids, feats, fmask, am, ref = greedy_ref
     reqs = [Request(id=f"p{b}", ids=ids[b][am[b] == 1].tolist(), samples=range(2), max_new_tokens=10,
                     stop_ids=(EOS,), mel=feats[b].T, n_frames=int(fmask[b].sum())) for b in range(2)]
     eng = ContinuousEngine(model, SlotConfig(slots=3, page_size=8, max_context=128, prefill_chunk=32,

@@ -309,8 +309,9 @@ class ContinuousEngine:
                     top_k=np.zeros(s, np.int32), top_p=np.ones(s, np.float32), uid=np.zeros(s, np.int32),
                     sample=np.zeros(s, np.int32), stop=np.full((s, MAX_STOP_IDS), -1, np.int32))
         stats = {"samples": 0, "tokens": 0, "decode_calls": 0, "slot_steps": 0, "decode_tokens": 0,
-                 "prefill_tokens": 0, "calls_by_width": {}, "preempted": 0, "peak_pages": 0, "pool_pages": cfg.pool_pages,
-                 "kv_pool_bytes": self.kv_bytes, "peak_kv_bytes": 0, "live": 0, "seconds": 0.0}
+                 "prefill_tokens": 0, "calls_by_width": {}, "preempted": 0, "peak_pages": 0,
+                 "pool_pages": cfg.pool_pages, "kv_pool_bytes": self.kv_bytes, "peak_kv_bytes": 0,
+                 "live": 0, "seconds": 0.0}
         t0 = time.time()
         seq = 0
 
