@@ -119,17 +119,26 @@ def bench_train(family: str, layers: int, batch: int, seq: int, steps: int, peak
                step_s=sec, tokens_per_s=tokens / sec, xla_flops_per_token=xla_flops / tokens, compile_s=compile_s,
                loss=holder["loss"], temp_gib=getattr(mem, "temp_size_in_bytes", 0) / 2**30 if mem else None)
     try:
-        return with_mfu(raw, peak)
+        return with_mfu(raw, peak, jax.devices()[0].device_kind)
     except ImportError:  # no FLOPs model in this checkout: MFU is added later with --report
         return raw
 
 
-def with_mfu(r: dict, peak: float) -> dict:
-    """Adds the model FLOPs per token (``cogito_jax.models.flops``), TFLOP/s and MFU to a train result."""
+def with_mfu(r: dict, peak: float, device: str) -> dict:
+    """Adds the model FLOPs per token (``cogito_jax.models.flops``), TFLOP/s and MFU to a train result: ``mfu``
+    against the vendor's dense bf16 spec of ``device`` (``flops.peak_flops``; absent for an unknown device),
+    ``mfu_measured`` against ``peak``, the matmul peak measured in the same run."""
+    from cogito_jax.models import flops
+
     cfg = slice_config(r["family"], r["layers"], r["size"])
     fpt = model_flops_per_token(cfg, r["seq"])
-    return {**r, "model_flops_per_token": fpt, "tflops_per_s": fpt * r["tokens_per_s"] / 1e12,
-            "mfu": fpt * r["tokens_per_s"] / peak}
+    achieved = fpt * r["tokens_per_s"]
+    out = {**r, "model_flops_per_token": fpt, "tflops_per_s": achieved / 1e12, "mfu_measured": achieved / peak}
+    out.pop("mfu", None)
+    spec = flops.peak_flops(device)
+    if spec:
+        out["mfu"] = achieved / spec
+    return out
 
 
 def model_flops_per_token(cfg, seq: int) -> float:
@@ -240,9 +249,10 @@ def print_tables(results: dict, train: list[dict]) -> None:
     if train:
         print("\ntrain step: slices of the released configs, fp32 params + AdamW, bf16 compute")
         print(f"{'family':<20}{'layers':>7}{'attn':>7}{'moe':>14}{'tokens':>12}{'params':>8}{'step ms':>9}"
-              f"{'tok/s':>9}{'TFLOP/s':>9}{'MFU':>7}")
+              f"{'tok/s':>9}{'TFLOP/s':>9}{'MFU':>7}{'measured':>10}")
         for r in train:
-            tf = f"{r['tflops_per_s']:>9.1f}{r['mfu']:>7.1%}" if "mfu" in r else f"{'-':>9}{'-':>7}"
+            tf = (f"{r['tflops_per_s']:>9.1f}" + (f"{r['mfu']:>7.1%}" if "mfu" in r else f"{'-':>7}")
+                  + f"{r['mfu_measured']:>10.1%}") if "tflops_per_s" in r else f"{'-':>9}{'-':>7}{'-':>10}"
             print(f"{r['family']:<20}{r['layers']:>7}{r['attn']:>7}{r.get('moe', '') or '-':>14}"
                   f"{r['batch']:>5}x{r['seq']:<6}"
                   f"{r['params'] / 1e9:>7.2f}B{r['step_s'] * 1e3:>9.1f}{r['tokens_per_s']:>9.0f}{tf}")
@@ -282,7 +292,7 @@ def main() -> None:
     if args.report:
         with open(args.report) as f:
             saved = json.load(f)
-        print_tables(saved, [with_mfu(r, saved["peak_flops"]) for r in saved["train"]])
+        print_tables(saved, [with_mfu(r, saved["peak_flops"], saved["device"]) for r in saved["train"]])
         return
 
     import jax

@@ -92,3 +92,19 @@ def test_table_prints_every_config(capsys):
     assert bench.main(["--seq", "1024", "--families", "qwen2_audio"]) == 0
     out = capsys.readouterr().out
     assert "qwen2_audio:tiny" in out and "qwen2_audio:7b" in out and "seq_len 1024" in out
+
+
+def test_bench_mfu_is_against_the_vendor_spec_with_the_measured_peak_beside_it():
+    """bench/real_slices.py reports MFU against the device's dense bf16 spec (989 TFLOP/s for an H200) and the
+    fraction of the matmul peak measured in the same run beside it, labelled; an unknown device has no MFU."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("real_slices", REPO / "bench" / "real_slices.py")
+    real_slices = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_slices)
+    saved = json.loads((REPO / "bench" / "results" / "real_slices_h200_train_qwen2.json").read_text())
+    (r,) = [real_slices.with_mfu(x, saved["peak_flops"], saved["device"]) for x in saved["train"]]
+    achieved = r["model_flops_per_token"] * r["tokens_per_s"]
+    assert r["mfu"] == pytest.approx(achieved / 989e12) and 0.5 < r["mfu"] < 0.52
+    assert r["mfu_measured"] == pytest.approx(achieved / saved["peak_flops"]) and r["mfu_measured"] > 0.76
+    assert "mfu" not in real_slices.with_mfu(saved["train"][0], saved["peak_flops"], "cpu")
