@@ -58,9 +58,8 @@ def base_config() -> ConfigDict:
             eval_every=0,
             peak_tflops=0.0,  # per-device peak for MFU; 0 = the device's bf16 peak from models/flops.py
             trainable="full",  # full | lora | frozen_encoder | adapter_only
-            remat="none",
-            param_dtype="float32",
-            compute_dtype="float32",
+            # (remat and the parameter / compute dtypes are model settings: model.remat, model.param_dtype,
+            # model.dtype)
         )
     )
     c.optim = ConfigDict(
@@ -127,6 +126,17 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     return f', did you mean "{close[0]}"?' if close else ""
 
 
+# Keys that name a setting another section holds: the error says where it lives.
+MOVED = {"train.remat": "model.remat", "train.param_dtype": "model.param_dtype", "train.compute_dtype": "model.dtype"}
+
+
+def unknown_key(path: str, known: Iterable[str]) -> ConfigError:
+    """The error for a key the schema does not know: where the setting lives if it moved, else the nearest key."""
+    if path in MOVED:
+        return ConfigError(f"unknown config key {path!r}: the setting is {MOVED[path]!r}")
+    return ConfigError(f"unknown config key {path!r}{suggest(path, known)}")
+
+
 def check_schema(cfg: ConfigDict, schema: ConfigDict | None = None) -> None:
     """Raises ConfigError for keys the schema does not know, or values of the wrong type."""
     schema = base_config() if schema is None else schema
@@ -136,7 +146,7 @@ def check_schema(cfg: ConfigDict, schema: ConfigDict | None = None) -> None:
         for k, v in node.items():
             path = f"{prefix}{k}"
             if k not in ref:
-                raise ConfigError(f"unknown config key {path!r}{suggest(path, known)}")
+                raise unknown_key(path, known)
             r = ref[k]
             if isinstance(r, ConfigDict):
                 if not isinstance(v, (ConfigDict, Mapping)):
@@ -221,7 +231,7 @@ def locate(cfg: ConfigDict, key: str) -> tuple[ConfigDict, str]:
     for i, p in enumerate(parts):
         last = i == len(parts) - 1
         if p not in node or (not last and not isinstance(node[p], ConfigDict)):
-            raise ConfigError(f"unknown config key {key!r}{suggest(key, _flat_keys(cfg))}")
+            raise unknown_key(key, _flat_keys(cfg))
         if not last:
             node = node[p]
     return node, parts[-1]

@@ -62,6 +62,19 @@ def test_unknown_key_suggests_nearest():
         cfglib.apply_overrides(cfg, ["optm.lr=3"])
 
 
+def test_remat_and_dtypes_are_model_settings_only():
+    """train.remat / param_dtype / compute_dtype were checked but read by nothing: they are gone, and naming one
+    says which model key holds the setting; the recipe configs set those model keys."""
+    base = cfglib.base_config()
+    assert not {"remat", "param_dtype", "compute_dtype"} & set(base.train)
+    for key, where in (("train.remat", "model.remat"), ("train.param_dtype", "model.param_dtype"),
+                       ("train.compute_dtype", "model.dtype")):
+        with pytest.raises(errors.ConfigError, match=f"unknown config key '{key}': the setting is '{where}'"):
+            cli.load_config(str(REPO / "configs/tiny.py"), [f"{key}=bfloat16"])
+    recipe = cli.load_config(str(REPO / "configs/audio_cogito.py"), [])
+    assert (recipe.model.param_dtype, recipe.model.dtype, recipe.model.remat) == ("bfloat16", "bfloat16", "full")
+
+
 def test_schema_rejects_unknown_section_and_wrong_type():
     cfg = cfglib.base_config()
     cfg.unlock()

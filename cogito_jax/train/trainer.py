@@ -46,7 +46,6 @@ from cogito_jax.data.pipeline import BOOKKEEPING, global_batch
 from cogito_jax.errors import ConfigError, check_choice, check_number
 from cogito_jax.log import is_main_process, logger
 from cogito_jax.models import flops as flopslib
-from cogito_jax.models.layers import dtype_of
 from cogito_jax.models.lora import LoRA
 from cogito_jax.train import optim
 from cogito_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, abstract_like, check_writable, error_line
@@ -516,5 +515,3 @@ def validate(t: Mapping[str, Any]) -> None:
     if t["batch_size"] % t["grad_accum"]:
         raise ConfigError(f"train.batch_size={t['batch_size']} is not divisible by train.grad_accum={t['grad_accum']}")
     check_choice("train.trainable", t["trainable"], tuple(optim.TRAINABLE_PRESETS))
-    for key in ("param_dtype", "compute_dtype"):
-        dtype_of(t[key], f"train.{key}")
