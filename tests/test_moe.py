@@ -187,3 +187,37 @@ def test_parameter_count_matches_hf_real_size():
     abstract = nnx.eval_shape(lambda: moe.SparseMoE(cfg, rngs=nnx.Rngs(0)))
     ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert ours == ref == 128 * 3 * 2048 * 768 + 128 * 2048
+
+
+@pytest.mark.parametrize("coef", [0.5, 0.0])
+def test_grad_accum_with_the_aux_loss_equals_one_whole_batch(coef):
+    """4 micro-batches of 2 rows give the loss and the update of one 8-row batch, load-balancing loss included:
+    its statistics are the whole batch's (a forward pass over every micro-batch first), not a sum of
+    per-micro-batch products of means. Padded rows and masked loss tokens make the micro-batches unequal."""
+    import optax
+
+    from cogito_jax.models import registry
+    from cogito_jax.train.step import TrainState, make_train_step
+
+    mcfg = registry.config_for({"family": "qwen3_omni_thinker", "size": "tiny"})
+    mcfg = dataclasses.replace(mcfg, text=dataclasses.replace(mcfg.text, router_aux_loss_coef=coef))
+    graphdef, params, rest = nnx.split(registry.build(mcfg, 0), nnx.Param, ...)
+    rng = np.random.default_rng(0)
+    b, t = 8, 24
+    ids = rng.integers(1, mcfg.text.vocab_size, (b, t)).astype(np.int32)
+    attn = np.ones((b, t), np.int32)
+    for i, pad in enumerate((0, 5, 0, 11, 2, 0, 17, 3)):
+        attn[i, :pad] = 0
+    loss_mask = attn * (rng.random((b, t)) < 0.7)
+    batch = {"input_ids": jnp.asarray(ids), "targets": jnp.asarray(np.roll(ids, -1, 1)),
+             "loss_mask": jnp.asarray(loss_mask, jnp.float32), "attention_mask": jnp.asarray(attn)}
+    tx = optax.sgd(1.0)
+    out = {}
+    for n in (1, 4):
+        state = TrainState(params, tx.init(params), jnp.int32(0))
+        out[n] = jax.jit(make_train_step(graphdef, tx, grad_accum=n))(state, rest, batch)
+    (s1, m1), (s4, m4) = out[1], out[4]
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+    delta = lambda s: jax.tree.map(lambda a, p: np.asarray(a) - np.asarray(p), s.params, params)  # noqa: E731
+    for d4, d1 in zip(jax.tree.leaves(delta(s4)), jax.tree.leaves(delta(s1)), strict=True):
+        np.testing.assert_allclose(d4, d1, rtol=1e-4, atol=1e-4 * np.abs(d1).max() + 1e-12)

@@ -169,6 +169,14 @@ def load_balancing_loss(router_logits: jax.Array | Sequence[jax.Array], num_expe
     excludes padding. Returns ``E * sum_e f_e * P_e`` with ``f_e`` the mean number of top-k assignments
     per token and ``P_e`` the mean router probability, both over all layers' (unmasked) tokens.
     """
+    counts, probs, rows = routing_stats(router_logits, num_experts, top_k, attention_mask)
+    return num_experts * jnp.sum((counts / rows) * (probs / rows))
+
+
+def routing_stats(router_logits: jax.Array | Sequence[jax.Array], num_experts: int, top_k: int,
+                  attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The sums behind :func:`load_balancing_loss`, which add up over micro-batches: top-k assignments per expert
+    ``[E]`` (no gradient), router probability per expert ``[E]``, and rows (layers x unmasked tokens)."""
     if isinstance(router_logits, (list, tuple)):
         logits = jnp.stack([jnp.reshape(x, (-1, num_experts)) for x in router_logits])
     else:
@@ -180,10 +188,7 @@ def load_balancing_loss(router_logits: jax.Array | Sequence[jax.Array], num_expe
     mask = jnp.ones((n,), jnp.float32) if attention_mask is None else attention_mask.reshape(-1).astype(jnp.float32)
     if mask.shape[0] != n:
         raise ValueError(f"attention_mask has {mask.shape[0]} tokens, router logits have {n}")
-    rows = layers * mask.sum()
-    tokens_per_expert = jnp.einsum("lne,n->e", counts, mask) / rows
-    prob_per_expert = jnp.einsum("lne,n->e", probs, mask) / rows
-    return num_experts * jnp.sum(tokens_per_expert * prob_per_expert)
+    return jnp.einsum("lne,n->e", counts, mask), jnp.einsum("lne,n->e", probs, mask), layers * mask.sum()
 
 
 def hf_weight_table(prefix: str) -> dict[str, tuple[str, str]]:

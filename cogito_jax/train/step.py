@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cogito_jax.models.moe import load_balancing_loss
+from cogito_jax.models.moe import load_balancing_loss, routing_stats
 
 Batch = Mapping[str, jax.Array]
 # -> (sum of weighted token losses, supervised token count, sums for metrics: see token_cross_entropy)
@@ -80,24 +80,62 @@ def model_config(model: nnx.Module) -> Any:
     return getattr(model, "cfg", None) or getattr(getattr(model, "base", None), "cfg", None)
 
 
+# Whole-batch routing totals a micro-batch carries when the step accumulates gradients (see make_train_step).
+MOE_ASSIGNED, MOE_ROWS, LOSS_TOKENS = "moe_assigned", "moe_rows", "loss_tokens"
+
+
+def _aux_text(model: nnx.Module) -> Any:
+    """The text config of a mixture-of-experts LM whose training loss has a load-balancing term, else None."""
+    text = getattr(model_config(model), "text", None)
+    return text if text is not None and getattr(text, "num_experts", 0) and text.router_aux_loss_coef else None
+
+
+def _real_tokens(batch: Batch) -> jax.Array | None:
+    return batch["segment_ids"] != 0 if "segment_ids" in batch else batch.get("attention_mask")
+
+
 def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Next-token loss of an audio LM on a pipeline batch (see ``cogito_jax.data.pipeline``).
 
     For a mixture-of-experts LM with ``router_aux_loss_coef > 0`` the load-balancing loss over the real
     tokens is added with that weight, as in HF's training loss (it enters the sum as ``coef * aux *
-    count``, so the token mean carries ``coef * aux``).
+    count``, so the token mean carries ``coef * aux``). A micro-batch of an accumulated step carries the whole
+    batch's top-k assignments, rows and loss tokens: its term is then its share of the whole batch's loss (the
+    shares add up to it exactly; a product of per-micro-batch means would not).
     """
-    text = getattr(model_config(model), "text", None)
+    text = _aux_text(model)
     answer = batch.get("answer_mask")
-    if text is None or not getattr(text, "num_experts", 0) or not text.router_aux_loss_coef:
+    if text is None:
         return token_cross_entropy(lm_logits(model, batch), batch["targets"], batch["loss_mask"], answer)
     logits, router_logits = model(batch["input_ids"], **model_inputs(batch), return_aux=True)
     total, count, stats = token_cross_entropy(logits, batch["targets"], batch["loss_mask"], answer)
-    real = batch.get("attention_mask")
-    if "segment_ids" in batch:
-        real = batch["segment_ids"] != 0
-    aux = load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, real)
-    return total + text.router_aux_loss_coef * aux * count, count, stats
+    if MOE_ASSIGNED not in batch:
+        aux = load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(batch))
+        return total + text.router_aux_loss_coef * aux * count, count, stats
+    _, probs, _ = routing_stats(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(batch))
+    rows = batch[MOE_ROWS]
+    share = text.num_experts * jnp.sum((batch[MOE_ASSIGNED] / rows) * (probs / rows))
+    return total + text.router_aux_loss_coef * share * batch[LOSS_TOKENS], count, stats
+
+
+def routing_totals(graphdef: nnx.GraphDef, params: Any, frozen: Any, micros: Batch) -> dict[str, jax.Array] | None:
+    """The whole batch's top-k assignments per expert and rows, from a forward pass over every micro-batch
+    (``[n, ...]`` leaves), for a model whose loss has a load-balancing term; None for any other model."""
+    if _aux_text(nnx.merge(graphdef, params, frozen)) is None:
+        return None
+
+    def one(carry, micro):
+        p, f, assigned, rows = carry  # the parameters ride in the carry: each trace level merges its own
+        model = nnx.merge(graphdef, p, f)
+        text = model_config(model).text
+        _, router_logits = model(micro["input_ids"], **model_inputs(micro), return_aux=True)
+        a, _, r = routing_stats(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(micro))
+        return (p, f, assigned + a, rows + r), None
+
+    e = model_config(nnx.merge(graphdef, params, frozen)).text.num_experts
+    (_, _, assigned, rows), _ = jax.lax.scan(
+        one, (params, frozen, jnp.zeros((e,), jnp.float32), jnp.float32(0)), micros)
+    return {MOE_ASSIGNED: jax.lax.stop_gradient(assigned), MOE_ROWS: jnp.maximum(rows, 1.0)}
 
 
 def _split_micro(batch: Batch, n: int) -> Batch:
@@ -131,6 +169,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
             grads, sums = micro_grads(state.params, frozen, batch, denom)
         else:
             micros = _split_micro(batch, grad_accum)
+            totals = routing_totals(graphdef, state.params, frozen, micros) if loss_fn is lm_loss else None
+            if totals is not None:  # an extra forward pass: the load-balancing loss of the whole batch
+                totals[LOSS_TOKENS] = denom
+                micros = {**micros, **{k: jnp.broadcast_to(v, (grad_accum,) + v.shape) for k, v in totals.items()}}
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(
                 lambda: micro_grads(state.params, frozen, jax.tree.map(lambda v: v[0], micros), denom)[1]))
