@@ -169,8 +169,12 @@ def load_balancing_loss(router_logits: jax.Array | Sequence[jax.Array], num_expe
     excludes padding. Returns ``E * sum_e f_e * P_e`` with ``f_e`` the mean number of top-k assignments
     per token and ``P_e`` the mean router probability, both over all layers' (unmasked) tokens.
     """
-    counts, probs, rows = routing_stats(router_logits, num_experts, top_k, attention_mask)
-    return num_experts * jnp.sum((counts / rows) * (probs / rows))
+    return balance_loss(*routing_stats(router_logits, num_experts, top_k, attention_mask), num_experts)
+
+
+def balance_loss(assigned: jax.Array, probs: jax.Array, rows: jax.Array, num_experts: int) -> jax.Array:
+    """``E * sum_e (assigned_e / rows) * (probs_e / rows)`` from :func:`routing_stats`' sums."""
+    return num_experts * jnp.sum((assigned / rows) * (probs / rows))
 
 
 def routing_stats(router_logits: jax.Array | Sequence[jax.Array], num_experts: int, top_k: int,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cogito_jax.models.moe import load_balancing_loss, routing_stats
+from cogito_jax.models.moe import balance_loss, load_balancing_loss, routing_stats
 
 Batch = Mapping[str, jax.Array]
 # -> (sum of weighted token losses, supervised token count, sums for metrics: see token_cross_entropy)
@@ -113,28 +113,25 @@ def lm_loss(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array, dict
         aux = load_balancing_loss(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(batch))
         return total + text.router_aux_loss_coef * aux * count, count, stats
     _, probs, _ = routing_stats(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(batch))
-    rows = batch[MOE_ROWS]
-    share = text.num_experts * jnp.sum((batch[MOE_ASSIGNED] / rows) * (probs / rows))
+    share = balance_loss(batch[MOE_ASSIGNED], probs, batch[MOE_ROWS], text.num_experts)
     return total + text.router_aux_loss_coef * share * batch[LOSS_TOKENS], count, stats
 
 
 def routing_totals(graphdef: nnx.GraphDef, params: Any, frozen: Any, micros: Batch) -> dict[str, jax.Array] | None:
     """The whole batch's top-k assignments per expert and rows, from a forward pass over every micro-batch
     (``[n, ...]`` leaves), for a model whose loss has a load-balancing term; None for any other model."""
-    if _aux_text(nnx.merge(graphdef, params, frozen)) is None:
+    text = _aux_text(nnx.merge(graphdef, params, frozen))
+    if text is None:
         return None
 
     def one(carry, micro):
         p, f, assigned, rows = carry  # the parameters ride in the carry: each trace level merges its own
-        model = nnx.merge(graphdef, p, f)
-        text = model_config(model).text
-        _, router_logits = model(micro["input_ids"], **model_inputs(micro), return_aux=True)
+        _, router_logits = nnx.merge(graphdef, p, f)(micro["input_ids"], **model_inputs(micro), return_aux=True)
         a, _, r = routing_stats(router_logits, text.num_experts, text.num_experts_per_tok, _real_tokens(micro))
         return (p, f, assigned + a, rows + r), None
 
-    e = model_config(nnx.merge(graphdef, params, frozen)).text.num_experts
     (_, _, assigned, rows), _ = jax.lax.scan(
-        one, (params, frozen, jnp.zeros((e,), jnp.float32), jnp.float32(0)), micros)
+        one, (params, frozen, jnp.zeros((text.num_experts,), jnp.float32), jnp.float32(0)), micros)
     return {MOE_ASSIGNED: jax.lax.stop_gradient(assigned), MOE_ROWS: jnp.maximum(rows, 1.0)}
 
 
