@@ -3,6 +3,7 @@ flipped bytes, garbage JSON), moved aside and skipped, other restore errors stop
 
 import errno
 import json
+import logging
 import os
 import shutil
 from typing import Any, NamedTuple
@@ -296,6 +297,29 @@ def test_a_failed_background_save_is_raised_once(tmp_path, cpu_devices, monkeypa
     ck.check(wait=True)  # reported once
     ck.close()
     assert ck.steps() == []
+
+
+def test_store_errors_no_one_awaited_are_dropped_only_for_checkpoint_files(tmp_path, caplog):
+    """A failed write leaves TensorStore futures no one awaits; asyncio logs each one's error when it is collected.
+    That error was set from C++ (no Python traceback) and names a file of the save that the Checkpointer reports
+    in one line, so it is dropped; such an error about any other file still reaches the log."""
+    import asyncio
+    import gc
+
+    ck = Checkpointer(tmp_path, async_save=False)
+    ours = f'OUT_OF_RANGE: Error writing "w" in OCDBT database at local file "{ck.directory}/2.orbax-checkpoint-tmp/"'
+    other = 'OUT_OF_RANGE: Error writing "w" in OCDBT database at local file "/elsewhere/"'
+    loop = asyncio.new_event_loop()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for message in (ours, other):
+            future = loop.create_future()
+            future.set_exception(ValueError(message))
+            del future
+            gc.collect()
+    loop.close()
+    ck.close()
+    logged = [str(r.exc_info[1]) for r in caplog.records if r.name == "asyncio" and r.exc_info]
+    assert logged == [other]
 
 
 def test_an_unwritable_checkpoint_folder_is_a_config_error(tmp_path):

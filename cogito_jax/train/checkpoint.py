@@ -223,9 +223,18 @@ def _barrier(name: str) -> None:
 _ORBAX = f"{os.sep}orbax{os.sep}"
 
 
+_DIRECTORIES: set[str] = set()  # the checkpoint folders of this process's Checkpointers
+
+
 def _noise(exc_traceback: Any, *paths: str) -> bool:
     """True for an error raised in Orbax code (given its traceback and the paths of the code that reported it)."""
     return any(_ORBAX in f for f in [*paths, *(f.filename for f in traceback.extract_tb(exc_traceback))])
+
+
+def _store_noise(exc: BaseException | None) -> bool:
+    """True for a TensorStore write or read error about a file under a checkpoint folder that TensorStore set on a
+    future no one awaited: it has no Python traceback (C++ set it), only its message names the file."""
+    return exc is not None and exc.__traceback__ is None and any(d in str(exc) for d in _DIRECTORIES)
 
 
 class _QuietOrbax(logging.Filter):
@@ -233,8 +242,9 @@ class _QuietOrbax(logging.Filter):
     never retrieved" for its abandoned writes): :class:`Checkpointer` raises the failure itself, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or not record.exc_info or not _noise(record.exc_info[2],
-                                                                                   record.pathname)
+        if record.levelno < logging.ERROR or not record.exc_info:
+            return True
+        return not (_noise(record.exc_info[2], record.pathname) or _store_noise(record.exc_info[1]))
 
 
 _QUIET = _QuietOrbax()
@@ -248,7 +258,8 @@ def _quiet_unraisable(unraisable: Any, previous: Any) -> None:
         previous(unraisable)
 
 
-def _quiet_orbax() -> None:
+def _quiet_orbax(directory: Any) -> None:
+    _DIRECTORIES.add(str(directory))
     for name in ("absl", "asyncio"):
         if _QUIET not in logging.getLogger(name).filters:
             logging.getLogger(name).addFilter(_QUIET)
@@ -371,7 +382,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data", "iterators", "meta"))
         self._saving: int | None = None  # the step of the save that may still be running
-        _quiet_orbax()
+        _quiet_orbax(self.directory)
 
     def save(self, step: int, state: Any, data_state: Any = None, meta: Mapping[str, Any] | None = None,
              force: bool = False) -> bool:
