@@ -37,21 +37,26 @@ def _env(**extra):
     return env
 
 
-def _local(n, workdir, logdir, cache):
+def _local(n, workdir, logdir, cache, train=TRAIN):
     """`launch/local.sh n python -m cogito_jax.train ...` in its own process group; the relaunch reuses the
     compiled executables (JAX's persistent compilation cache)."""
     env = _env(COGITO_LOG_DIR=str(logdir), JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return subprocess.Popen(["bash", str(REPO / "launch/local.sh"), str(n), sys.executable, *TRAIN,
+    return subprocess.Popen(["bash", str(REPO / "launch/local.sh"), str(n), sys.executable, *train,
                              "--workdir", str(workdir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _single(workdir, data):
-    """The reference: one process, 8 CPU devices, on the multi-process run's generated data and tokenizer."""
-    args = ["--config.data.source=records", f"--config.data.dir={data}/data/train",
+def _on_data(data):
+    return ["--config.data.source=records", f"--config.data.dir={data}/data/train",
             f"--config.data.tokenizer={data}/tokenizer"]
-    r = subprocess.run([sys.executable, *TRAIN, *args, "--workdir", str(workdir)], cwd=REPO, capture_output=True,
+
+
+def _single(workdir, data, train=TRAIN):
+    """The reference: one process, 8 CPU devices, on the multi-process run's generated data and tokenizer (or,
+    with ``data=None``, generating its own)."""
+    args = [] if data is None else _on_data(data)
+    r = subprocess.run([sys.executable, *train, *args, "--workdir", str(workdir)], cwd=REPO, capture_output=True,
                        text=True, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
@@ -129,3 +134,28 @@ def test_process_slices_hold_the_single_process_batches(tmp_path):
         assert sorted(a.tolist()) == sorted(b.tolist() + c.tolist()), f"step {step}"
         too_long += int((a == -1).sum())
     assert too_long > 0  # the tiny corpus has examples over max_len: their placeholders keep the order
+
+
+@pytest.mark.slow
+def test_tiny_moe_expert_parallel_on_two_processes_matches_one_unsharded_process(tmp_path):
+    """configs/tiny_moe.py (MoE thinker + LoRA): experts sharded over `expert=4` with the explicit all-to-all
+    dispatch equal the unsharded run on one process (data=8, ragged_dot), and the same expert-sharded run on
+    2 processes x 4 devices equals it on 1 x 8. Capacity factor 4 = E / k: no assignment can be dropped."""
+    moe = ["-m", "cogito_jax.train", "--config", "configs/tiny_moe.py", "--config.data.num_train=64",
+           "--config.data.num_heldout=0", "--config.checkpoint.every=4", "--config.train.steps=6"]
+    ep = ["--config.mesh.data=2", "--config.mesh.expert=4", "--config.model.moe_impl=alltoall",
+          "--config.model.moe_capacity_factor=4"]
+    unsharded, one, two = tmp_path / "unsharded", tmp_path / "one", tmp_path / "two"
+    _single(unsharded, None, moe)
+    _single(one, unsharded, [*moe, *ep])
+    p = _local(2, two, tmp_path / "logs", tmp_path / "jax_cache", [*moe, *ep, *_on_data(unsharded)])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert "data=2 x fsdp=1 x expert=4 x tensor=1 (8 devices)" in (tmp_path / "logs" / "process_0.log").read_text()
+    runs = [_rows(w) for w in (unsharded, one, two)]
+    assert [list(r) for r in runs] == [list(range(1, 7))] * 3
+    assert [v[1] for v in runs[0].values()] == [v[1] for v in runs[1].values()] == [v[1] for v in runs[2].values()]
+    losses = [[v[0] for v in r.values()] for r in runs]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(losses[2], losses[1], rtol=RTOL, atol=0)
+    assert losses[0][-1] < losses[0][0]

@@ -1,6 +1,7 @@
 """Qwen3-MoE sparse block and load-balancing loss in JAX against transformers (PyTorch, CPU)."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -145,19 +146,14 @@ def test_loads_from_saved_thinker_checkpoint(tmp_path):
         np.testing.assert_array_equal(v, tensors[k])
 
 
-@pytest.mark.parametrize("impl", ["ragged", "capacity"])
-def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
-    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2, impl=impl,
-                        capacity_factor=4.0)
-    mesh = sharding.make_mesh(dict(fsdp=2, expert=4), cpu_devices)
-    rules = sharding.RULE_PRESETS["fsdp_ep"]
+def _sharded_vs_one_device(cpu_devices, cfg, mesh_shape, rules, x):
+    """(the block on ``mesh_shape`` under ``rules``, the same parameters on one device): outputs, router logits
+    and the compiled sharded program's text."""
+    mesh = sharding.make_mesh(mesh_shape, cpu_devices)
     model = sharding.create_sharded(lambda: moe.SparseMoE(cfg, rngs=nnx.Rngs(0)), mesh, rules)
-    assert model.gate_proj[...].sharding.spec[:2] == ("expert", "fsdp")
-    assert tuple(model.down_proj[...].sharding.spec) == ("expert", None, "fsdp")
     graphdef, state = nnx.split(model)
     local = nnx.merge(graphdef, jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), state))
-    x = np.random.default_rng(5).normal(size=(8, 6, 32)).astype(np.float32)
-    ref, ref_logits = nnx.jit(lambda m, x: m(x))(local, jnp.asarray(x))
+    ref = nnx.jit(lambda m, x: m(x))(local, jnp.asarray(x))
 
     @jax.jit
     def fwd(state, x):
@@ -166,8 +162,72 @@ def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
 
     with jax.set_mesh(mesh):
         xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules, mesh)))
-        y, logits = fwd(state, xs)
+        out = fwd(state, xs)
+        hlo = fwd.lower(state, xs).compile().as_text()
+    return model, out, ref, hlo
+
+
+@pytest.mark.parametrize("impl", ["ragged", "capacity", "alltoall"])
+def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
+    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2, impl=impl,
+                        capacity_factor=4.0)
+    x = np.random.default_rng(5).normal(size=(8, 6, 32)).astype(np.float32)
+    model, (y, logits), (ref, ref_logits), hlo = _sharded_vs_one_device(
+        cpu_devices, cfg, dict(fsdp=2, expert=4), sharding.RULE_PRESETS["fsdp_ep"], x)
+    assert model.gate_proj[...].sharding.spec[:2] == ("expert", "fsdp")
+    assert tuple(model.down_proj[...].sharding.spec) == ("expert", None, "fsdp")
     assert rel_err(y, np.asarray(ref)) <= 1e-5 and rel_err(logits, np.asarray(ref_logits)) <= 1e-5
+    if impl == "alltoall":  # tokens move to their experts' shards by all-to-all
+        assert " all-to-all(" in hlo
+
+
+def test_alltoall_with_hidden_width_sharded_and_per_shard_capacity(cpu_devices):
+    """Experts over ``expert``, their hidden width over ``tensor`` (partial outputs summed), and a capacity small
+    enough to drop: each token shard fills its own buffers, so the result is the capacity path run on each
+    shard's tokens alone, with its drops; gradients flow through both all-to-alls."""
+    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
+                        impl="alltoall", capacity_factor=1.0)
+    x = np.random.default_rng(6).normal(size=(4, 8, 32)).astype(np.float32)
+    rules = sharding.RULE_PRESETS["fsdp_ep"]
+    model, (y, _), (dropless, _), hlo = _sharded_vs_one_device(cpu_devices, cfg, dict(fsdp=2, expert=2, tensor=2),
+                                                                rules, x)
+    assert tuple(model.gate_proj[...].sharding.spec) == ("expert", "fsdp", "tensor")
+    assert " all-to-all(" in hlo
+    local = nnx.merge(*nnx.split(model))
+    w = [jnp.asarray(np.asarray(p[...])) for p in (local.gate_proj, local.up_proj, local.down_proj)]
+    router = jnp.asarray(np.asarray(local.router.kernel[...]))
+    shards = []
+    for part in np.split(x.reshape(-1, 32), 4):  # batch over fsdp x expert: 4 token shards of one row each
+        weights, experts = moe.route(jnp.asarray(part) @ router, 2, True)
+        shards.append(moe.capacity_experts(jnp.asarray(part), experts, weights, *w, capacity_factor=1.0))
+    per_shard = np.concatenate(shards).reshape(x.shape)
+    assert rel_err(y, per_shard) <= 1e-5
+    assert rel_err(y, np.asarray(dropless)) > 1e-3  # some assignments were dropped
+
+
+    # Gradients (dropless capacity) through both all-to-alls and the sum over `tensor` equal ragged_dot's.
+    mesh = sharding.make_mesh(dict(fsdp=2, expert=2, tensor=2), cpu_devices)
+    weights, experts = moe.route(jnp.asarray(x.reshape(-1, 32)) @ router, 2, True)
+
+    def loss(fn, x, *w):
+        return jnp.sum(jnp.sin(fn(x, experts, weights, *w)))
+
+    ref = jax.grad(loss, argnums=(1, 2, 3, 4))(moe.grouped_experts, jnp.asarray(x.reshape(-1, 32)), *w)
+    alltoall = functools.partial(moe.alltoall_experts, capacity_factor=4.0)
+
+    @jax.jit
+    def grads(x, *w):
+        with sharding.use_rules(rules):
+            return jax.grad(loss, argnums=(1, 2, 3, 4))(alltoall, x, *w)
+
+    with jax.set_mesh(mesh):
+        put = lambda a, names: jax.device_put(a, jax.sharding.NamedSharding(  # noqa: E731
+            mesh, sharding.logical_to_spec(names, rules, mesh)))
+        got = grads(put(x.reshape(-1, 32), ("batch", None)), *(put(a, n) for a, n in zip(w, (
+            ("experts", "embed", "expert_mlp"), ("experts", "embed", "expert_mlp"),
+            ("experts", "expert_mlp", "embed")), strict=True)))
+    for g, r in zip(got, ref, strict=True):
+        assert rel_err(g, np.asarray(r)) <= 1e-5
 
 
 def test_config_validation():

@@ -58,8 +58,10 @@ class DecoderConfig:
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
-    moe_impl: str = "ragged"  # ragged (dropless) | capacity (fixed expert buffers) | dense (reference)
-    moe_capacity_factor: float = 1.25  # moe_impl="capacity": slots per expert = factor x the mean load
+    # ragged (dropless) | capacity (fixed expert buffers) | alltoall (capacity buffers sent to the expert shards
+    # by all-to-all) | dense (reference)
+    moe_impl: str = "ragged"
+    moe_capacity_factor: float = 1.25  # capacity, alltoall: slots per expert = factor x the mean load
     router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in the training loss
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"

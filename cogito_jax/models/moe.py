@@ -13,7 +13,10 @@ the experts run as one batched matmul (dense GEMMs that every backend runs at fu
 is dropped (it contributes nothing, as in GShard / Switch). With ``capacity_factor >= E / k`` no
 assignment can be dropped and the result equals ``ragged``. ``impl="dense"`` runs every token through
 every expert and masks (a reference for tests). Under a mesh the expert axis of the weights may be
-sharded (``"experts"`` -> ``expert``); GSPMD then partitions the grouped matmuls automatically.
+sharded (``"experts"`` -> ``expert``); GSPMD then partitions ``ragged`` and ``capacity`` itself.
+``impl="alltoall"`` makes the expert parallelism explicit (:func:`alltoall_experts`): capacity buffers of each
+shard's own tokens go to the shards that hold their experts and back by ``all_to_all`` inside ``shard_map``,
+so the only token traffic is the two all-to-alls; without experts on a mesh axis it is ``capacity``.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from cogito_jax import sharding
 from cogito_jax.errors import check_choice, check_number
 from cogito_jax.models.hf_weights import LINEAR
 from cogito_jax.models.layers import dense, dtype_of
 
-IMPLS = ("ragged", "capacity", "dense")
+IMPLS = ("ragged", "capacity", "alltoall", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +107,8 @@ class SparseMoE(nnx.Module):
             y = grouped_experts(x_nd, experts, weights, *w)
         elif impl == "capacity":
             y = capacity_experts(x_nd, experts, weights, *w, capacity_factor=cfg.capacity_factor)
+        elif impl == "alltoall":
+            y = alltoall_experts(x_nd, experts, weights, *w, capacity_factor=cfg.capacity_factor)
         elif impl == "dense":
             y = dense_experts(x_nd, experts, weights, *w)
         else:
@@ -130,25 +138,87 @@ def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_fact
     return max(1, min(num_tokens, -(-int(math.ceil(capacity_factor * mean)) // 8) * 8))
 
 
-def capacity_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
-                     up_edf: jax.Array, down_efd: jax.Array, *, capacity_factor: float) -> jax.Array:
-    """Experts over fixed-size buffers ``[E, C, D]`` (see the module docstring); overflow is dropped."""
+def _dispatch(x_nd: jax.Array, experts_nk: jax.Array, num_experts: int, cap: int) -> tuple[jax.Array, jax.Array]:
+    """Scatters the assignments into expert buffers ``[E, C, D]`` in token order; returns them and each
+    assignment's slot (``E * C`` for an assignment past its expert's capacity, which the scatter drops)."""
     n, k = experts_nk.shape
-    num_experts, d = gate_edf.shape[0], x_nd.shape[-1]
-    cap = expert_capacity(n, k, num_experts, capacity_factor)
     flat_e = experts_nk.reshape(-1)  # assignment m = token m // k, its (m % k)-th choice
     order = jnp.argsort(flat_e, stable=True)  # token order inside each expert
     sizes = jnp.zeros((num_experts,), jnp.int32).at[flat_e].add(1)
     starts = jnp.cumsum(sizes) - sizes
     rank = jnp.zeros_like(flat_e).at[order].set(jnp.arange(n * k, dtype=flat_e.dtype) - starts[flat_e[order]])
-    kept = rank < cap
-    slot = jnp.where(kept, flat_e * cap + rank, num_experts * cap)  # out of range: dropped by the scatter
-    buf = jnp.zeros((num_experts * cap, d), x_nd.dtype).at[slot].set(jnp.repeat(x_nd, k, axis=0), mode="drop")
-    buf = buf.reshape(num_experts, cap, d)
-    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, gate_edf)) * jnp.einsum("ecd,edf->ecf", buf, up_edf)
-    out = jnp.einsum("ecf,efd->ecd", h, down_efd).reshape(num_experts * cap, d)
-    out_md = jnp.where(kept[:, None], out[jnp.minimum(slot, num_experts * cap - 1)], 0)
+    slot = jnp.where(rank < cap, flat_e * cap + rank, num_experts * cap)
+    buf = jnp.zeros((num_experts * cap, x_nd.shape[-1]), x_nd.dtype).at[slot].set(jnp.repeat(x_nd, k, axis=0),
+                                                                                 mode="drop")
+    return buf.reshape(num_experts, cap, -1), slot
+
+
+def _combine(out_ecd: jax.Array, slot: jax.Array, weights_nk: jax.Array) -> jax.Array:
+    """The experts' outputs back at their tokens, weighted by the router (dropped assignments give zero)."""
+    num_experts, cap, d = out_ecd.shape
+    n, k = weights_nk.shape
+    out_md = jnp.where((slot < num_experts * cap)[:, None],
+                       out_ecd.reshape(-1, d)[jnp.minimum(slot, num_experts * cap - 1)], 0)
     return jnp.einsum("nkd,nk->nd", out_md.reshape(n, k, d), weights_nk.astype(out_md.dtype))
+
+
+def _swiglu(buf: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """Each expert on its buffer: ``[..., E, C, D]`` with weights ``[E, D, F]``, ``[E, F, D]``."""
+    h = jax.nn.silu(jnp.einsum("...ecd,edf->...ecf", buf, gate)) * jnp.einsum("...ecd,edf->...ecf", buf, up)
+    return jnp.einsum("...ecf,efd->...ecd", h, down)
+
+
+def capacity_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
+                     up_edf: jax.Array, down_efd: jax.Array, *, capacity_factor: float) -> jax.Array:
+    """Experts over fixed-size buffers ``[E, C, D]`` (see the module docstring); overflow is dropped."""
+    n, k = experts_nk.shape
+    num_experts = gate_edf.shape[0]
+    buf, slot = _dispatch(x_nd, experts_nk, num_experts, expert_capacity(n, k, num_experts, capacity_factor))
+    return _combine(_swiglu(buf, gate_edf, up_edf, down_efd), slot, weights_nk)
+
+
+def _mesh_axes(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def alltoall_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
+                     up_edf: jax.Array, down_efd: jax.Array, *, capacity_factor: float) -> jax.Array:
+    """Explicit expert parallelism (GShard): inside ``shard_map`` each shard fills capacity buffers for its own
+    tokens, ``all_to_all`` over the expert mesh axes sends every expert's buffer to the shard that holds that
+    expert, the shard runs its experts on what all shards sent, and a second ``all_to_all`` brings the outputs
+    home. The capacity is per shard (``capacity_factor`` x the shard's mean load). An expert hidden width
+    sharded (``expert_mlp``, e.g. over ``tensor``) gives partial outputs, summed over that axis. Without a mesh,
+    or with experts on no mesh axis, this is :func:`capacity_experts`."""
+    num_experts = gate_edf.shape[0]
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not mesh.axis_names:
+        return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
+                                capacity_factor=capacity_factor)
+    spec = lambda names, shape: sharding.fit_spec(sharding.logical_to_spec(names, mesh=mesh), shape, mesh)  # noqa: E731
+    tokens = spec(("batch", None), x_nd.shape)[0]
+    ep = _mesh_axes(spec(("experts",), (num_experts,))[0])
+    if not ep:
+        return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
+                                capacity_factor=capacity_factor)
+    hidden = _mesh_axes(spec((None, "expert_mlp"), gate_edf.shape[1:])[1])
+    hidden = tuple(a for a in hidden if a not in _mesh_axes(tokens) and a not in ep) or None
+    ep_size = math.prod(mesh.shape[a] for a in ep)
+
+    def local(x, experts, weights, gate, up, down):
+        n, k = experts.shape
+        buf, slot = _dispatch(x, experts, num_experts, expert_capacity(n, k, num_experts, capacity_factor))
+        buf = buf.reshape(ep_size, num_experts // ep_size, *buf.shape[1:])  # [shard, its experts, C, D]
+        got = jax.lax.all_to_all(buf, ep, 0, 0, tiled=True)  # [sender shard, my experts, C, D]
+        out = _swiglu(got, gate, up, down)
+        if hidden:
+            out = jax.lax.psum(out, hidden)
+        back = jax.lax.all_to_all(out, ep, 0, 0, tiled=True)  # [expert shard, its experts, C, D]
+        return _combine(back.reshape(num_experts, *back.shape[2:]), slot, weights)
+
+    t = P(tokens)
+    return jax.shard_map(local, mesh=mesh, in_specs=(t, t, t, P(ep, None, hidden), P(ep, None, hidden),
+                                                     P(ep, hidden, None)), out_specs=t, check_vma=False)(
+        x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd)
 
 
 def dense_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
