@@ -13,6 +13,13 @@ or ``--hbm_gib``), 0 if it fits.
 libtpu is not a dependency of the project: ``pip install 'libtpu==0.0.42.*'`` (the version jax 0.10.2's
 ``tpu`` extra pins; other jax versions pin their own), or put an unpacked wheel on ``PYTHONPATH``.
 ``--topology cpu:N`` compiles for N local CPU devices instead (no libtpu; a check of this script).
+``--cost`` adds XLA's cost analysis of one step and a roofline step time. XLA counts a loop's body once, whatever
+its trip count, so the step is also compiled with each layer stack unrolled at depths (1, 1), (2, 1) and (1, 2)
+(text, audio): the differences are one text and one audio layer, and the step at the config's depths is the
+(1, 1) program plus (depth - 1) layers of each (FLOPs, HBM bytes, collective bytes per chip). The roofline
+takes the largest of compute (FLOPs / the bf16 spec peak), HBM (bytes / spec bandwidth) and interconnect
+(collective bytes / spec ICI bandwidth), i.e. it assumes they overlap perfectly: a lower bound on the step
+time, and the model FLOPs (the MFU count, ``cogito_jax.models.flops``) over it the best MFU such a step could reach.
 ``--hlo_out FILE`` writes the compiled program: with ``--config.model.attn_impl=splash`` it calls the splash
 kernel as ``tpu_custom_call`` ops (Mosaic), which shows the kernel lowers for that TPU.
 Topology names: ``v5p:2x4x4`` is a v5p-64 slice (32 chips, v5p accelerator types count TensorCores),
@@ -22,12 +29,18 @@ Topology names: ``v5p:2x4x4`` is a v5p-64 slice (32 chips, v5p accelerator types
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import time
 
 # HBM per chip, GiB.
 HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
+# Vendor spec bandwidths per chip, GB/s: HBM, and the chip's inter-chip interconnect (ICI) in all (4800 Gbit/s on
+# v5p, 1600 on v5e, 3584 on v6e, 2400 on v4).
+HBM_GBPS = {"v4": 1200.0, "v5e": 819.0, "v5litepod": 819.0, "v5p": 2765.0, "v6e": 1640.0}
+ICI_GBPS = {"v4": 300.0, "v5e": 200.0, "v5litepod": 200.0, "v5p": 600.0, "v6e": 448.0}
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -35,6 +48,8 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--config", required=True, help="config file, path.py[:arg]")
     p.add_argument("--topology", required=True, help="TPU topology (v5p:4x4x4, v6e:8x8, ...) or cpu:N")
     p.add_argument("--hbm_gib", type=float, default=None, help="memory per chip to check against (default: table)")
+    p.add_argument("--cost", action="store_true", help="also XLA's cost analysis and a roofline step time (compiles "
+                   "three more, shallow programs; needs a TPU topology)")
     p.add_argument("--hlo_out", default=None, help="write the compiled program's HLO text here (e.g. to see which "
                    "custom kernels it calls)")
     a, rest = p.parse_known_args(argv)
@@ -48,6 +63,8 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"no HBM size known for {a.topology!r} (known: {sorted(HBM_GIB)}); pass --hbm_gib")
     if a.topology.startswith("cpu:") and a.hbm_gib is None:
         p.error("--topology cpu:N needs --hbm_gib")
+    if a.cost and a.topology.split(":")[0] not in HBM_GBPS:
+        p.error(f"--cost: no bandwidths known for {a.topology!r} (known: {sorted(HBM_GBPS)})")
     return a, rest
 
 
@@ -91,6 +108,84 @@ def abstract_batch(cfg, mcfg) -> dict:
                      input_features=sds((b, c, mels, frames), jnp.float32),
                      feature_attention_mask=sds((b, c, frames), jnp.int32))
     return batch
+
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+          "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_SHAPE = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_COLLECTIVE = re.compile(r"= (.*?) (all-gather|all-reduce|all-to-all|reduce-scatter|collective-permute|"
+                         r"ragged-all-to-all)(-start)?\((.*)$")
+
+
+def _bytes(types: str) -> int:
+    return sum(_BYTES.get(dt, 4) * max(1, _elements(dims)) for dt, dims in _SHAPE.findall(types))
+
+
+def _elements(dims: str) -> int:
+    n = 1
+    for d in filter(None, dims.split(",")):
+        n *= int(d)
+    return n
+
+
+def collective_bytes(hlo: str) -> dict[str, int]:
+    """Bytes each chip sends per collective kind in a compiled SPMD program's text (``-done`` halves of async
+    pairs are skipped): the larger of an op's operands and results (an all-gather receives its result, a
+    reduce-scatter sends about its operand), twice the operand for an all-reduce (reduce-scatter + all-gather).
+    Ops inside loops count once, like XLA's cost analysis."""
+    out: dict[str, int] = {}
+    for line in hlo.splitlines():
+        m = _COLLECTIVE.search(line)
+        if not m:
+            continue
+        result, kind, operands = m.group(1), m.group(2), m.group(4).split("), ")[0]
+        n = 2 * _bytes(operands) if kind == "all-reduce" else max(_bytes(result), _bytes(operands))
+        out[kind] = out.get(kind, 0) + n
+    return out
+
+
+def _cost_of(compiled) -> dict[str, float]:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    comm = collective_bytes(compiled.as_text())
+    return {"flops": float(ca.get("flops", 0.0)), "bytes": float(ca.get("bytes accessed", 0.0)),
+            "comm": float(sum(comm.values())), **{f"comm {k}": float(v) for k, v in comm.items()}}
+
+
+def step_cost(cfg, mcfg, mesh, rules, batch) -> dict[str, float]:
+    """Per chip FLOPs, HBM bytes and collective bytes of one train step at the config's depths, from the step
+    compiled with unrolled stacks at depths (1, 1), (2, 1), (1, 2) (see the module docstring)."""
+    from cogito_jax import sharding
+    from cogito_jax.models import layers, registry
+    from cogito_jax.train import trainer
+    from cogito_jax.train.step import lm_loss
+
+    def at(text_layers: int, audio_layers: int) -> dict[str, float]:
+        m = dataclasses.replace(mcfg, text=dataclasses.replace(mcfg.text, num_layers=text_layers),
+                                audio=dataclasses.replace(mcfg.audio, num_layers=audio_layers))
+        with sharding.use_rules(rules):
+            model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(m, cfg.seed)), mesh,
+                                             rules)
+        p = trainer.prepare(cfg, model, mesh, rules)
+        with layers.unrolled_stacks():
+            return _cost_of(trainer.compile_train_step(p, batch, lm_loss, cfg.train.grad_accum))
+
+    base, text2, audio2 = at(1, 1), at(2, 1), at(1, 2)
+    lt, la = mcfg.text.num_layers, mcfg.audio.num_layers
+    keys = sorted(set(base) | set(text2) | set(audio2))
+    g = lambda c, k: c.get(k, 0.0)  # noqa: E731
+    return {k: g(base, k) + (lt - 1) * (g(text2, k) - g(base, k)) + (la - 1) * (g(audio2, k) - g(base, k))
+            for k in keys}
+
+
+def roofline(cost: dict[str, float], generation: str, device_kind: str) -> dict[str, float]:
+    """Seconds per step for compute, HBM and interconnect at the chip's spec figures, and their maximum."""
+    from cogito_jax.models.flops import peak_flops
+
+    peak = peak_flops(device_kind)
+    times = {"compute": cost["flops"] / peak, "hbm": cost["bytes"] / (HBM_GBPS[generation] * 1e9),
+             "ici": cost["comm"] / (ICI_GBPS[generation] * 1e9)}
+    return {**times, "step": max(times.values()), "peak_flops": peak}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     if peak > hbm:
         print(f"DOES NOT FIT: {peak:.2f} GiB > {hbm:g} GiB per chip", file=sys.stderr)
         return 1
+    if a.cost:
+        t0 = time.time()
+        cost = step_cost(cfg, mcfg, mesh, rules, batch)
+        gen = a.topology.split(":")[0]
+        r = roofline(cost, gen, devices[0].device_kind)
+        comm = ", ".join(f"{k[5:]} {v / 1e9:.4g}" for k, v in cost.items() if k.startswith("comm "))
+        print(f"cost per chip per step (XLA cost analysis, layers unrolled; {time.time() - t0:.0f} s): "
+              f"{cost['flops'] / 1e12:.4g} TFLOP, {cost['bytes'] / 1e9:.4g} GB HBM, "
+              f"{cost['comm'] / 1e9:.4g} GB collectives ({comm})")
+        from cogito_jax.models.flops import step_flops
+
+        b, t = cfg.train.batch_size, cfg.data.max_len
+        model = step_flops(mcfg, b * t, t, clips=b) / len(devices)
+        print(f"model FLOPs per chip per step (the MFU count, {b} x {t} tokens): {model / 1e12:.4g} TFLOP; the "
+              f"program does {cost['flops'] / model:.2f} x that")
+        bound = max(("compute", "hbm", "ici"), key=lambda k: r[k])
+        print(f"roofline step time ({gen} spec: {r['peak_flops'] / 1e12:.0f} TFLOP/s bf16, {HBM_GBPS[gen]:.0f} GB/s "
+              f"HBM, {ICI_GBPS[gen]:.0f} GB/s ICI): compute {r['compute']:.4g} s, HBM {r['hbm']:.4g} s, ICI "
+              f"{r['ici']:.4g} s -> {r['step']:.4g} s ({bound}-bound); MFU at that step time at best "
+              f"{100 * model / r['peak_flops'] / r['step']:.1f} %")
     print("fits")
     return 0
 

@@ -269,13 +269,18 @@ def test_aot_compile_reports_memory_and_fails_when_it_does_not_fit():
 LIBTPU = REPO / ".venv" / "libtpu"  # `make test` unpacks libtpu here, outside the venv's site-packages
 
 
+def _libtpu_env():
+    """libtpu on the path; several test workers may load it at once (its lock file would refuse a second)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(LIBTPU), str(REPO)]), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
 @pytest.mark.slow
 def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
     """The train step with attn_impl=splash, compiled ahead of time for a v5e 2x2 slice (libtpu, no TPU): the
     splash kernel lowers through Mosaic (fwd, dq and dkv for the encoder and the decoder), not interpret mode."""
     require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(LIBTPU), str(REPO)])
+    env = _libtpu_env()
     counts = {}
     for impl in ("splash", "xla"):
         hlo = tmp_path / f"{impl}.hlo"
@@ -286,6 +291,70 @@ def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
         assert "4 x TPU v5 lite" in r.stdout
         counts[impl] = hlo.read_text().count("tpu_custom_call")
     assert counts == {"splash": 6, "xla": 0}
+
+
+@pytest.mark.slow
+def test_moe_step_cost_and_roofline_for_a_tpu_topology():
+    """`--cost` on configs/tiny_moe.py with the explicit all-to-all expert parallelism, for a v5p 2x2x1 slice:
+    XLA's cost analysis of the whole step, the all-to-all traffic among the collectives, a roofline."""
+    require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
+    env = _libtpu_env()
+    r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", "configs/tiny_moe.py", "--topology",
+                        "v5p:2x2x1", "--cost", "--config.model.moe_impl=alltoall", "--config.mesh.data=2",
+                        "--config.mesh.expert=2"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cost = next(ln for ln in r.stdout.splitlines() if ln.startswith("cost per chip per step"))
+    tflop, hbm, comm = (float(cost.split(": ", 1)[1].split(", ")[i].split()[0]) for i in range(3))
+    assert tflop > 0 and hbm > 0 and comm > 0
+    assert float(cost.split("all-to-all ")[1].split(",")[0].rstrip(")")) > 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("roofline step time (v5p spec: 459 TFLOP/s"))
+    parts = {k: float(line.split(f"{k} ")[1].split(" s")[0]) for k in ("compute", "HBM", "ICI")}
+    assert float(line.split("-> ")[1].split(" s")[0]) == max(parts.values()) > 0
+    assert 0 < float(line.split("at best ")[1].split(" %")[0]) <= 100
+    assert "model FLOPs per chip per step (the MFU count, 8 x 192 tokens)" in r.stdout
+
+
+def test_step_cost_counts_every_layer_that_xla_counts_once(cpu_devices):
+    """XLA's cost analysis counts a scanned stack's body once; `step_cost` (depths 1 and 2, unrolled) gives what
+    the program unrolled at full depth costs, FLOPs, bytes and collectives."""
+    import dataclasses
+
+    import launch.aot_compile as aot
+    from cogito_jax import cli, sharding
+    from cogito_jax.models import layers, registry
+    from cogito_jax.train import trainer
+    from cogito_jax.train.step import lm_loss
+
+    cfg = cli.load_config("configs/tiny_moe.py", [])
+    mesh, rules = sharding.make_mesh(cfg.mesh, cpu_devices), sharding.resolve_rules(cfg.sharding.rules)
+    mcfg = registry.config_for(cfg.model)
+    mcfg = dataclasses.replace(mcfg, text=dataclasses.replace(mcfg.text, num_layers=3))
+    batch = aot.abstract_batch(cfg, mcfg)
+    cost = aot.step_cost(cfg, mcfg, mesh, rules, batch)
+    with sharding.use_rules(rules):
+        model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(mcfg, 0)), mesh, rules)
+    p = trainer.prepare(cfg, model, mesh, rules)
+    scanned = aot._cost_of(trainer.compile_train_step(p, batch, lm_loss, 1))
+    with layers.unrolled_stacks():
+        unrolled = aot._cost_of(trainer.compile_train_step(p, batch, lm_loss, 1))
+    for k in ("flops", "bytes", "comm"):
+        assert cost[k] == pytest.approx(unrolled[k], rel=1e-2), k  # fusion differs a little with depth
+    assert scanned["flops"] < 0.7 * unrolled["flops"]
+
+
+def test_collective_bytes_from_program_text():
+    from launch.aot_compile import collective_bytes
+
+    hlo = """
+  %all-gather-start = (bf16[4,64]{1,0}, bf16[16,64]{1,0}) all-gather-start(bf16[4,64]{1,0} %p0), dimensions={0}
+  %all-gather-done = bf16[16,64]{1,0} all-gather-done((bf16[4,64]{1,0}, bf16[16,64]{1,0}) %all-gather-start)
+  %all-reduce.1 = f32[8]{0} all-reduce(f32[8]{0} %g), replica_groups={{0,1}}, to_apply=%add
+  ROOT %all-to-all.2 = bf16[2,3,8,16]{3,2,1,0} all-to-all(bf16[2,3,8,16]{3,2,1,0} %buf), dimensions={0}
+  %reduce-scatter = f32[2,5]{1,0} reduce-scatter(f32[8,5]{1,0} %x), dimensions={0}, to_apply=%add
+  %not-a-collective = f32[8]{0} add(f32[8]{0} %a, f32[8]{0} %b)
+"""
+    assert collective_bytes(hlo) == {"all-gather": (4 + 16) * 64 * 2, "all-reduce": 2 * 8 * 4,
+                                     "all-to-all": 2 * 3 * 8 * 16 * 2, "reduce-scatter": 8 * 5 * 4}
 
 
 @pytest.fixture

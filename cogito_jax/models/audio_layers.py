@@ -15,7 +15,7 @@ from flax import nnx
 from cogito_jax import sharding
 from cogito_jax.models.attention import dot_product_attention
 from cogito_jax.models.hf_weights import LINEAR, SAME
-from cogito_jax.models.layers import dense, layer_norm, remat
+from cogito_jax.models.layers import dense, layer_norm, remat, scan_stack
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LAYER_NORMS = ("self_attn_layer_norm", "final_layer_norm")
@@ -61,7 +61,7 @@ def stacked_layers(num_layers: int, rngs: nnx.Rngs, **layer_kw) -> AudioEncoderL
 def run(layers: AudioEncoderLayer, x_bsd: jax.Array, mask_bss: jax.Array, remat_policy: str = "none") -> jax.Array:
     """The stack scanned over ``x`` (compile time independent of depth), each layer rematerialised by policy."""
     body = remat(lambda x, layer: (layer(x, mask_bss), None), remat_policy)
-    x_bsd, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x_bsd, layers)
+    x_bsd, _ = scan_stack(body, x_bsd, layers)
     return x_bsd
 
 

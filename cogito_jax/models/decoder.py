@@ -36,7 +36,17 @@ from cogito_jax.models.attention import (
     self_attention_mask,
     shared_prefix_attention,
 )
-from cogito_jax.models.layers import RMSNorm, SwiGLU, apply_rope, check_remat, dense, dtype_of, remat, rope_cos_sin
+from cogito_jax.models.layers import (
+    RMSNorm,
+    SwiGLU,
+    apply_rope,
+    check_remat,
+    dense,
+    dtype_of,
+    remat,
+    rope_cos_sin,
+    scan_stack,
+)
 from cogito_jax.models.moe import MoEConfig, SparseMoE, check_impl as check_moe_impl
 
 
@@ -268,7 +278,7 @@ class Decoder(nnx.Module):
                 x, _, aux = block(x, cos, sin, mask)
                 return x, aux
 
-            x, aux = nnx.scan(remat(body, cfg.remat), in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
+            x, aux = scan_stack(remat(body, cfg.remat), x, self.layers)
             new_cache = None
         else:
             # The whole cache rides in the carry and each layer writes only its new slots, so a decode

@@ -6,7 +6,9 @@ Every parameter carries logical axis names (``cogito_jax.sharding.LOGICAL_AXES``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -53,6 +55,27 @@ def remat(fn: Callable, policy: str) -> Callable:
     if check_remat(policy) == "none":
         return fn
     return nnx.remat(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)
+
+
+_UNROLLED = contextvars.ContextVar("unrolled_stacks", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_stacks() -> Iterator[None]:
+    """Layer stacks traced inside this context run unrolled, one copy of the layer per depth, instead of as one
+    loop. Same results; it exists for XLA's cost analysis, which counts a loop's body once whatever its trip
+    count (``launch/aot_compile.py`` measures one layer's cost as the difference of two depths)."""
+    token = _UNROLLED.set(True)
+    try:
+        yield
+    finally:
+        _UNROLLED.reset(token)
+
+
+def scan_stack(body: Callable, x: Any, stack: nnx.Module) -> tuple[Any, Any]:
+    """``nnx.scan`` of ``body(carry, layer) -> (carry, out)`` over a stacked layer module (outputs stacked);
+    unrolled under :func:`unrolled_stacks`."""
+    return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0), unroll=_UNROLLED.get())(x, stack)
 
 
 def dense(d_in: int, d_out: int, axes: tuple[str | None, str | None], *, bias: bool, rngs: nnx.Rngs,
