@@ -18,7 +18,7 @@ LAYERS = (
     ("train", ("cogito_jax.train",)),
     ("eval", ("cogito_jax.eval", "cogito_jax.distill", "cogito_jax.judge")),
     ("entry points", ("cogito_jax.cli", "cogito_jax.sample", "cogito_jax.evaluate", "cogito_jax.demo",
-                      "cogito_jax.show_config", "cogito_jax.sweeps", "cogito_jax.train.__main__",
+                      "cogito_jax.export", "cogito_jax.show_config", "cogito_jax.sweeps", "cogito_jax.train.__main__",
                       "cogito_jax.distill.__main__")),
     ("data_prep", ("data_prep",)),
     ("launch", ("launch",)),

@@ -97,6 +97,54 @@ def test_tiny_moe_lora_run_learns_and_resumes_exactly_after_kill9(tmp_path):
     assert saved["lora_targets"] == ["llm/layers/mlp/down_proj", "llm/layers/mlp/gate_proj", "llm/layers/mlp/up_proj",
                                      *(f"llm/layers/self_attn/{x}_proj/kernel" for x in "koqv")]
     _assert_kill9_and_resume_is_exact(ref, tmp_path / "resumed", "configs/tiny_moe.py")
+    _assert_peft_export_loads_in_transformers(ref[0], tmp_path / "export")
+
+
+def _assert_peft_export_loads_in_transformers(workdir, out):
+    """`python -m cogito_jax.export` of the trained tiny_moe run: the base (a config-initialised model, written
+    as an HF folder) and the PEFT adapter (experts as `target_parameters`) load with transformers + peft and give
+    our logits with the adapters unmerged; the adapters the run trained change them."""
+    import warnings
+
+    import jax.numpy as jnp
+    import numpy as np
+    import peft
+    from flax import nnx
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    from cogito_jax import cli
+    from cogito_jax.data.chat import num_audio_tokens
+    from cogito_jax.train import trained
+    from tests.hf_tiny import hf_logits, rel_err
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-m", "cogito_jax.export", "--config", "configs/tiny_moe.py", "--workdir",
+                        str(workdir), "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "base"]
+    r = subprocess.run([sys.executable, "-m", "cogito_jax.export", "--config", "configs/tiny_moe.py", "--workdir",
+                        str(workdir), "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        f"--out {str(out)!r} already exists; choose a new folder"), r.stderr
+
+    lora, _, mcfg = trained.load(cli.load_config("configs/tiny_moe.py"), workdir, merge=False)
+    rng = np.random.default_rng(0)
+    n_frames = 300
+    feats = rng.normal(size=(1, mcfg.audio.num_mel_bins, mcfg.audio.num_frames)).astype(np.float32)
+    fmask = (np.arange(mcfg.audio.num_frames) < n_frames)[None].astype(np.int64)
+    seq = [11, 12] + [mcfg.audio_token_id] * num_audio_tokens("qwen3_omni_thinker", n_frames) + [21, 22, 23]
+    ids, am = np.asarray([seq], np.int64), np.ones((1, len(seq)), np.int64)
+    ours = np.asarray(nnx.jit(lambda m, *a: m(*a))(lora, *(jnp.asarray(x) for x in (ids, feats, fmask, am))))
+    base = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(str(out / "base")).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapted = peft.PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    assert not [str(w.message) for w in caught if "missing" in str(w.message).lower()
+                or "unexpected" in str(w.message).lower()]
+    err = rel_err(hf_logits(adapted, ids, feats, fmask, am), ours)
+    with adapted.disable_adapter():
+        without = rel_err(hf_logits(adapted, ids, feats, fmask, am), ours)
+    assert err <= 1e-4 and without > 10 * max(err, 1e-6), (err, without)
 
 
 @pytest.mark.slow

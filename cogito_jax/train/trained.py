@@ -53,9 +53,10 @@ def tokenizer_dir(cfg: Any, workdir: str | pathlib.Path) -> pathlib.Path:
     return tok
 
 
-def load(cfg: Any, workdir: str | pathlib.Path):
+def load(cfg: Any, workdir: str | pathlib.Path, merge: bool = True):
     """(model, tokenizer, model config) of the run trained with ``cfg`` in ``workdir``, with its newest intact
-    checkpoint's parameters (see the module docstring); FileNotFoundError when it has no checkpoint."""
+    checkpoint's parameters (see the module docstring); FileNotFoundError when it has no checkpoint. With
+    ``merge=False`` a LoRA run's model is the ``LoRA`` module (base and adapters apart), e.g. for a PEFT export."""
     tok = toklib.load(tokenizer_dir(cfg, workdir))
     mcfg = model_config(cfg, tok)
     base = (load_init(cfg, cfg.model.checkpoint, None)[0] if cfg.model.get("checkpoint")  # the frozen parts
@@ -69,4 +70,5 @@ def load(cfg: Any, workdir: str | pathlib.Path):
         ck.close()
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}")
-    return trainer.unwrap(nnx.merge(graphdef, restored[1], rest)), tok, mcfg
+    model = nnx.merge(graphdef, restored[1], rest)
+    return (trainer.unwrap(model) if merge else model), tok, mcfg
