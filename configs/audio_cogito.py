@@ -34,11 +34,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.mesh.fsdp = -1
     c.mesh.expert = 8
     c.sharding.rules = "fsdp"  # embed over fsdp, experts over expert, batch over every axis
-    # moe_impl: "ragged" (dropless, lax.ragged_dot) or "capacity" (fixed expert buffers as batched GEMMs, may drop
-    # overflow): on GPUs capacity ran a 4-layer slice at 11.5 % MFU (H100) where ragged reached 2.4 % (H200)
+    # moe_impl "alltoall": each shard's capacity buffers sent to the expert shards by all-to-all (overflow past
+    # 1.25 x the mean load dropped). Compiled ahead of time for this v5p-64 mesh (bench/results/
+    # aot_moe_impls_v5p64.txt), per chip and step: alltoall 13.0 GiB peak, 130 TFLOP, 2.3 TB HBM, 64 GB
+    # collectives, roofline 0.84 s; "capacity" (GSPMD-partitioned buffers) 31.1 GiB, 8.9 TB HBM, 543 GB, 3.2 s;
+    # "ragged" (lax.ragged_dot, which GSPMD runs on every token on every chip) 42.2 GiB, 15.6 PFLOP, 34 s.
     c.model = ConfigDict(dict(family="qwen3_omni_thinker", size="30b_a3b", checkpoint="", dtype="bfloat16",
                               param_dtype="bfloat16", remat="full", attn_impl="xla",
-                              moe_impl="ragged", moe_capacity_factor=1.25))
+                              moe_impl="alltoall", moe_capacity_factor=1.25))
     c.data.update(dict(source="records", dir="", tokenizer="", seed=0, max_len=2048, use_thinking=True,
                        num_workers=8))
     c.train.trainable = "lora"
