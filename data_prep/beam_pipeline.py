@@ -43,7 +43,7 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from cogito_jax import cli, errors
-from cogito_jax.data import clips, records
+from cogito_jax.data import clips, fingerprint, records
 from cogito_jax.errors import ConfigError
 from data_prep import report as report_lib, stages, steps
 from data_prep.config import prefix_map, validate_beam_config, validate_data_config
@@ -83,12 +83,23 @@ def _readable_audio(path: str, prefix_map: tuple[tuple[str, str], ...]) -> Itera
         yield local
 
 
+@functools.lru_cache(maxsize=2)
+def _fingerprints(path: str) -> fingerprint.Index:
+    """The benchmark fingerprint index the launcher wrote to ``path`` (read once per worker process)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        return fingerprint.Index.from_bytes(f.read())
+
+
 def process(entry: dict, features: clips.Features, filters: clips.FilterConfig,
-            prefix_map: tuple[tuple[str, str], ...]) -> tuple[int, dict, dict, Any]:
-    """``(index, item, row, mel)`` of one staged item: ``clips.process_clip`` on a readable copy of its audio."""
+            prefix_map: tuple[tuple[str, str], ...], fingerprints: str | None = None) -> tuple[int, dict, dict, Any]:
+    """``(index, item, row, mel)`` of one staged item: ``clips.process_clip`` on a readable copy of its audio,
+    and the clip's fingerprint lookup in the index at ``fingerprints`` (a path) when one is given."""
     item = entry["item"]
     with _readable_audio(item["audio_path"], prefix_map) as path:
         row, mel = clips.process_clip({**item, "audio_path": path}, features, filters)
+    row = {**row, **steps.match_row(_fingerprints(fingerprints) if fingerprints else None, mel)}
     return entry["index"], item, row, mel
 
 
@@ -196,12 +207,16 @@ def _read_jsonl(pattern: str) -> list[dict]:
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
+    _write_chunks(path, (line.encode() + b"\n" for line in lines))
+
+
+def _write_chunks(path: str, chunks: Iterable[bytes]) -> None:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for line in lines:
-            f.write(line.encode() + b"\n")
+        for chunk in chunks:
+            f.write(chunk)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -252,6 +267,13 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
         _write_lines(f"{out}/dataset/{steps.DATASET_MARKER}", ["written by data_prep.beam_pipeline, which replaces "
                                                                 "this folder on a re-run"])
         _write_lines(f"{work}/items.jsonl", (json.dumps({"index": i, "item": it}) for i, it in enumerate(items)))
+        # the benchmark fingerprint index, built (or read from the cache) here, where the meta files are; the
+        # workers read it from the work folder
+        index = steps.fingerprints(cfg, pathlib.Path(scratch if remote else out) / "cache")
+        index_path = None
+        if index is not None:
+            index_path = f"{work}/fingerprints.npz"
+            _write_chunks(index_path, [index.to_bytes()])
         builder = records.builder(data_dir=f"{scratch}/tfds", file_format="array_record", feat_dim=cfg.features.n_mels,
                                   description=f"Cogito-pipe build of {cfg.source.kind} source")
         local_ds = pathlib.Path(builder.data_dir)
@@ -268,7 +290,7 @@ def build(cfg: ConfigDict, out_dir: str, pipeline_args: Sequence[str] = ()) -> d
             clips = (p | "ReadItems" >> beam.io.ReadFromText(f"{work}/items.jsonl")
                      | "Parse" >> beam.Map(json.loads)
                      | "DecodeFilterLogMel" >> beam.Map(process, steps.feature_config(cfg), steps.filter_config(cfg),
-                                                        prefix_map(cfg.beam.audio_prefix_map)))
+                                                        prefix_map(cfg.beam.audio_prefix_map), index_path))
             decisions = (clips
                          | "KeyByHash" >> beam.Map(lambda c: (group_of(c[1]["id"], c[2], groups), c[:3]))
                          | "GroupByHash" >> beam.GroupByKey()

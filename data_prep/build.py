@@ -1,13 +1,12 @@
 """Cogito-pipe driver: `python -m data_prep.build --config configs/data/X.py --out DIR [--config.a.b=v]`.
 
-Stages, each cached under ``DIR/cache`` so a re-run skips finished work: read the source (a manifest,
-or the synthetic corpus written as wav files + manifest) -> decode, quality-filter and extract
-log-mel per clip -> exact dedup and the benchmark-contamination guard (audio hash, and source URL +
-time span, against ``filters.contamination_meta``) -> question/answer (the manifest's own, or the
-annotator model's) -> [thinking + audit with models, see ``data_prep.stages``] -> a TFDS array_record
-dataset under ``DIR/dataset`` and ``DIR/report.json`` (``kept``, ``rejected`` = one ``{id, reason}``
-per rejected item, counts per stage and reason, durations, modality mix) plus ``DIR/report.md`` with
-plots.
+Stages, each cached under ``DIR/cache`` so a re-run skips finished work: read the source (a manifest, or the
+synthetic corpus written as wav files + manifest) -> decode, quality-filter and extract log-mel per clip ->
+exact dedup and the benchmark-contamination guard (audio hash, audio fingerprint, and source URL + time span,
+against ``filters.contamination_meta``; see ``data_prep.filters``) -> question/answer (the manifest's own, or
+the annotator model's) -> [thinking + audit with models, see ``data_prep.stages``] -> a TFDS array_record
+dataset under ``DIR/dataset`` and ``DIR/report.json`` (``kept``, ``rejected`` = one ``{id, reason}`` per
+rejected item, counts per stage and reason, durations, modality mix) plus ``DIR/report.md`` with plots.
 
 Clips over 30 s (``features.long_clips``): ``truncate`` keeps the first 30 s, the one window
 qwen2_audio's Whisper encoder takes (its HF processor truncates too); ``chunks`` keeps up to
@@ -25,7 +24,8 @@ A clip's cached row (``cache/audio.jsonl``) and log-mel (``cache/mel/<hash of th
 files) are reused only while its key holds: the resolved audio path, the file's size and mtime, and the feature
 and filter settings; anything else redoes the clip, kept or rejected. Any failure inside one clip's processing
 rejects that clip alone. ``DIR/dataset`` is replaced only when it is this build's own (its ``COGITO_BUILD``
-marker inside); a folder there without it stops the build before any work, and nothing is deleted.
+marker inside); a folder there without it stops the build before any work, and nothing is deleted. A row's
+fingerprint match is redone from the cached log-mel when the benchmark fingerprint index changes.
 
 A clip's processing is :func:`cogito_jax.data.clips.process_clip`; the steps this runner shares with the Beam
 pipeline (``runner=beam``, :mod:`data_prep.beam_pipeline`) are in :mod:`data_prep.steps`.
@@ -65,6 +65,7 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache,
     settings = json.dumps([features.key(), dataclasses.asdict(fcfg)], sort_keys=True)
     keys = {it["id"]: clip_key(it["audio_path"], settings) for it in items}
     todo = [it for it in items if cache.rows.get(it["id"], {}).get("key") != keys[it["id"]]]
+    index = steps.fingerprints(cfg, out / "cache")
     for item in tqdm(todo, desc="decode + filter + log-mel", unit="clip", disable=not todo):
         row, mel = clips.process_clip(item, features, fcfg)
         path = mel_path(out, item["id"])
@@ -72,7 +73,13 @@ def _audio_stage(items: list[dict], cfg, out: pathlib.Path) -> tuple[StageCache,
             path.unlink(missing_ok=True)
         else:
             np.save(path, mel)
-        cache.add({**row, "key": keys[item["id"]]})
+        cache.add({**row, **steps.match_row(index, mel), "key": keys[item["id"]]})
+    # clips cached before the benchmark set (or the fingerprint settings) changed: looked up again from their log-mel
+    stale = [it for it in items if cache.rows[it["id"]]["ok"]
+             and cache.rows[it["id"]].get("fingerprints") != (index.key if index else None)]
+    for item in tqdm(stale, desc="fingerprint lookup", unit="clip", disable=not stale):
+        row = {k: v for k, v in cache.rows[item["id"]].items() if k not in ("match", "fingerprints")}
+        cache.add({**row, **steps.match_row(index, np.load(mel_path(out, item["id"])) if index else None)})
     cache.close()
     return cache, len(todo)
 

@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 
 from cogito_jax.config import DISTRIBUTED_DEFAULTS, check_schema
 from cogito_jax.data import chat
-from cogito_jax.errors import ConfigError, check_choice
+from cogito_jax.errors import ConfigError, check_choice, check_number, is_int
 from cogito_jax.judge import check_settings
 
 LONG_CLIPS = ("auto", "truncate", "chunks")
@@ -18,6 +18,11 @@ RUNNERS = ("local", "beam")  # local: data_prep.build; beam: data_prep.beam_pipe
 # GroupByKey groups of the dedup / selection step (a worker process reads the contamination meta, and decodes
 # its benchmark clips, the first time it selects a group); audio_prefix_map: "LOCAL=REMOTE" prefixes: a clip
 # under LOCAL is read by the workers from REMOTE + the rest of its path.
+# The audio-fingerprint contamination guard (cogito_jax.data.fingerprint): a clip matches a benchmark clip when at
+# least this share of the smaller landmark count agrees at one time offset, and at least this many landmarks do
+# (bench/contamination.py measures recall and false positives at these values).
+FINGERPRINT_THRESHOLD = 0.15
+FINGERPRINT_MIN_LANDMARKS = 30
 BEAM_DEFAULTS = dict(options=(), clips_per_shard=1000, select_groups=16, audio_prefix_map=())
 
 
@@ -42,6 +47,10 @@ def base_data_config() -> ConfigDict:
         min_lufs=-70.0,
         dedup=True,
         contamination_meta=(),  # benchmark meta files (MMAR/MMAU) whose clips must not be used
+        # audio fingerprints of those clips: a clip whose landmarks match one (re-encoded, resampled, re-levelled,
+        # noisy, trimmed or inside a longer recording) is rejected; 0 turns the fingerprint check off
+        fingerprint_threshold=FINGERPRINT_THRESHOLD,
+        fingerprint_min_landmarks=FINGERPRINT_MIN_LANDMARKS,
     ))
     c.features = ConfigDict(dict(
         n_mels=128,
@@ -97,6 +106,10 @@ def validate_data_config(cfg: ConfigDict) -> ConfigDict:
     if cfg.filters.min_seconds > cfg.filters.max_seconds:
         f = cfg.filters
         raise ConfigError(f"filters.min_seconds={f.min_seconds} > filters.max_seconds={f.max_seconds}")
+    f = cfg.filters
+    check_number("filters.fingerprint_threshold", f.fingerprint_threshold, lambda v: 0 <= v <= 1, "in [0, 1]")
+    check_number("filters.fingerprint_min_landmarks", f.fingerprint_min_landmarks,
+                 lambda v: is_int(v) and v >= 1, "that is a whole number >= 1")
     if cfg.features.long_clips not in LONG_CLIPS:
         raise ConfigError(f"features.long_clips={cfg.features.long_clips!r} must be one of {LONG_CLIPS}")
     if not 1 <= cfg.annotate.questions_per_clip <= MAX_QUESTIONS_PER_CLIP:

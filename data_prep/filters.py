@@ -1,18 +1,29 @@
-"""The benchmark-contamination guard: drops clips whose audio hash (``cogito_jax.data.clips.pcm_hash``), or
-whose (source url, time span), matches a clip of a benchmark meta file (MMAR / MMAU). The per-clip quality
-checks are in :mod:`cogito_jax.data.clips`.
+"""The benchmark-contamination guard: drops clips whose audio hash (``cogito_jax.data.clips.pcm_hash``), whose
+(source url, time span), or whose audio fingerprint (``cogito_jax.data.fingerprint``: re-encoded, resampled,
+re-levelled, noisy or trimmed copies, and recordings that contain the clip) matches a clip of a benchmark meta
+file (MMAR / MMAU / MMSU). The per-clip quality checks are in :mod:`cogito_jax.data.clips`.
+
+The fingerprint index of the benchmark clips is built once per (meta files, log-mel bins, landmark settings) and
+cached as ``fingerprints-<key>.npz`` in the build's cache folder; each clip is looked up where its log-mel is
+made, and the best match goes into the clip's row (``match``), which the selection step compares with
+``filters.fingerprint_threshold`` and ``filters.fingerprint_min_landmarks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from cogito_jax import audio
+from cogito_jax.data import fingerprint
 from cogito_jax.data.clips import pcm_hash, short
 from cogito_jax.eval.benchmarks import read_records, resolve_audio
 
@@ -80,10 +91,15 @@ class ContaminationGuard:
         if key:
             self.by_source.setdefault(key, []).append((parse_span(timestamp), ref))
 
-    def check(self, pcm_hash: str = "", url: Any = None, timestamp: Any = None) -> str | None:
-        """The contamination reason for a clip, or None."""
+    def check(self, pcm_hash: str = "", url: Any = None, timestamp: Any = None, match: Mapping | None = None,
+              threshold: float = 0.0, min_landmarks: int = 0) -> str | None:
+        """The contamination reason for a clip, or None. ``match`` is the clip's best fingerprint match
+        (``fingerprint.Match.as_row()``); it counts at ``threshold`` (> 0) and ``min_landmarks``."""
         if pcm_hash and pcm_hash in self.by_hash:
             return f"contamination: audio identical to {self.by_hash[pcm_hash]}"
+        if match and threshold > 0 and match["score"] >= threshold and match["landmarks"] >= min_landmarks:
+            return (f"contamination: audio matches {match['ref']} (fingerprint score {match['score']:.3f}, "
+                    f"{match['landmarks']} landmarks, at {match['offset_s']:g} s of it)")
         key = normalise_url(url)
         span = parse_span(timestamp)
         for other, ref in self.by_source.get(key, []) if key else []:
@@ -91,11 +107,13 @@ class ContaminationGuard:
                 return f"contamination: source {key} {_span_text(span)} overlaps {ref} {_span_text(other)}"
         return None
 
-    def check_item(self, item: Mapping[str, Any], pcm_hash: str = "") -> str | None:
+    def check_item(self, item: Mapping[str, Any], pcm_hash: str = "", match: Mapping | None = None,
+                   threshold: float = 0.0, min_landmarks: int = 0) -> str | None:
         """``check`` with the url / timestamp from a manifest item (its ``metadata`` or top level)."""
         meta = item.get("metadata") or {}
         url = meta.get("url") or meta.get("source_url") or item.get("url")
-        return self.check(pcm_hash, url, meta.get("timestamp", item.get("timestamp")))
+        return self.check(pcm_hash, url, meta.get("timestamp", item.get("timestamp")), match, threshold,
+                          min_landmarks)
 
     @classmethod
     def from_meta(cls, meta_files: Iterable[str | pathlib.Path],
@@ -103,20 +121,66 @@ class ContaminationGuard:
         """From MMAR (``audio_path``, ``url``, ``timestamp``) / MMAU (``audio_id``) meta files (JSONL or array);
         clips resolve against ``audio_dir`` or the meta file's folder, and missing ones add no hash."""
         guard = cls()
-        for meta in meta_files:
-            meta = pathlib.Path(meta)
-            for _, rec in read_records(meta):
-                rid = str(rec.get("id", ""))
-                rel = rec.get("audio_path") or rec.get("audio_id") or (f"./audio/{rid}.wav" if rid else "")
-                h = ""
-                if rel:
-                    path, missing = resolve_audio(str(rel), meta.parent, audio_dir)
-                    try:
-                        h = "" if missing else pcm_hash(audio.decode(path)[0])
-                    except audio.AudioError:
-                        h = ""
-                guard.add(f"{meta.name}:{rid}", pcm_hash=h, url=rec.get("url"), timestamp=rec.get("timestamp"))
+        for ref, rec, wave in benchmark_clips(meta_files, audio_dir):
+            guard.add(ref, pcm_hash="" if wave is None else pcm_hash(wave), url=rec.get("url"),
+                      timestamp=rec.get("timestamp"))
         return guard
+
+
+def benchmark_clips(meta_files: Iterable[str | pathlib.Path], audio_dir: str | pathlib.Path | None = None
+                    ) -> Iterator[tuple[str, Mapping[str, Any], np.ndarray | None]]:
+    """``(ref "file:id", record, 16 kHz waveform or None when missing or undecodable)`` of every record of the
+    meta files."""
+    for meta in meta_files:
+        meta = pathlib.Path(meta)
+        for _, rec in read_records(meta):
+            rid = str(rec.get("id", ""))
+            rel = rec.get("audio_path") or rec.get("audio_id") or (f"./audio/{rid}.wav" if rid else "")
+            wave = None
+            if rel:
+                path, missing = resolve_audio(str(rel), meta.parent, audio_dir)
+                try:
+                    wave = None if missing else audio.decode(path)[0]
+                except audio.AudioError:
+                    wave = None
+            yield f"{meta.name}:{rid}", rec, wave
+
+
+def benchmark_mel(wave: np.ndarray, n_mels: int) -> np.ndarray:
+    """A benchmark clip's log-mel ``[n_mels, frames]`` as the pipeline makes it for a long clip (every 30 s
+    window, ``long_clips=chunks``), whatever its length: a candidate may hold any part of it."""
+    return np.concatenate(audio.log_mel_chunks(wave, n_mels=n_mels), axis=1)
+
+
+def fingerprint_index(meta_files: Iterable[str | pathlib.Path], n_mels: int, cache_dir: str | pathlib.Path,
+                      audio_dir: str | pathlib.Path | None = None) -> fingerprint.Index:
+    """The fingerprint index of the benchmark clips of ``meta_files`` (see the module docstring): loaded from
+    ``cache_dir`` when a build with the same meta files (path, size, modification time), log-mel bins and landmark
+    settings made it, else built (a progress bar per clip) and saved there (written beside, then renamed). The
+    benchmark audio files themselves are not looked at for the key: replacing them under unchanged meta files
+    needs the cached index deleted."""
+    metas = [pathlib.Path(m) for m in meta_files]
+    stats = []
+    for m in metas:
+        st = m.stat()
+        stats.append([str(m.resolve()), st.st_size, st.st_mtime_ns])
+    key = fingerprint.index_key([stats, None if audio_dir is None else str(audio_dir)], n_mels)
+    path = pathlib.Path(cache_dir) / f"fingerprints-{key[:16]}.npz"
+    if path.is_file():
+        try:
+            index = fingerprint.Index.from_bytes(path.read_bytes())
+            if index.key == key:
+                return index
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is rebuilt
+    clips = tqdm(benchmark_clips(metas, audio_dir), desc="fingerprint benchmark clips", unit="clip")
+    index = fingerprint.Index.build(((ref, benchmark_mel(w, n_mels)) for ref, _, w in clips if w is not None),
+                                    key=key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_bytes(index.to_bytes())
+    os.replace(tmp, path)
+    return index
 
 
 def _span_text(span: tuple[float, float] | None) -> str:

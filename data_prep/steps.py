@@ -8,9 +8,12 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+from typing import Any
+
+import numpy as np
 
 from cogito_jax import errors
-from cogito_jax.data import clips, synthetic
+from cogito_jax.data import clips, fingerprint, synthetic
 from cogito_jax.errors import ConfigError
 from cogito_jax.eval.benchmarks import BenchmarkError
 from data_prep import filters
@@ -66,14 +69,15 @@ def filter_config(cfg) -> clips.FilterConfig:
 
 def select_items(items: list[dict], rows: dict[str, dict], cfg) -> tuple[list[dict], list[dict]]:
     """(kept items, rejections) in manifest order from the per-clip rows: failed clips, benchmark
-    contamination (audio hash, or source URL + time span from the item's metadata), exact duplicates (the
-    first in manifest order is kept), items without a question."""
+    contamination (audio hash, the row's fingerprint ``match``, or source URL + time span from the item's
+    metadata), exact duplicates (the first in manifest order is kept), items without a question."""
     guard = contamination_guard(tuple(str(m) for m in cfg.filters.contamination_meta))
     seen: dict[str, str] = {}
     kept, rejected = [], []
     for item in items:
         row = rows[item["id"]]
-        contamination = guard.check_item(item, row["hash"]) if row["ok"] else None
+        contamination = guard.check_item(item, row["hash"], row.get("match"), cfg.filters.fingerprint_threshold,
+                                         cfg.filters.fingerprint_min_landmarks) if row["ok"] else None
         if not row["ok"]:
             rejected.append({"id": item["id"], "reason": row["reason"]})
         elif contamination:
@@ -95,6 +99,27 @@ def contamination_guard(meta_files: tuple[str, ...]) -> filters.ContaminationGua
         return filters.ContaminationGuard.from_meta(meta_files)
     except BenchmarkError as e:
         raise ConfigError(f"filters.contamination_meta: {e}") from None
+
+
+def fingerprints(cfg, cache_dir: pathlib.Path) -> fingerprint.Index | None:
+    """The fingerprint index of ``filters.contamination_meta``'s benchmark clips for this build's log-mel (built or
+    read from ``cache_dir``), or None when there is no meta file or ``filters.fingerprint_threshold`` is 0."""
+    metas = tuple(str(m) for m in cfg.filters.contamination_meta)
+    if not metas or not cfg.filters.fingerprint_threshold:
+        return None
+    try:
+        return filters.fingerprint_index(metas, cfg.features.n_mels, cache_dir)
+    except (BenchmarkError, OSError) as e:
+        raise ConfigError(f"filters.contamination_meta: {e}") from None
+
+
+def match_row(index: fingerprint.Index | None, mel_tf: Any) -> dict:
+    """The fields a clip's row gets from a fingerprint lookup of its log-mel ``[frames, n_mels]``: the best match
+    (or None) and the index it was looked up in; nothing without an index or a log-mel."""
+    if index is None or mel_tf is None:
+        return {}
+    found = index.match(np.asarray(mel_tf, np.float32).T)
+    return {"match": None if found is None else found.as_row(), "fingerprints": index.key}
 
 
 def check_dataset_dir(folder: pathlib.Path) -> None:
