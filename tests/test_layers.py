@@ -16,7 +16,7 @@ LAYERS = (
     ("data", ("cogito_jax.data",)),
     ("sampling", ("cogito_jax.sampling",)),
     ("train", ("cogito_jax.train",)),
-    ("eval", ("cogito_jax.eval", "cogito_jax.distill", "cogito_jax.judge")),
+    ("eval", ("cogito_jax.eval", "cogito_jax.distill", "cogito_jax.judge", "cogito_jax.rl")),
     ("entry points", ("cogito_jax.cli", "cogito_jax.sample", "cogito_jax.evaluate", "cogito_jax.demo",
                       "cogito_jax.export", "cogito_jax.show_config", "cogito_jax.sweeps", "cogito_jax.train.__main__",
                       "cogito_jax.distill.__main__")),

@@ -1,0 +1,1 @@
+"""Reinforcement learning from verifiable rewards on the sampling engine's rollouts (GRPO)."""

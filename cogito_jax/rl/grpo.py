@@ -1,0 +1,103 @@
+"""GRPO: group-relative advantages over the N samples the engine draws per prompt, and the clipped policy loss.
+
+For a prompt's group of N samples with rewards ``r_1..r_N`` the advantage of sample ``i`` is
+``(r_i - mean(r)) / (std(r) + eps)`` (the population standard deviation; ``scale_std=False`` keeps only the
+centring, as Dr. GRPO does). Every token of a sample shares its advantage. A group whose rewards all agree has
+zero advantage everywhere and teaches nothing; ``informative_groups`` finds the others (DAPO's dynamic sampling
+drops the rest).
+
+The loss of a token with log-prob ``logp`` under the policy being trained, ``old`` under the policy that
+sampled it (the engine's stored log-prob, the model's own softmax at temperature 1), and advantage ``A``::
+
+    ratio = exp(logp - old)
+    loss  = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + kl_coef * kl
+
+with ``kl = exp(ref - logp) - (ref - logp) - 1`` (the non-negative "k3" estimator of KL(policy || reference),
+``ref`` the token's log-prob under a frozen reference model). ``clip_high > clip_low`` is DAPO's clip-higher.
+The token losses are averaged over every response token of the batch (``normalize="token"``, DAPO: a long
+response weighs by its length) or within each response and then over responses (``"sequence"``, the GRPO
+paper's form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cogito_jax.errors import check_choice, check_number
+
+NORMALIZE = ("token", "sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    normalize: str = "token"
+    scale_std: bool = True
+    drop_uniform_groups: bool = True
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        check_number("rl.clip_low", self.clip_low, lambda v: 0 < v < 1, "in (0, 1)")
+        check_number("rl.clip_high", self.clip_high, lambda v: v > 0, "> 0")
+        check_number("rl.kl_coef", self.kl_coef, lambda v: v >= 0, ">= 0")
+        check_choice("rl.normalize", self.normalize, NORMALIZE)
+
+
+def group_advantages(rewards_pn: Any, scale_std: bool = True, eps: float = 1e-6) -> np.ndarray:
+    """Advantages ``[P, N]`` of rewards ``[P, N]`` (P prompts, N samples each), float32."""
+    r = np.asarray(rewards_pn, np.float64)
+    if r.ndim != 2 or r.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, samples >= 2], got shape {r.shape}")
+    centred = r - r.mean(axis=1, keepdims=True)
+    if scale_std:
+        centred = centred / (r.std(axis=1, keepdims=True) + eps)
+    return centred.astype(np.float32)
+
+
+def informative_groups(rewards_pn: Any) -> np.ndarray:
+    """``[P]`` bool: the groups whose rewards are not all equal."""
+    r = np.asarray(rewards_pn)
+    return np.any(r != r[:, :1], axis=1)
+
+
+def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
+    """Log-probs ``[B, T]`` float32 of ``targets`` under ``softmax(logits)`` (the engine's temperature-1 log-probs)."""
+    logits = logits_btv.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets_bt[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def grpo_loss(logp_bt: jax.Array, old_logp_bt: jax.Array, advantages_b: jax.Array, mask_bt: jax.Array,
+              cfg: GRPOConfig, ref_logp_bt: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of a batch of responses: ``logp``/``old``/``ref`` per response token ``[B, T]``,
+    ``mask`` 1 on response tokens, one advantage per response. Metrics: ``kl`` (mean per token, 0 without a
+    reference), ``clip_fraction`` (tokens whose clipped term is the one taken and differs), ``ratio_mean``."""
+    mask = mask_bt.astype(jnp.float32)
+    adv = advantages_b.astype(jnp.float32)[:, None]
+    log_ratio = logp_bt.astype(jnp.float32) - old_logp_bt.astype(jnp.float32)
+    ratio = jnp.exp(log_ratio)
+    clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    per_token = -jnp.minimum(ratio * adv, clipped * adv)
+    kl = jnp.zeros_like(per_token)
+    if ref_logp_bt is not None:
+        d = ref_logp_bt.astype(jnp.float32) - logp_bt.astype(jnp.float32)
+        kl = jnp.exp(d) - d - 1.0
+        per_token = per_token + cfg.kl_coef * kl
+    tokens = jnp.maximum(mask.sum(), 1.0)
+    if cfg.normalize == "token":
+        loss = jnp.sum(per_token * mask) / tokens
+    else:
+        per_seq = jnp.sum(per_token * mask, axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
+        loss = jnp.sum(per_seq * (mask.sum(axis=1) > 0)) / jnp.maximum(jnp.sum(mask.sum(axis=1) > 0), 1.0)
+    was_clipped = ((adv > 0) & (ratio > 1.0 + cfg.clip_high)) | ((adv < 0) & (ratio < 1.0 - cfg.clip_low))
+    metrics = {"kl": jnp.sum(kl * mask) / tokens,
+               "clip_fraction": jnp.sum(was_clipped * mask) / tokens,
+               "ratio_mean": jnp.sum(ratio * mask) / tokens}
+    return loss, metrics
