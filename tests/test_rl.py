@@ -122,3 +122,47 @@ def test_rollout_logprobs_equal_the_trainers(cpu_devices):
         logits = model(jnp.asarray(seq[:, :-1]))
         recomputed = np.asarray(grpo.token_logprobs(logits, jnp.asarray(seq[:, 1:])))[0, -n:]
         assert np.abs(recomputed - stored[s, :n]).max() <= 1e-5 * np.abs(stored[s, :n]).max(), s
+
+
+@pytest.mark.parametrize("normalize", ["token", "sequence"])
+def test_rl_loss_in_the_train_step_equals_the_direct_loss(normalize):
+    """``rl_loss`` through ``make_train_step`` (one batch, and 2 accumulated micro-batches) gives the update of
+    the gradient of ``grpo_loss`` computed directly from the model's log-probs."""
+    import optax
+    from flax import nnx
+
+    from cogito_jax.models import registry
+    from cogito_jax.train.step import TrainState, make_train_step
+
+    mcfg = registry.config_for({"family": "qwen2_audio", "size": "tiny"})
+    graphdef, params, rest = nnx.split(registry.build(mcfg, 0), nnx.Param, ...)
+    rng = np.random.default_rng(1)
+    b, t = 4, 10
+    ids = rng.integers(10, mcfg.text.vocab_size, (b, t)).astype(np.int32)
+    targets = np.roll(ids, -1, 1)
+    mask = np.zeros((b, t), np.float32)
+    for i, (start, end) in enumerate(((4, 9), (3, 9), (6, 8), (2, 9))):
+        mask[i, start:end] = 1
+    logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids))
+    now = np.asarray(grpo.token_logprobs(logits, jnp.asarray(targets)))
+    old = now + rng.normal(0, 0.3, now.shape).astype(np.float32)  # some ratios outside the clip range
+    adv = np.array([1.5, -0.5, 0.8, -1.2], np.float32)
+    cfg = GRPOConfig(normalize=normalize, clip_high=0.28, kl_coef=0.1)
+    ref = now + rng.normal(0, 0.2, now.shape).astype(np.float32)
+    batch = {"input_ids": jnp.asarray(ids), "targets": jnp.asarray(targets), "loss_mask": jnp.asarray(mask),
+             "old_logprobs": jnp.asarray(old), "advantages": jnp.asarray(np.repeat(adv[:, None], t, 1)),
+             "ref_logprobs": jnp.asarray(ref), "rl_weight": jnp.asarray(grpo.sequence_weights(mask))}
+
+    def direct(p):
+        lp = grpo.token_logprobs(nnx.merge(graphdef, p, rest)(jnp.asarray(ids)), jnp.asarray(targets))
+        return grpo_loss(lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), cfg, jnp.asarray(ref))[0]
+
+    want = jax.grad(direct)(params)
+    tx = optax.sgd(1.0)
+    for accum in (1, 2):
+        state = TrainState(params, tx.init(params), jnp.int32(0))
+        new, metrics = jax.jit(make_train_step(graphdef, tx, grpo.rl_loss(cfg), grad_accum=accum))(state, rest, batch)
+        np.testing.assert_allclose(float(metrics["loss"]), float(direct(params)), rtol=1e-5)
+        for g, p0, p1 in zip(jax.tree.leaves(want), jax.tree.leaves(params), jax.tree.leaves(new.params), strict=True):
+            np.testing.assert_allclose(np.asarray(p0) - np.asarray(p1), np.asarray(g), rtol=1e-4,
+                                       atol=1e-4 * float(np.abs(np.asarray(g)).max()) + 1e-12)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cogito_jax.errors import check_choice, check_number
+from cogito_jax.train.step import lm_logits
 
 NORMALIZE = ("token", "sequence")
 
@@ -74,30 +75,59 @@ def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def token_terms(logp_bt: jax.Array, old_logp_bt: jax.Array, advantages_bt: jax.Array, cfg: GRPOConfig,
+                ref_logp_bt: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per token ``[B, T]``: ``loss`` (clipped objective plus the KL penalty), ``kl``, ``clipped`` (1 where the
+    clipped term is the one taken and differs) and ``ratio``."""
+    adv = advantages_bt.astype(jnp.float32)
+    ratio = jnp.exp(logp_bt.astype(jnp.float32) - old_logp_bt.astype(jnp.float32))
+    clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    loss = -jnp.minimum(ratio * adv, clipped * adv)
+    kl = jnp.zeros_like(loss)
+    if ref_logp_bt is not None:
+        d = ref_logp_bt.astype(jnp.float32) - logp_bt.astype(jnp.float32)
+        kl = jnp.exp(d) - d - 1.0
+        loss = loss + cfg.kl_coef * kl
+    was_clipped = ((adv > 0) & (ratio > 1.0 + cfg.clip_high)) | ((adv < 0) & (ratio < 1.0 - cfg.clip_low))
+    return {"loss": loss, "kl": kl, "clipped": was_clipped.astype(jnp.float32), "ratio": ratio}
+
+
 def grpo_loss(logp_bt: jax.Array, old_logp_bt: jax.Array, advantages_b: jax.Array, mask_bt: jax.Array,
               cfg: GRPOConfig, ref_logp_bt: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, metrics) of a batch of responses: ``logp``/``old``/``ref`` per response token ``[B, T]``,
     ``mask`` 1 on response tokens, one advantage per response. Metrics: ``kl`` (mean per token, 0 without a
     reference), ``clip_fraction`` (tokens whose clipped term is the one taken and differs), ``ratio_mean``."""
     mask = mask_bt.astype(jnp.float32)
-    adv = advantages_b.astype(jnp.float32)[:, None]
-    log_ratio = logp_bt.astype(jnp.float32) - old_logp_bt.astype(jnp.float32)
-    ratio = jnp.exp(log_ratio)
-    clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    per_token = -jnp.minimum(ratio * adv, clipped * adv)
-    kl = jnp.zeros_like(per_token)
-    if ref_logp_bt is not None:
-        d = ref_logp_bt.astype(jnp.float32) - logp_bt.astype(jnp.float32)
-        kl = jnp.exp(d) - d - 1.0
-        per_token = per_token + cfg.kl_coef * kl
+    terms = token_terms(logp_bt, old_logp_bt, jnp.broadcast_to(advantages_b[:, None], mask.shape), cfg, ref_logp_bt)
     tokens = jnp.maximum(mask.sum(), 1.0)
-    if cfg.normalize == "token":
-        loss = jnp.sum(per_token * mask) / tokens
-    else:
-        per_seq = jnp.sum(per_token * mask, axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-        loss = jnp.sum(per_seq * (mask.sum(axis=1) > 0)) / jnp.maximum(jnp.sum(mask.sum(axis=1) > 0), 1.0)
-    was_clipped = ((adv > 0) & (ratio > 1.0 + cfg.clip_high)) | ((adv < 0) & (ratio < 1.0 - cfg.clip_low))
-    metrics = {"kl": jnp.sum(kl * mask) / tokens,
-               "clip_fraction": jnp.sum(was_clipped * mask) / tokens,
-               "ratio_mean": jnp.sum(ratio * mask) / tokens}
-    return loss, metrics
+    weight = mask if cfg.normalize == "token" else sequence_weights(mask)
+    metrics = {"kl": jnp.sum(terms["kl"] * mask) / tokens, "clip_fraction": jnp.sum(terms["clipped"] * mask) / tokens,
+               "ratio_mean": jnp.sum(terms["ratio"] * mask) / tokens}
+    return jnp.sum(terms["loss"] * weight) / tokens, metrics
+
+
+def sequence_weights(mask_bt: Any) -> Any:
+    """Per-token weights ``[B, T]`` whose weighted token mean is the mean over responses of each response's token
+    mean: ``tokens / (responses x the response's length)`` on its tokens (``normalize="sequence"``)."""
+    xp = jnp if isinstance(mask_bt, jax.Array) else np
+    mask = xp.asarray(mask_bt, xp.float32)
+    lengths = mask.sum(axis=1, keepdims=True)
+    responses = xp.maximum((lengths > 0).sum(), 1)
+    return mask * mask.sum() / (responses * xp.maximum(lengths, 1.0))
+
+
+def rl_loss(cfg: GRPOConfig):
+    """A loss function for ``cogito_jax.train.step.make_train_step`` (``(model, batch) -> (total, tokens,
+    sums)``, the step divides by the batch's response tokens): the batch holds the pipeline's fields with
+    ``loss_mask`` 1 on response tokens, and per target position ``[B, T]`` ``old_logprobs``, ``advantages``,
+    optionally ``ref_logprobs`` and (``normalize="sequence"``) ``rl_weight`` from :func:`sequence_weights`."""
+    def loss(model: Any, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        mask = batch["loss_mask"].astype(jnp.float32)
+        logp = token_logprobs(lm_logits(model, batch), batch["targets"])
+        terms = token_terms(logp, batch["old_logprobs"], batch["advantages"], cfg, batch.get("ref_logprobs"))
+        weight = batch["rl_weight"] if cfg.normalize == "sequence" else mask
+        sums = {"kl": jnp.sum(terms["kl"] * mask), "clipped": jnp.sum(terms["clipped"] * mask),
+                "ratio": jnp.sum(terms["ratio"] * mask)}
+        return jnp.sum(terms["loss"] * weight), jnp.sum(mask > 0).astype(jnp.float32), sums
+
+    return loss

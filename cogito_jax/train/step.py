@@ -185,12 +185,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         metrics = {
             "loss": total / jnp.maximum(count, 1.0),
             "tokens": count,
-            "accuracy": stats["correct"] / jnp.maximum(count, 1.0),
-            "answer_accuracy": stats["answer_correct"] / jnp.maximum(stats["answer_tokens"], 1.0),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             **throughput_counts(batch),
         }
+        if "correct" in stats:  # the LM loss's sums
+            metrics["accuracy"] = stats["correct"] / jnp.maximum(count, 1.0)
+            metrics["answer_accuracy"] = stats["answer_correct"] / jnp.maximum(stats["answer_tokens"], 1.0)
+        else:  # another loss's sums: their means per counted token
+            metrics.update({k: v / jnp.maximum(count, 1.0) for k, v in stats.items()})
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return step
