@@ -10,7 +10,7 @@ a draw that repeats another's sound, the generator's parameters coming from grid
 Benchmark clips are concatenations of three distinct source clips of one kind (5-20 s); held-out clips are made
 the same way from source clips no benchmark clip uses.
 
-* Recall: every benchmark clip altered by each perturbation (MP3, Ogg Vorbis and Opus at about 64 kbit/s,
+* Recall: every benchmark clip altered by each perturbation (MP3, Ogg Vorbis, Opus and AAC at about 64 kbit/s,
   resampled through 44.1 kHz, gain -10 / +10 dB, white noise at 20 dB SNR, a 5 s sub-segment, and a recording
   that contains it between 3 s of other audio on each side) must match that clip.
 * False positives: every held-out clip, and every perturbation of it, is looked up; a match above the
@@ -43,7 +43,7 @@ from cogito_jax import audio  # noqa: E402
 from cogito_jax.data import fingerprint, synthetic  # noqa: E402
 
 SR = audio.SAMPLE_RATE
-PERTURBATIONS = ("none", "mp3_64k", "vorbis_64k", "opus_64k", "resample_44k", "gain_-10dB", "gain_+10dB",
+PERTURBATIONS = ("none", "mp3_64k", "vorbis_64k", "opus_64k", "aac_64k", "resample_44k", "gain_-10dB", "gain_+10dB",
                  "noise_20dB", "trim_5s", "contained")
 VOCABULARY = ("apple river quietly seven yellow engine window garden thunder pencil silver morning distant "
               "captain orange bottle market whisper forest rocket violin blanket harbor mountain copper "
@@ -110,6 +110,25 @@ def _codec(w: np.ndarray, fmt: str, subtype: str, level: float, sr: int = SR) ->
     return audio.resample(x, got_sr)[: len(w)], kbps
 
 
+def _aac(w: np.ndarray, kbps: int = 64) -> tuple[np.ndarray, float]:
+    """(decoded, kbit/s) of ``w`` through AAC-LC in an ADTS stream (PyAV's FFmpeg; libsndfile has no AAC)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="adts") as out:
+        stream = out.add_stream("aac", rate=SR, layout="mono")
+        stream.bit_rate = kbps * 1000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(w, np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = SR
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    rate = len(buf.getvalue()) * 8 / (len(w) / SR) / 1000
+    buf.seek(0)
+    with av.open(buf, "r") as inp:
+        x = np.concatenate([f.to_ndarray().reshape(-1) for f in inp.decode(audio=0)])
+    return x[: len(w)].astype(np.float32), rate
+
+
 def perturb(w: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, dict]:
     """``w`` altered by ``kind`` (one of PERTURBATIONS); ``other`` is unrelated audio for ``contained``."""
     if kind == "none":
@@ -122,6 +141,9 @@ def perturb(w: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarra
         return x, {"kbps": kbps}
     if kind == "opus_64k":
         x, kbps = _codec(w, "OGG", "OPUS", 0.77)
+        return x, {"kbps": kbps}
+    if kind == "aac_64k":
+        x, kbps = _aac(w)
         return x, {"kbps": kbps}
     if kind == "resample_44k":
         return audio.resample(audio.resample(w, SR, 44100), 44100, SR), {}

@@ -21,8 +21,8 @@ RUNNERS = ("local", "beam")  # local: data_prep.build; beam: data_prep.beam_pipe
 # The audio-fingerprint contamination guard (cogito_jax.data.fingerprint): a clip matches a benchmark clip when at
 # least this share of the smaller landmark count agrees at one time offset, and at least this many landmarks do
 # (bench/contamination.py measures recall and false positives at these values).
-FINGERPRINT_THRESHOLD = 0.15
-FINGERPRINT_MIN_LANDMARKS = 30
+FINGERPRINT_THRESHOLD = 0.12
+FINGERPRINT_MIN_LANDMARKS = 40
 BEAM_DEFAULTS = dict(options=(), clips_per_shard=1000, select_groups=16, audio_prefix_map=())
 
 

@@ -14,7 +14,7 @@ from cogito_jax import audio
 from cogito_jax.data import fingerprint
 from data_prep import filters
 from data_prep.config import FINGERPRINT_MIN_LANDMARKS, FINGERPRINT_THRESHOLD
-from tests.prereq import require
+from tests.prereq import require, require_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEECH = pathlib.Path("/usr/share/pocketsphinx/test/data")
@@ -30,6 +30,7 @@ def _bench_module():
 @pytest.fixture(scope="module")
 def contamination():
     require(shutil.which("espeak-ng"), "synthesised speech needs espeak-ng (apt-get install -y espeak-ng)")
+    require_module("av", "AAC encoding needs PyAV (requirements-test.txt)")
     require(SPEECH.is_dir(), "real speech needs pocketsphinx-testdata (apt-get install -y pocketsphinx-testdata)")
     return _bench_module()
 
@@ -49,7 +50,7 @@ def test_altered_copies_are_caught_and_distinct_clips_are_not(contamination, tmp
     assert set(table) == set(contamination.PERTURBATIONS)
     assert all(missed == wrong == fp == 0 for _, missed, wrong, fp in table.values()), table
     assert out["pairs"] >= 1000 and out["recall"] == 1.0 and out["false_positive_rate"] == 0.0
-    for kind in ("mp3_64k", "opus_64k"):  # the codecs ran at about 64 kbit/s
+    for kind in ("mp3_64k", "opus_64k", "aac_64k"):  # the codecs ran at about 64 kbit/s
         assert 50 < out["per_perturbation"][kind]["kbps_mean"] < 80
 
 

