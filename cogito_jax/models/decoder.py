@@ -140,6 +140,12 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, t, -1)), cache_kv
 
 
+# Generation (a KV cache or a paged pool) runs the experts dropless, whatever ``moe_impl`` training uses: the
+# capacity paths (``capacity``, ``alltoall``) drop a token past its expert's buffer, which would change what the
+# model samples.
+GENERATION_MOE_IMPL = "ragged"
+
+
 def default_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The default ``mlp_factory``: a sparse MoE when ``num_experts > 0``, else :func:`dense_mlp`."""
     return SparseMoE(cfg.moe_config(), rngs=rngs) if cfg.num_experts else dense_mlp(cfg, rngs)
@@ -164,7 +170,10 @@ class Block(nnx.Module):
     def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
         h, cache_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, index)
         x = x + h
-        y = self.mlp(self.post_attention_layernorm(x))
+        if cache_kv is not None and isinstance(self.mlp, SparseMoE):  # generating: never drop a token
+            y = self.mlp(self.post_attention_layernorm(x), impl=GENERATION_MOE_IMPL)
+        else:
+            y = self.mlp(self.post_attention_layernorm(x))
         y, aux = y if isinstance(y, tuple) else (y, None)
         x = sharding.constrain(x + y.astype(x.dtype), ("batch", "length", "embed"))
         return x, cache_kv, aux
