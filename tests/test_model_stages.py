@@ -383,6 +383,10 @@ def test_cli_runs_the_model_stages_with_a_local_judge_and_drops_contaminated_cli
              _mcq("c_url", metadata={"url": "https://www.youtube.com/watch?v=abc123", "timestamp": "00:05-00:15"}),
              _mcq("c_other_span", metadata={"url": "https://youtu.be/abc123", "timestamp": "00:20-00:30"}),
              _mcq("c_hash")]
+    # c_other_span is another sound (1.9 kHz): the audio-fingerprint guard takes two 1.5 s steady tones 40 Hz
+    # apart, starting and stopping together, for one sound
+    (tmp_path / "corpus" / "audio").mkdir(parents=True)
+    _write_clip(tmp_path / "corpus" / "audio" / "c_other_span.wav", 40)
     root = _corpus(tmp_path / "corpus", lines)
     sf.write(bench / "audio" / "m1.wav", sf.read(root / "audio" / "c_hash.wav")[0], 16000)
     meta = [{"id": "m1", "audio_path": "./audio/m1.wav", "url": "https://youtube.com/watch?v=abc123",
