@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from cogito_jax import audio  # noqa: E402
 from cogito_jax.data import fingerprint, synthetic  # noqa: E402
+from data_prep import filters  # noqa: E402
 
 SR = audio.SAMPLE_RATE
 PERTURBATIONS = ("none", "mp3_64k", "vorbis_64k", "opus_64k", "aac_64k", "resample_44k", "gain_-10dB", "gain_+10dB",
@@ -163,8 +164,8 @@ def perturb(w: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarra
 
 
 def mel(w: np.ndarray, n_mels: int = 128) -> np.ndarray:
-    """The log-mel the pipeline computes for a clip (``long_clips=chunks``)."""
-    return np.concatenate(audio.log_mel_chunks(w, n_mels=n_mels), axis=1)
+    """The log-mel the pipeline computes for a clip (``long_clips=chunks``), as the index takes it."""
+    return filters.benchmark_mel(w, n_mels)
 
 
 def evaluate(bench: list[np.ndarray], held: list[np.ndarray], threshold: float, min_landmarks: int,

@@ -152,21 +152,30 @@ def _cost_of(compiled) -> dict[str, float]:
             "comm": float(sum(comm.values())), **{f"comm {k}": float(v) for k, v in comm.items()}}
 
 
+def prepared(cfg, mcfg, mesh, rules):
+    """The trainer's ``Prepared`` step of model config ``mcfg`` under ``cfg``, from an abstract model (no arrays):
+    the same LoRA wrapping, trainable split, optimizer state and shardings as a run."""
+    from cogito_jax import sharding
+    from cogito_jax.models import registry
+    from cogito_jax.train import trainer
+
+    with sharding.use_rules(rules):
+        model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(mcfg, cfg.seed)), mesh,
+                                         rules)
+    return trainer.prepare(cfg, model, mesh, rules)
+
+
 def step_cost(cfg, mcfg, mesh, rules, batch) -> dict[str, float]:
     """Per chip FLOPs, HBM bytes and collective bytes of one train step at the config's depths, from the step
     compiled with unrolled stacks at depths (1, 1), (2, 1), (1, 2) (see the module docstring)."""
-    from cogito_jax import sharding
-    from cogito_jax.models import layers, registry
+    from cogito_jax.models import layers
     from cogito_jax.train import trainer
     from cogito_jax.train.step import lm_loss
 
     def at(text_layers: int, audio_layers: int) -> dict[str, float]:
         m = dataclasses.replace(mcfg, text=dataclasses.replace(mcfg.text, num_layers=text_layers),
                                 audio=dataclasses.replace(mcfg.audio, num_layers=audio_layers))
-        with sharding.use_rules(rules):
-            model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(m, cfg.seed)), mesh,
-                                             rules)
-        p = trainer.prepare(cfg, model, mesh, rules)
+        p = prepared(cfg, m, mesh, rules)
         with layers.unrolled_stacks():
             return _cost_of(trainer.compile_train_step(p, batch, lm_loss, cfg.train.grad_accum))
 
@@ -217,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
           f"rules {cfg.sharding.rules}", flush=True)
 
     t0 = time.time()
-    with sharding.use_rules(rules):
-        model = trainer.abstract_sharded(lambda: trainer.for_training(cfg, registry.build(mcfg, cfg.seed)), mesh,
-                                         rules)
-    p = trainer.prepare(cfg, model, mesh, rules)
+    p = prepared(cfg, mcfg, mesh, rules)
     n_train = sum(x.size for x in jax.tree.leaves(p.state.params))
     n_all = n_train + sum(x.size for x in jax.tree.leaves(p.frozen))
     print(f"parameters: {n_all:,} ({n_train:,} trainable, train.trainable={cfg.train.trainable}); "

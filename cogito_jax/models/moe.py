@@ -191,15 +191,13 @@ def alltoall_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Arr
     or with experts on no mesh axis, this is :func:`capacity_experts`."""
     num_experts = gate_edf.shape[0]
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or not mesh.axis_names:
-        return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
-                                capacity_factor=capacity_factor)
+    meshed = mesh is not None and not mesh.empty and bool(mesh.axis_names)
     spec = lambda names, shape: sharding.fit_spec(sharding.logical_to_spec(names, mesh=mesh), shape, mesh)  # noqa: E731
-    tokens = spec(("batch", None), x_nd.shape)[0]
-    ep = _mesh_axes(spec(("experts",), (num_experts,))[0])
+    ep = _mesh_axes(spec(("experts",), (num_experts,))[0]) if meshed else ()
     if not ep:
         return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
                                 capacity_factor=capacity_factor)
+    tokens = spec(("batch", None), x_nd.shape)[0]
     hidden = _mesh_axes(spec((None, "expert_mlp"), gate_edf.shape[1:])[1])
     hidden = tuple(a for a in hidden if a not in _mesh_axes(tokens) and a not in ep) or None
     ep_size = math.prod(mesh.shape[a] for a in ep)
