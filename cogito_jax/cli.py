@@ -26,6 +26,7 @@ from cogito_jax.data import pipeline
 from cogito_jax.distill import rounds
 from cogito_jax.errors import ConfigError, usage_error
 from cogito_jax.models import lora, registry
+from cogito_jax.rl import loop as rl_loop
 from cogito_jax.sampling import driver
 from cogito_jax.train import checkpoint, optim, trainer
 
@@ -50,6 +51,8 @@ def validate(cfg: ConfigDict) -> ConfigDict:
         driver.validate(cfg.sample)
     if "distill" in cfg:
         rounds.validate(cfg.distill)
+    if "rl" in cfg:
+        rl_loop.validate(cfg.rl)
     return cfg
 
 

@@ -90,7 +90,18 @@ def base_config() -> ConfigDict:
         batch_size=32, pool_size=0, pool_dir="", synthetic_pool=0, eval_limit=0, min_thinking_chars=10,
         max_thinking_chars=4000, max_per_prompt=4, all_right_weight=0.5, include_seed=True, from_base=True,
         all_wrong="drop", hint_template='{question}\nHint: the correct answer is "{answer}". Reason your way to it.',
-        hint_weight=1.0,
+        hint_weight=1.0, rl_steps=0,
+    ))
+    # GRPO after self-distillation (python -m cogito_jax.rl, or distill.rl_steps > 0 after the last round): per
+    # step prompts_per_step pool prompts x num_samples samples at temperature, up to `minibatches` optimizer steps
+    # on them; clip_low/clip_high (DAPO's clip-higher when high > low), kl_coef to the starting model, token or
+    # sequence loss normalisation; reward_* weight the verifiable rewards (cogito_jax/rl/rewards.py). The pool is
+    # pool_dir, else the data section's training set; init_workdir is the run RL starts from (else model.checkpoint).
+    c.rl = ConfigDict(dict(
+        steps=0, prompts_per_step=16, num_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=96,
+        sample_batch_size=16, minibatches=1, lr=0.0, warmup_steps=0, clip_low=0.2, clip_high=0.28, kl_coef=0.0,
+        normalize="token", scale_std=True, drop_uniform_groups=True, reward_correct=1.0, reward_format=0.1,
+        reward_consistent=0.0, pool_dir="", init_workdir="", save_every=1, eval_limit=0,
     ))
     # python -m cogito_jax.sample: the model comes from model.checkpoint (an HF folder) or, when set,
     # workdir (a run trained with this config); system is "challenge", "default" (the chat template's) or "none".

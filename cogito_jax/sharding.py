@@ -392,6 +392,14 @@ def maybe_initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> b
     return True
 
 
+def barrier(name: str) -> None:
+    """Waits until every process of the job gets here (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 @contextlib.contextmanager
 def main_process_first(name: str) -> Iterator[None]:
     """Runs the body on process 0 first and on the others once it has finished (a barrier in between).

@@ -19,7 +19,7 @@ LAYERS = (
     ("eval", ("cogito_jax.eval", "cogito_jax.distill", "cogito_jax.judge", "cogito_jax.rl")),
     ("entry points", ("cogito_jax.cli", "cogito_jax.sample", "cogito_jax.evaluate", "cogito_jax.demo",
                       "cogito_jax.export", "cogito_jax.show_config", "cogito_jax.sweeps", "cogito_jax.train.__main__",
-                      "cogito_jax.distill.__main__")),
+                      "cogito_jax.distill.__main__", "cogito_jax.rl.__main__")),
     ("data_prep", ("data_prep",)),
     ("launch", ("launch",)),
 )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cogito_jax.convert import load_hf
-from cogito_jax.data import chat, tokenizer as toklib
+from cogito_jax.data import chat, records, tokenizer as toklib
 from cogito_jax.eval import benchmarks, score
 from cogito_jax.sampling import driver
 from cogito_jax.train import trained
@@ -23,17 +23,18 @@ from cogito_jax.train import trained
 def items_from_records(source: Any, limit: int | None = None, order_seed: int | None = None) -> list[dict]:
     """Driver items from a RecordSource; ``order_seed`` shuffles each item's choices deterministically."""
     n = len(source) if limit is None else min(limit, len(source))
-    out = []
-    for i in range(n):
-        r = source[i]
-        choices = list(r["choices"])
-        if order_seed is not None:
-            perm = np.random.default_rng([order_seed, i]).permutation(len(choices))
-            choices = [choices[j] for j in perm]
-        out.append({"id": r["id"], "question": r["question"], "choices": choices, "mel": r["mel"],
-                    "answer": r["answer"], "modality": r.get("modality", ""), "category": r.get("category", ""),
-                    "sub-category": r.get("sub_category", "")})
-    return out
+    return [item_from_record(source[i], i, order_seed) for i in range(n)]
+
+
+def item_from_record(r: dict, i: int = 0, order_seed: int | None = None) -> dict:
+    """The driver item of record ``r`` (number ``i`` of its dataset; ``order_seed`` shuffles its choices)."""
+    choices = list(r["choices"])
+    if order_seed is not None:
+        perm = np.random.default_rng([order_seed, i]).permutation(len(choices))
+        choices = [choices[j] for j in perm]
+    return {"id": r["id"], "question": r["question"], "choices": choices, "mel": r["mel"], "answer": r["answer"],
+            "modality": r.get("modality", ""), "category": r.get("category", ""),
+            "sub-category": r.get("sub_category", "")}
 
 
 def load_model(*, checkpoint: str | None = None, workdir: str | None = None, cfg: Any = None,
@@ -68,6 +69,20 @@ def predict(model: Any, tokenizer: Any, family: str, items: Sequence[dict], out:
                eos_token_ids=stop_ids(tokenizer),
                pad_token_id=tokenizer.pad_token_id, progress=progress)
     return driver.merge_outputs(out, [it["id"] for it in items], 1, num_samples)
+
+
+def evaluate_run(cfg: Any, run_dir: str | pathlib.Path, heldout: str | pathlib.Path, out: str | pathlib.Path, *,
+                 limit: int = 0, batch_size: int = 32, max_new_tokens: int = 128) -> dict[str, Any]:
+    """Greedy MMAR-rule accuracy of the run trained with ``cfg`` in ``run_dir`` on a held-out records dataset
+    (its first ``limit`` items; 0 = all), answers in ``out``: ``accuracy``, ``n``, ``ci`` and per ``category``."""
+    model, tok, mcfg = trained.load(cfg, run_dir)
+    items = items_from_records(records.RecordSource(heldout, "train"), limit=limit or None)
+    rows = predict(model, tok, mcfg.family, items, out, max_frames=mcfg.audio.num_frames,
+                   n_mels=mcfg.audio.num_mel_bins, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    summary = score_predictions(items, rows)
+    o = summary["overall"]
+    return {"accuracy": o["accuracy"], "n": o["total"], "ci": summary["ci"]["overall"],
+            "category": {k: v["accuracy"] for k, v in summary["category"].items()}}
 
 
 def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: int = 1000) -> dict[str, Any]:

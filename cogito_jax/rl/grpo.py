@@ -70,9 +70,16 @@ def informative_groups(rewards_pn: Any) -> np.ndarray:
 
 def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
     """Log-probs ``[B, T]`` float32 of ``targets`` under ``softmax(logits)`` (the engine's temperature-1 log-probs)."""
+    return logprobs_and_entropy(logits_btv, targets_bt)[0]
+
+
+def logprobs_and_entropy(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log-probs of ``targets``, entropy of ``softmax(logits)``), each ``[B, T]`` float32."""
     logits = logits_btv.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets_bt[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
+    return picked - lse, entropy
 
 
 def token_terms(logp_bt: jax.Array, old_logp_bt: jax.Array, advantages_bt: jax.Array, cfg: GRPOConfig,
@@ -123,11 +130,11 @@ def rl_loss(cfg: GRPOConfig):
     optionally ``ref_logprobs`` and (``normalize="sequence"``) ``rl_weight`` from :func:`sequence_weights`."""
     def loss(model: Any, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         mask = batch["loss_mask"].astype(jnp.float32)
-        logp = token_logprobs(lm_logits(model, batch), batch["targets"])
+        logp, entropy = logprobs_and_entropy(lm_logits(model, batch), batch["targets"])
         terms = token_terms(logp, batch["old_logprobs"], batch["advantages"], cfg, batch.get("ref_logprobs"))
         weight = batch["rl_weight"] if cfg.normalize == "sequence" else mask
         sums = {"kl": jnp.sum(terms["kl"] * mask), "clipped": jnp.sum(terms["clipped"] * mask),
-                "ratio": jnp.sum(terms["ratio"] * mask)}
+                "ratio": jnp.sum(terms["ratio"] * mask), "entropy": jax.lax.stop_gradient(jnp.sum(entropy * mask))}
         return jnp.sum(terms["loss"] * weight), jnp.sum(mask > 0).astype(jnp.float32), sums
 
     return loss

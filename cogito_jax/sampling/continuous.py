@@ -192,6 +192,16 @@ class ContinuousEngine:
         self.trace_counts = {"encode": 0, "prefill": 0, "first": 0, "decode": 0}
         self._jit = {}
 
+    def load_weights(self, model: nnx.Module) -> None:
+        """Samples from now on with ``model``'s weights (a model of the same structure and shapes: the policy after
+        an update) without compiling anything again."""
+        graphdef, state = nnx.split(model)
+        if jax.tree.structure(state) != jax.tree.structure(self.state):
+            raise ValueError("load_weights: the model's structure differs from the engine's")
+        self.state = state
+        if self.layer_states is not None:
+            self.layer_states = [nnx.state(x) for x in model.llm.unstack_layers()]
+
     # ----------------------------------------------------------------------------------------- compiled parts
 
     def _layers(self, layer_states):

@@ -138,7 +138,7 @@ def resume_file(path: pathlib.Path, num_samples: int) -> set[str]:
     return done
 
 
-def _prepare(item: Mapping[str, Any], tokenizer: Any, cfg: DriverConfig) -> dict[str, Any]:
+def prepare_prompt(item: Mapping[str, Any], tokenizer: Any, cfg: DriverConfig) -> dict[str, Any]:
     fmt = chat.chat_format(cfg.family)
     if "mel" in item and item.get("n_frames") is not None:
         n_frames = int(item["n_frames"])
@@ -210,7 +210,7 @@ def run(
     path = shard_path(out, process_index, process_count)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = resume_file(path, cfg.num_samples) | set(done_elsewhere)
-    prepared = sorted((_prepare(it, tokenizer, cfg) for it in items), key=lambda g: len(g["ids"]))
+    prepared = sorted((prepare_prompt(it, tokenizer, cfg) for it in items), key=lambda g: len(g["ids"]))
     if prepared and len(prepared[-1]["ids"]) > max(cfg.length_buckets):
         g = prepared[-1]
         raise PromptError(f"prompt {g['item']['id']!r} has {len(g['ids'])} tokens, more than the largest length "
@@ -295,7 +295,7 @@ def _run_continuous(items: Iterable[Mapping[str, Any]], out: str | pathlib.Path,
         if not todo:
             skipped += 1
             continue
-        g = _prepare(item, tokenizer, cfg)
+        g = prepare_prompt(item, tokenizer, cfg)
         if len(g["ids"]) > max(cfg.length_buckets):
             raise PromptError(f"prompt {item['id']!r} has {len(g['ids'])} tokens, more than the largest length "
                               f"bucket {max(cfg.length_buckets)}")

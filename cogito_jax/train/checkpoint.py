@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cogito_jax import errors, metrics
+from cogito_jax import errors, metrics, sharding
 from cogito_jax.errors import ConfigError
 from cogito_jax.log import logger
 
@@ -211,13 +211,6 @@ def _agree(code: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.int32(code))))
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
@@ -533,10 +526,10 @@ class Checkpointer:
         while (self.directory / f"{step}.corrupt-{n}").exists():
             n += 1
         target = self.directory / f"{step}.corrupt-{n}"
-        _barrier(f"cogito_quarantine_{step}_{n}_read")
+        sharding.barrier(f"cogito_quarantine_{step}_{n}_read")
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(target)
-        _barrier(f"cogito_quarantine_{step}_{n}_moved")
+        sharding.barrier(f"cogito_quarantine_{step}_{n}_moved")
         self.manager.reload()
         logger.warning("checkpoint step %d in %s is damaged (%s): moved to %s; trying the previous step", step,
                        self.directory, why, target.name)

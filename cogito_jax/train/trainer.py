@@ -52,7 +52,7 @@ from cogito_jax.train.checkpoint import Checkpointer, IncompatibleCheckpoint, ab
 from cogito_jax.train.step import LossFn, TrainState, lm_loss, make_eval_step, make_train_step, model_config
 
 
-class _Preemption:
+class Preemption:
     """Turns SIGTERM into a flag the loop checks after each step."""
 
     def __init__(self):
@@ -242,7 +242,7 @@ def run(
     supervision = SupervisionCheck(cfg.data.get("max_len") if "data" in cfg else None)
     evaluator = Evaluator(p, loss_fn)
     try:
-        with _Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
+        with Preemption() as preempt, jax.set_mesh(mesh), sharding.use_rules(rules):
             for step in range(start, cfg.train.steps):
                 t_wait = time.perf_counter()
                 local = next(data_iter)

@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cogito_jax import judge as judge_lib
+from cogito_jax import judge as judge_lib, sharding
 from cogito_jax.distill.scoring import ScoreConfig, score_trace
 from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
@@ -186,7 +186,7 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
         rows = cache.rows
     else:  # each process audits the questions it owns into its own file; all read every file
         rows = _merged_verdicts(path, count)
-        generation.barrier("audit: verdicts read")
+        sharding.barrier("audit: verdicts read")
         cache = StageCache(driver.shard_path(path, index, count))
     if judge is None:
         logger.warning("audit: no judge configured (audit.judge_url or audit.judge_local_model); traces are kept on "
@@ -231,7 +231,7 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
     if count == 1:
         rows = cache.rows
     else:
-        generation.barrier("audit: judged")
+        sharding.barrier("audit: judged")
         rows = _merged_verdicts(path, count, items, samples)
     kept, rejected, stats = _select(items, samples, rows, a.max_traces_per_question)
     stats.update(judged_this_run=len(to_judge) + judged_elsewhere,

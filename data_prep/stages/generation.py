@@ -18,9 +18,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from cogito_jax import convert, jsonl
+from cogito_jax import convert, jsonl, sharding
 from cogito_jax.data import tokenizer as toklib
 from cogito_jax.errors import ConfigError
 from cogito_jax.eval import predict
@@ -94,12 +93,6 @@ def processes() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def barrier(name: str) -> None:
-    """Waits until every process of the job gets here (nothing with one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
 def owner(item_id: str, process_count: int) -> int:
     """The process that handles ``item_id`` in a job of ``process_count`` processes (the same on every run)."""
     return zlib.crc32(item_id.encode()) % process_count
@@ -148,7 +141,7 @@ def _done_before(path: pathlib.Path, num_samples: int) -> set[str]:
     if count == 1:
         return done | driver.resume_file(path, num_samples)
     done |= _complete(_own_files(path, count), num_samples)
-    barrier(f"{path.name}: outputs read")
+    sharding.barrier(f"{path.name}: outputs read")
     return done
 
 
@@ -173,7 +166,7 @@ def generate(lm: LoadedModel, prompts: Sequence[Mapping[str, Any]], out: pathlib
                        process_index=index, process_count=count, done_elsewhere=done)
         except driver.PromptError as e:
             raise ConfigError(f"{who}: {e}") from None
-    barrier(f"{who}: generated")
+    sharding.barrier(f"{who}: generated")
     return read_outputs(out, [p["id"] for p in prompts], num_samples, count), done
 
 

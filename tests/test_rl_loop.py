@@ -1,0 +1,176 @@
+"""The RL loop (`cogito_jax.rl.loop`, `python -m cogito_jax.rl`): the training rows built from the engine's rollouts
+score each response token with the log-prob the engine stored, audio included; a run that crashes after a checkpoint
+and is started again logs exactly the metrics of an uninterrupted run; bad input is one line and exit 2."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cogito_jax import cli
+from cogito_jax.data import chat, tokenizer as toklib
+from cogito_jax.models import registry
+from cogito_jax.rl import grpo, loop
+from cogito_jax.sampling import driver
+from cogito_jax.train import trained
+from cogito_jax.train.step import lm_logits
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = "configs/distill_tiny.py:smoke"
+CHOICES = ["two beeps", "three beeps", "four beeps", "a bird"]
+RL = ["rl.prompts_per_step=4", "rl.num_samples=4", "rl.minibatches=2", "rl.max_new_tokens=12", "rl.sample_batch_size=4",
+      "rl.kl_coef=0.05", "rl.steps=3", "rl.save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tokenizer, the tiny audio model's config, and a pool of 6 questions with log-mel audio of 9..14 frames."""
+    out = tmp_path_factory.mktemp("tok")
+    text = chat.chat_format("qwen2_audio").prompt(chat.mcq_text("How many beeps?", CHOICES)) + " ".join(CHOICES)
+    toklib.train_bpe([text, "<think>\nI count.\n</think>\n\nthree beeps"] * 10, vocab_size=300, out_dir=out)
+    tok = toklib.load(out)
+    mcfg = trained.model_config(cli.load_config(CONFIG), tok)
+    rng = np.random.default_rng(0)
+    pool = [{"id": f"q{i}", "question": "How many beeps?", "choices": CHOICES,
+             "answer": CHOICES[i % 4], "mel": rng.normal(size=(9 + i, mcfg.audio.num_mel_bins)).astype(np.float16)}
+            for i in range(6)]
+    return tok, mcfg, pool
+
+
+@pytest.fixture
+def compile_cache(tmp_path):
+    """A test's runs reuse each other's compiled programs (JAX's persistent cache, as across restarts of a real
+    run); the process's settings are restored afterwards."""
+    from jax._src import compilation_cache
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    before = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path / "jax_cache"), 0.0, 0), strict=True):
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def check_training_rows(world, rollouts, model, cfg):
+    """Each response token's log-prob recomputed by a forward pass over the row `batch_arrays` builds (prompt with
+    its audio, then the response) equals the one the continuous engine stored when it sampled it (T = 1)."""
+    tok, mcfg, pool = world
+    dcfg = loop.driver_config(cfg, mcfg, 0)
+    items = [loop.predict_lib.item_from_record(pool[i], i)
+             for i in loop.step_prompts(len(pool), cfg.rl.prompts_per_step, 0, cfg.seed)]
+    rows = driver.merge_outputs(rollouts, [it["id"] for it in items], 1, 4)
+    assert [(r["id"], r["sample"]) for r in rows] == [(it["id"], s) for it in items for s in range(4)]
+    prompts = [driver.prepare_prompt(it, tok, dcfg) for it in items]
+    assert all(g["n_frames"] >= 9 for g in prompts)
+    adv = np.arange(16, dtype=np.float32).reshape(4, 4)
+    keep = np.array([True, False, True, False])
+    examples = loop.example_rows(rows, prompts, adv, keep, 4)
+    assert [e["advantage"] for e in examples] == [0, 1, 2, 3, 8, 9, 10, 11]
+    seq_len = max(len(g["ids"]) for g in prompts) + dcfg.max_new_tokens
+    batch = loop.batch_arrays(examples, 10, seq_len, tok.pad_token_id, mcfg.audio.num_mel_bins,
+                              mcfg.audio.num_frames, "sequence")
+    assert batch["input_features"].shape == (10, mcfg.audio.num_mel_bins, mcfg.audio.num_frames)
+    assert batch["loss_mask"][8:].sum() == 0  # the two padding rows carry no loss
+    lp = np.asarray(nnx.jit(lambda m, b: grpo.token_logprobs(lm_logits(m, b), b["targets"]))(model, batch))
+    m = batch["loss_mask"] > 0
+    assert m.sum() == sum(len(e["response"]) for e in examples) > 8
+    err = np.abs(lp[m] - batch["old_logprobs"][m]).max()
+    assert err <= 1e-5 * np.abs(batch["old_logprobs"][m]).max(), err
+    np.testing.assert_allclose(batch["advantages"][m], np.repeat([0, 1, 2, 3, 8, 9, 10, 11],
+                                                                 [len(e["response"]) for e in examples]))
+    # sequence normalisation: every response weighs the same in the token mean, whatever its length
+    np.testing.assert_allclose(batch["rl_weight"][:8].sum(1), np.full(8, m.sum() / 8), rtol=1e-6)
+    assert batch["rl_weight"][8:].sum() == 0
+
+
+def test_step_prompts_are_distinct_and_each_pass_a_new_order():
+    for pool, per in ((6, 4), (10, 3), (8, 8)):
+        steps = [loop.step_prompts(pool, per, k, 0) for k in range(6)]
+        assert all(len(set(s)) == per and set(s) <= set(range(pool)) for s in steps), steps
+        passes = pool // per
+        for e in range(6 // passes):  # the steps of one pass never repeat a prompt
+            seen = sum(steps[e * passes:(e + 1) * passes], [])
+            assert len(set(seen)) == len(seen)
+    assert loop.step_prompts(10, 3, 0, 0) != loop.step_prompts(10, 3, 3, 0)  # pass 2 is another permutation
+    with pytest.raises(loop.ConfigError, match="rl.prompts_per_step=7 must be <= the 6 prompts of the pool"):
+        loop.step_prompts(6, 7, 0, 0)
+
+
+def _run(cfg, w, world):
+    tok, mcfg, pool = world
+    return loop.run(cfg, w, model=registry.build(mcfg, 1), tokenizer=tok, model_cfg=mcfg, pool=pool)
+
+
+def _metrics(w):
+    rows = [json.loads(ln) for ln in (w / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("_seconds") and k not in ("time", "wall_time")}
+            for r in rows]
+
+
+def test_rollout_rows_and_a_crashed_run_resumes_with_the_metrics_of_an_uninterrupted_one(world, tmp_path,
+                                                                                          monkeypatch, compile_cache):
+    """The training rows of the first step's rollouts (`check_training_rows`); 3 RL steps (2 optimizer steps each,
+    KL to the start) uninterrupted, and again crashing in step 3 after step 2's checkpoint, then started again: the
+    same metrics line for line and the same rollouts. (The tiny random model never answers right, so the reward is
+    a deterministic hash of the text: the test is about resuming.)"""
+    monkeypatch.setattr(loop, "reward_fn", lambda r: lambda text, item: float(zlib.crc32(text.encode()) % 3))
+    cfg = cli.load_config(CONFIG, RL)
+    whole = _run(cfg, tmp_path / "whole", world)
+    check_training_rows(world, tmp_path / "whole" / "rollouts" / "step_000000.jsonl", registry.build(world[1], 1), cfg)
+    assert whole["step"] == 3 and not whole["preempted"]
+    want = _metrics(tmp_path / "whole")
+    assert [m["step"] for m in want] == [1, 2, 3]
+    assert all(m["updates"] == 2 and np.isfinite(m["loss"]) and m["kl"] >= 0 for m in want), want
+    assert want[1]["kl"] > 0  # the policy moved away from the start
+
+    real, calls = loop.score_rollouts, []
+
+    def crash_in_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("crash")
+        return real(*a, **k)
+
+    w = tmp_path / "crashed"
+    monkeypatch.setattr(loop, "score_rollouts", crash_in_step_3)
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(cfg, w, world)
+    assert [m["step"] for m in _metrics(w)] == [1, 2]
+    monkeypatch.setattr(loop, "score_rollouts", real)
+    again = _run(cfg, w, world)
+    assert _metrics(w) == want
+    assert {k: v for k, v in again.items() if not k.endswith("_seconds")} == \
+           {k: v for k, v in whole.items() if not k.endswith("_seconds")}
+    for step in range(3):
+        name = f"rollouts/step_{step:06d}.jsonl"
+        assert (w / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+
+
+def _env():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.rl.num_samples=1"], "error: rl.num_samples=1 must be >= 2"),
+    (["--config.rl.normalize=batch"], "error: rl.normalize='batch' must be one of"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "cogito_jax.rl", "--config", CONFIG, "--workdir", str(tmp_path / "w"),
+                        "--config.rl.steps=2", *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "w").exists()
