@@ -52,6 +52,10 @@ def run(cfg, workdir: pathlib.Path) -> dict:
         s = state["rounds"][str(r)]
         stages.append({"name": "sft" if r == 0 else f"distill_{r}", "accuracy": s["accuracy"], "n": s["n"],
                        "ci": s["ci"], "category": s["category"]})
+    if "accuracy" in state.get("rl", {}):  # distill.rl_steps > 0: GRPO after the last round
+        s = state["rl"]
+        stages.append({"name": f"rl_{cfg.distill.rounds}", "accuracy": s["accuracy"], "n": s["n"], "ci": s["ci"],
+                       "category": s["category"]})
     report = {"chance": chance, "stages": stages, "gain": gain_over_sft(stages),
               "distill": {k: v for k, v in state["rounds"].items() if k != "0"},
               "seconds": {k: round(v, 1) for k, v in times.items()}, "peak_rss_gib": round(_peak_rss_gib(), 2)}
@@ -117,8 +121,8 @@ def _plots(report: dict, workdir: pathlib.Path) -> None:
     fig.savefig(workdir / "accuracy.png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
-    runs = [("sft", workdir / "sft")] + [(f"distill_{r}", workdir / f"round_{r}" / "train")
-                                         for r in range(1, len(stages))]
+    runs = [("sft", workdir / "sft")] + [(s["name"], workdir / f"round_{s['name'][8:]}" / "train")
+                                         for s in stages if s["name"].startswith("distill_")]
     for name, d in runs:
         if (d / "metrics.jsonl").exists():
             rows = [r for r in read_jsonl(d / "metrics.jsonl") if "loss" in r]

@@ -20,7 +20,7 @@ def _heldout(workdir: pathlib.Path) -> list[dict]:
     return [dict(x) for x in records.RecordSource(heldout, "train")]
 
 
-def _recomputed_accuracy(workdir: pathlib.Path, r: int) -> tuple[float, int, dict[str, float]]:
+def _recomputed_accuracy(workdir: pathlib.Path, r: int | str) -> tuple[float, int, dict[str, float]]:
     """(accuracy, n, per category) of round ``r`` from its per-item predictions (``eval_{r}.jsonl``, sample 0),
     scored with the official MMAR rule against the held-out records; an item without a prediction is wrong."""
     from cogito_jax.data import chat
@@ -60,22 +60,27 @@ def test_demo_quick_writes_report(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     n_choices = [len(it["choices"]) for it in _heldout(tmp_path)]
     assert report["chance"] == pytest.approx(sum(1 / c for c in n_choices) / len(n_choices))
-    assert [s["name"] for s in report["stages"]] == ["sft", "distill_1"]
+    assert [s["name"] for s in report["stages"]] == ["sft", "distill_1", "rl_1"]
     # Each stage's accuracy is what the MMAR rule gives its own predictions on all 40 held-out items (a report
     # that scored other files, dropped unanswered items or mislabelled stages fails). The quick run's 10 SFT
     # steps teach no answer format (0% on seeds 0, 1 and 2), so no bound above chance holds here; the full demo's
     # accuracies are in the README.
-    for i, stage in enumerate(report["stages"]):
+    for i, stage in zip((0, 1, "rl"), report["stages"], strict=True):
         acc, n, cats = _recomputed_accuracy(tmp_path, i)
         assert (stage["accuracy"], stage["n"]) == (acc, n) and n == 40
         assert stage["category"] == pytest.approx(cats)
-    (gain,) = report["gain"]
-    p0, p1 = report["stages"][0]["accuracy"], report["stages"][1]["accuracy"]
-    assert gain["stage"] == "distill_1" and gain["delta"] == p1 - p0
-    assert gain["se"] == pytest.approx(math.sqrt(p0 * (1 - p0) / 40 + p1 * (1 - p1) / 40))
+    p0 = report["stages"][0]["accuracy"]
+    for gain, stage in zip(report["gain"], report["stages"][1:], strict=True):
+        p1 = stage["accuracy"]
+        assert gain["stage"] == stage["name"] and gain["delta"] == p1 - p0
+        assert gain["se"] == pytest.approx(math.sqrt(p0 * (1 - p0) / 40 + p1 * (1 - p1) / 40))
     assert 0 < report["peak_rss_gib"] < 6
     rounds = json.loads((tmp_path / "rounds.json").read_text())
-    assert rounds["done"] == ["train_0", "eval_0", "sample_1", "select_1", "train_1", "eval_1"]
+    assert rounds["done"] == ["train_0", "eval_0", "sample_1", "select_1", "train_1", "eval_1", "rl", "eval_rl"]
+    assert rounds["rl"]["steps"] == 2 and rounds["rl"]["n"] == 40
+    rl_metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rl_metrics] == [1, 2]  # GRPO from round 1's model on the pool
+    assert len((tmp_path / "rl" / "rollouts" / "step_000000.jsonl").read_text().splitlines()) == 8 * 4
     assert rounds["rounds"]["1"]["prompts"] == 48  # every pool question was answered and audited
     assert (tmp_path / "round_1" / "decisions.jsonl").exists()
     for png in ("accuracy.png", "training.png"):

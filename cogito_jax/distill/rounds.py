@@ -1,6 +1,6 @@
 """Multi-round self-distillation (rejection-sampling fine-tuning on the model's own audited reasoning).
 
-    train_0 -> eval_0 -> [ sample_r -> (hint_r) -> select_r -> train_r -> eval_r ] for r = 1..R
+    train_0 -> eval_0 -> [ sample_r -> (hint_r) -> select_r -> train_r -> eval_r ] for r = 1..R -> (rl -> eval_rl)
 
 ``train_0``: SFT on the seed data. ``sample``: the current model answers every pool question
 ``num_samples`` times at temperature T, under ``orders`` different choice orders, without seeing the
@@ -11,7 +11,10 @@ each prompt's traces are selected (pass rate, option-shuffle guard, near-duplica
 traces are kept as ``rationalised``); every decision is written to ``decisions.jsonl`` and the kept
 traces become a records dataset (with the question as asked, never the hint). ``train``: fine-tune from
 the base (SFT) checkpoint, or from the previous round, on the union of all accepted data so far (plus
-the seed data when ``include_seed``). ``eval``: greedy accuracy on the held-out set.
+the seed data when ``include_seed``). ``eval``: greedy accuracy on the held-out set. ``rl`` (only with
+``distill.rl_steps > 0``): GRPO (:mod:`cogito_jax.rl.loop`, the ``rl`` section) from the last round's model on
+the pool questions for ``distill.rl_steps`` steps, in ``W/rl``; ``eval_rl`` scores it like a round; both
+summaries go under ``"rl"`` in ``rounds.json``.
 
 Every stage writes its outputs before it is marked done in ``W/rounds.json``, which also records when
 each stage started and finished and how many times it was started. A restarted run skips finished
@@ -38,6 +41,7 @@ from cogito_jax.errors import EXIT_PREEMPTED, ConfigError, check_choice, check_n
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.eval.score import is_correct
 from cogito_jax.log import logger
+from cogito_jax.rl import loop as rl_loop
 from cogito_jax.sampling import driver
 from cogito_jax.train import trained
 from cogito_jax.train.run import train
@@ -79,8 +83,9 @@ class State:
         self._save()
 
     def mark(self, stage: str, **summary: Any) -> None:
-        if summary:
-            self.data["rounds"].setdefault(stage.split("_")[-1], {}).update(summary)
+        if summary:  # round r's stages end in _r; the RL stages' summary is "rl"
+            key = stage.split("_")[-1]
+            (self.data["rounds"] if key.isdigit() else self.data).setdefault(key, {}).update(summary)
         rec = self.data["stages"].setdefault(stage, {"attempts": 1})
         rec["finished"] = time.time()
         if "started" in rec:
@@ -123,15 +128,8 @@ def _stage_cfg(cfg: Any, steps: int, data_dir: str | None = None, tokenizer: str
 
 
 def _evaluate(cfg: Any, run_dir: pathlib.Path, heldout: pathlib.Path, out: pathlib.Path, limit: int) -> dict:
-    model, tok, mcfg = trained.load(cfg, run_dir)
-    items = predict_lib.items_from_records(records.RecordSource(heldout, "train"), limit=limit or None)
-    rows = predict_lib.predict(model, tok, mcfg.family, items, out, max_frames=mcfg.audio.num_frames,
-                               n_mels=mcfg.audio.num_mel_bins, batch_size=cfg.distill.batch_size,
-                               max_new_tokens=cfg.distill.max_new_tokens)
-    summary = predict_lib.score_predictions(items, rows)
-    o = summary["overall"]
-    return {"accuracy": o["accuracy"], "n": o["total"], "ci": summary["ci"]["overall"],
-            "category": {k: v["accuracy"] for k, v in summary["category"].items()}}
+    return predict_lib.evaluate_run(cfg, run_dir, heldout, out, limit=limit, batch_size=cfg.distill.batch_size,
+                                    max_new_tokens=cfg.distill.max_new_tokens)
 
 
 def _per_order(cfg: Any) -> int:
@@ -324,6 +322,23 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
         _stage(state, f"eval_{r}", lambda rd=rd, round_cfg=round_cfg, r=r: _evaluate(
             round_cfg, rd / "train", heldout, w / f"eval_{r}.jsonl", d.eval_limit))
         prev_dir, prev_cfg = rd / "train", round_cfg
+    if d.rl_steps:
+        rl_cfg = copy.deepcopy(prev_cfg)
+        rl_cfg.rl.steps = d.rl_steps
+        rl_cfg.data.tokenizer = tokenizer
+
+        def rl_stage(init_cfg=prev_cfg, init_dir=prev_dir):
+            model, tok, mcfg = trained.load(init_cfg, init_dir)
+            out = rl_loop.run(rl_cfg, w / "rl", model=model, tokenizer=tok, model_cfg=mcfg,
+                              pool=records.RecordSource(pool, "train"))
+            if out["preempted"]:
+                logger.warning("RL was preempted: stopping; a restart resumes it from its checkpoint")
+                raise SystemExit(EXIT_PREEMPTED)
+            return {"steps": d.rl_steps, **({"reward": out["reward"], "sample_accuracy": out["accuracy"]}
+                                            if "reward" in out else {})}  # (none when every step had run)
+
+        _stage(state, "rl", rl_stage)
+        _stage(state, "eval_rl", lambda: _evaluate(rl_cfg, w / "rl", heldout, w / "eval_rl.jsonl", d.eval_limit))
     plot(state.data, w / "rounds.png")
     logger.info("self-distillation done: %s", {k: v.get("accuracy") for k, v in state.data["rounds"].items()})
     return state.data
@@ -341,6 +356,10 @@ def summary_lines(data: dict) -> list[str]:
         status = ", ".join(f"{s} {c}" for s, c in sorted(v.get("status", {}).items()))
         lines.append(f"{k} | {acc} | {v.get('prompts', '-')} | {v.get('accepted_traces', '-')} | "
                      f"{v.get('rationalised_traces', 0)} | {v.get('train_examples', '-')} | {status or '-'}")
+    rl = data.get("rl", {})
+    if "accuracy" in rl:
+        lines.append(f"RL ({rl['steps']} steps) | {100 * rl['accuracy']:.1f}% [{100 * rl['ci'][0]:.1f}, "
+                     f"{100 * rl['ci'][1]:.1f}] (n={rl['n']}) | - | - | - | - | -")
     return lines
 
 
@@ -358,6 +377,13 @@ def plot(data: dict, path: pathlib.Path) -> None:
     acc = np.array([v["accuracy"] for _, v in rounds])
     ci = np.array([v["ci"] for _, v in rounds])
     ax.errorbar(xs, 100 * acc, yerr=[100 * (acc - ci[:, 0]), 100 * (ci[:, 1] - acc)], marker="o", capsize=4)
+    rl = data.get("rl", {})
+    if "accuracy" in rl:  # GRPO after the last round
+        a, (lo, hi) = rl["accuracy"], rl["ci"]
+        ax.errorbar([xs[-1] + 1], [100 * a], yerr=[[100 * (a - lo)], [100 * (hi - a)]], marker="s", capsize=4,
+                    color="C3", label=f"GRPO, {rl['steps']} steps")
+        ax.legend(loc="lower right")
+        xs = xs + [xs[-1] + 1]
     ax.set(xlabel="round (0 = SFT)", ylabel="held-out accuracy (%)", title="self-distillation", xticks=xs)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -372,7 +398,7 @@ def validate(d: Mapping[str, Any]) -> None:
         if d[key] < 1:
             raise ConfigError(f"distill.{key}={d[key]} must be >= 1")
     for key in ("rounds", "sft_steps", "round_steps", "pool_size", "synthetic_pool", "eval_limit",
-                "min_thinking_chars"):
+                "min_thinking_chars", "rl_steps"):
         if d[key] < 0:
             raise ConfigError(f"distill.{key}={d[key]} must be >= 0")
     if d.orders > d.num_samples:
