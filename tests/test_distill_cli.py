@@ -126,6 +126,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "rounds.json").exists()
 
 
+def test_an_rl_step_larger_than_the_pool_stops_before_any_stage(tmp_path):
+    """The pool's size is known once it is built: the error comes then (after the data logs), before training."""
+    r = subprocess.run([sys.executable, "-m", "cogito_jax.distill", "--config", CONFIG, "--workdir", str(tmp_path),
+                        "--config.distill.rl_steps=1", "--config.rl.prompts_per_step=200",
+                        "--config.distill.synthetic_pool=16", "--config.data.num_train=8",
+                        "--config.data.num_heldout=8"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].endswith("error: rl.prompts_per_step=200 must be <= the 16 prompts of "
+                                                      "the pool")
+    assert not (tmp_path / "rounds.json").exists() and not (tmp_path / "sft" / "checkpoints").exists()
+
+
 def test_missing_workdir_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "cogito_jax.distill", "--config", CONFIG], cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=300)
