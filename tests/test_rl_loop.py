@@ -5,8 +5,11 @@ and is started again logs exactly the metrics of an uninterrupted run; bad input
 import json
 import os
 import pathlib
+import pickle
+import signal
 import subprocess
 import sys
+import time
 import zlib
 
 import jax
@@ -29,19 +32,27 @@ RL = ["rl.prompts_per_step=4", "rl.num_samples=4", "rl.minibatches=2", "rl.max_n
       "rl.kl_coef=0.05", "rl.steps=3", "rl.save_every=1"]
 
 
+def hash_reward(text, item):
+    """The tiny random model never answers right: a reward that varies with the text, to test the loop's mechanics."""
+    return float(zlib.crc32(text.encode()) % 3)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tokenizer, the tiny audio model's config, and a pool of 6 questions with log-mel audio of 9..14 frames."""
-    out = tmp_path_factory.mktemp("tok")
+    """A tokenizer, the tiny audio model's config, and a pool of 6 questions with log-mel audio of 9..14 frames;
+    the folder where the tokenizer and the pool are saved for tests/scripts/rl_run.py."""
+    out = tmp_path_factory.mktemp("world")
     text = chat.chat_format("qwen2_audio").prompt(chat.mcq_text("How many beeps?", CHOICES)) + " ".join(CHOICES)
-    toklib.train_bpe([text, "<think>\nI count.\n</think>\n\nthree beeps"] * 10, vocab_size=300, out_dir=out)
-    tok = toklib.load(out)
+    toklib.train_bpe([text, "<think>\nI count.\n</think>\n\nthree beeps"] * 10, vocab_size=300,
+                     out_dir=out / "tokenizer")
+    tok = toklib.load(out / "tokenizer")
     mcfg = trained.model_config(cli.load_config(CONFIG), tok)
     rng = np.random.default_rng(0)
     pool = [{"id": f"q{i}", "question": "How many beeps?", "choices": CHOICES,
              "answer": CHOICES[i % 4], "mel": rng.normal(size=(9 + i, mcfg.audio.num_mel_bins)).astype(np.float16)}
             for i in range(6)]
-    return tok, mcfg, pool
+    (out / "pool.pkl").write_bytes(pickle.dumps(pool))
+    return tok, mcfg, pool, out
 
 
 @pytest.fixture
@@ -65,7 +76,7 @@ def compile_cache(tmp_path):
 def check_training_rows(world, rollouts, model, cfg):
     """Each response token's log-prob recomputed by a forward pass over the row `batch_arrays` builds (prompt with
     its audio, then the response) equals the one the continuous engine stored when it sampled it (T = 1)."""
-    tok, mcfg, pool = world
+    tok, mcfg, pool, _ = world
     dcfg = loop.driver_config(cfg, mcfg, 0)
     items = [loop.predict_lib.item_from_record(pool[i], i)
              for i in loop.step_prompts(len(pool), cfg.rl.prompts_per_step, 0, cfg.seed)]
@@ -108,7 +119,7 @@ def test_step_prompts_are_distinct_and_each_pass_a_new_order():
 
 
 def _run(cfg, w, world):
-    tok, mcfg, pool = world
+    tok, mcfg, pool, _ = world
     return loop.run(cfg, w, model=registry.build(mcfg, 1), tokenizer=tok, model_cfg=mcfg, pool=pool)
 
 
@@ -118,13 +129,26 @@ def _metrics(w):
             for r in rows]
 
 
-def test_rollout_rows_and_a_crashed_run_resumes_with_the_metrics_of_an_uninterrupted_one(world, tmp_path,
-                                                                                          monkeypatch, compile_cache):
+def _script(world, w, n=1, *, cache=None, overrides=()):
+    """tests/scripts/rl_run.py in ``n`` processes (``launch/local.sh``), 8 CPU devices in all, as in this process."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if cache is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    cmd = [sys.executable, "tests/scripts/rl_run.py", str(world[3]), str(w), *overrides]
+    if n > 1:
+        env.pop("XLA_FLAGS", None)
+        env["COGITO_LOG_DIR"] = str(w.parent / "logs")
+        cmd = ["bash", "launch/local.sh", str(n), *cmd]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_rollout_rows_and_a_killed_run_resumes_with_the_metrics_of_an_uninterrupted_one(world, tmp_path,
+                                                                                       monkeypatch, compile_cache):
     """The training rows of the first step's rollouts (`check_training_rows`); 3 RL steps (2 optimizer steps each,
-    KL to the start) uninterrupted, and again crashing in step 3 after step 2's checkpoint, then started again: the
-    same metrics line for line and the same rollouts. (The tiny random model never answers right, so the reward is
-    a deterministic hash of the text: the test is about resuming.)"""
-    monkeypatch.setattr(loop, "reward_fn", lambda r: lambda text, item: float(zlib.crc32(text.encode()) % 3))
+    KL to the start) uninterrupted; the same run in a process SIGKILLed once step 2's checkpoint is written, then
+    started again: the same metrics line for line and the same rollouts (step 3's sampled by a fresh engine, the
+    uninterrupted run's by the engine whose weights were swapped twice)."""
+    monkeypatch.setattr(loop, "reward_fn", lambda r: hash_reward)
     cfg = cli.load_config(CONFIG, RL)
     whole = _run(cfg, tmp_path / "whole", world)
     check_training_rows(world, tmp_path / "whole" / "rollouts" / "step_000000.jsonl", registry.build(world[1], 1), cfg)
@@ -134,20 +158,16 @@ def test_rollout_rows_and_a_crashed_run_resumes_with_the_metrics_of_an_uninterru
     assert all(m["updates"] == 2 and np.isfinite(m["loss"]) and m["kl"] >= 0 for m in want), want
     assert want[1]["kl"] > 0  # the policy moved away from the start
 
-    real, calls = loop.score_rollouts, []
-
-    def crash_in_step_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("crash")
-        return real(*a, **k)
-
-    w = tmp_path / "crashed"
-    monkeypatch.setattr(loop, "score_rollouts", crash_in_step_3)
-    with pytest.raises(RuntimeError, match="crash"):
-        _run(cfg, w, world)
-    assert [m["step"] for m in _metrics(w)] == [1, 2]
-    monkeypatch.setattr(loop, "score_rollouts", real)
+    w = tmp_path / "killed"
+    p = _script(world, w, cache=tmp_path / "jax_cache")
+    t0 = time.time()
+    while not (w / "checkpoints" / "2").is_dir():
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        assert time.time() - t0 < 300, "no checkpoint of step 2"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert [m["step"] for m in _metrics(w)][:2] == [1, 2]
     again = _run(cfg, w, world)
     assert _metrics(w) == want
     assert {k: v for k, v in again.items() if not k.endswith("_seconds")} == \
@@ -155,6 +175,24 @@ def test_rollout_rows_and_a_crashed_run_resumes_with_the_metrics_of_an_uninterru
     for step in range(3):
         name = f"rollouts/step_{step:06d}.jsonl"
         assert (w / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+
+    # 2 processes x 4 devices: each samples half of a step's prompts, feeds half of each batch's rows
+    two = tmp_path / "two"
+    p = _script(world, two, 2, cache=tmp_path / "jax_cache")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    got = _metrics(two)
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {k}")
+    for step in range(3):  # the same samples, written half by each process
+        name = f"rollouts/step_{step:06d}.jsonl"
+        one = [json.loads(ln) for ln in (tmp_path / "whole" / name).read_text().splitlines()]
+        merged = driver.merge_outputs(two / name, list(dict.fromkeys(r["id"] for r in one)), 2, 4)
+        assert sorted((r["id"], r["sample"], r["token_ids"]) for r in merged) == \
+               sorted((r["id"], r["sample"], r["token_ids"]) for r in one), name
 
 
 def _env():
