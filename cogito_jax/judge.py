@@ -10,6 +10,10 @@ never pays twice and a crashed run resumes where it stopped; a cached row that i
 skipped and asked again, a torn last line is dropped, and any other line that is not JSON stops the client with
 a :class:`~cogito_jax.jsonl.JsonlError` naming ``file:line``. A call that fails raises :class:`JudgeError`:
 callers record it as a failure, never as a verdict.
+
+The rubric both the audit (``data_prep/stages/audit.py``) and the RL judge reward use: :func:`rubric_messages`
+(hallucination, logic error, shortcut), :func:`parse_verdict` (a strict reading of the reply) and
+:func:`verdict` (accepted, rejected, or judge_failed after retries / unreadable replies).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -272,3 +277,117 @@ class EngineJudge:
         continuous.engine_for(self.model, cfg).run([request], got.append, seed=run)
         toks = [t for t in got[0].tokens if t not in eos]
         return chat.split_thinking(self.tokenizer.decode(toks, skip_special_tokens=True))[1]
+
+
+# ----------------------------------------------------------------------------- the rubric and its verdicts
+
+JUDGE_SYSTEM = "You are a strict auditor of reasoning about audio. You follow the rubric exactly."
+JUDGE_REASONS = ("hallucination", "logic_error", "shortcut")
+VERDICT_ATTEMPTS = 3  # judge runs asked for a readable verdict (a remote judge; a local greedy one answers once)
+_REASON_WORD = r"(hallucination|logic[ _-]error|shortcut|none)\b"
+_REASON = re.compile(r"reason\W{0,3}\s*" + _REASON_WORD, re.I)
+_STRICT_LINE = re.compile(r"^(?:(?:final\s+)?verdict\s*[:=-]?\s*)?(accept|reject)[.!]?$", re.I)
+_LABELLED = re.compile(r"^(?:final\s+)?verdict\b", re.I)
+_TOKEN = re.compile(r"\b(?:ACCEPT|REJECT)\b")  # a verdict word in capitals anywhere in a line
+_MARKUP = re.compile(r"[*`#>\"'~]")
+VERDICT_FORMAT = ('{"verdict": "<ACCEPT or REJECT>", "reason": "<none, hallucination, logic_error or shortcut>", '
+                  '"explanation": "<one sentence>"}')
+
+
+def rubric_messages(item: Mapping[str, Any], thinking: str, answer: str, description: str = "",
+                    reference: str = "") -> list[dict[str, str]]:
+    """The rubric prompt for one trace: what is known about the clip (``description``, ``reference`` reasoning),
+    the question and key, the reasoning and its answer."""
+    description = description or "(no description)"
+    user = "\n".join([
+        "Audit a model's reasoning about an audio clip. You cannot hear the clip; the description below is "
+        "reliable and is all that is known about it.", "",
+        f"Clip description:\n{description}", *([f"Reference reasoning:\n{reference}"] if reference else []), "",
+        f"Question: {item['question']}", "Choices:", *[f"- {c}" for c in item["choices"]],
+        f"Correct answer: {item['answer']}", "",
+        f"The model's reasoning:\n{thinking[:8000]}", "", f"The model's final answer: {answer}", "",
+        "Rubric. REJECT the reasoning if any of these holds:",
+        "1. hallucination: it states audio content (sound events, sources, speech, words, instruments, counts, "
+        "timing, loudness) that the description does not support or that contradicts it.",
+        "2. logic_error: a step does not follow from the earlier ones, it contradicts itself, or its conclusion "
+        "differs from the final answer.",
+        "3. shortcut: it reaches the answer by guessing, or by the wording of the choices, without reasoning "
+        "from what is heard.",
+        "Otherwise ACCEPT.", "",
+        "Answer with one JSON object on one line and nothing after it:", VERDICT_FORMAT,
+        "where verdict is the single word ACCEPT or the single word REJECT, and reason is none for ACCEPT and "
+        "otherwise the rubric's reason.",
+    ])
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_verdict(reply: Any) -> tuple[bool, str] | None:
+    """(accepted, reason label) of a judge reply, or None when its verdict is missing or ambiguous.
+
+    The verdict is a JSON object's ``"verdict"`` or a line that is nothing but ``ACCEPT``/``REJECT`` (after an
+    optional ``VERDICT:``), read after any ``</think>``. Every place that gives a verdict counts: the last one must
+    be one of those two words alone, and all of them must agree; a reply still inside ``<think>`` has none. A
+    rejection without one of the rubric's reasons is ``other``."""
+    if not isinstance(reply, str):
+        return None
+    text = reply.rpartition("</think>")[2]
+    if "<think>" in text:
+        return None
+    mentions, reasons = [], []  # (position, verdict or None when unclear), and the reasons given with JSON ones
+    for start, end, obj in _json_objects(text):
+        key = next((k for k in obj if isinstance(k, str) and k.lower() == "verdict"), None)
+        if key is None:
+            continue
+        value = obj[key].strip().upper() if isinstance(obj[key], str) else None
+        mentions.append((start, value if value in ("ACCEPT", "REJECT") else None))
+        reasons.append(str(obj.get("reason", "")))
+        text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        clean = re.sub(r"^[-+\s]+", "", _MARKUP.sub("", line)).strip()
+        strict = _STRICT_LINE.match(clean)
+        if strict or _LABELLED.match(clean) or _TOKEN.search(clean):
+            mentions.append((pos, strict.group(1).upper() if strict else None))
+        pos += len(line)
+    mentions.sort()
+    given = {v for _, v in mentions if v}
+    if not mentions or mentions[-1][1] is None or len(given) > 1:
+        return None
+    if given == {"ACCEPT"}:
+        return True, "none"
+    r = re.match(_REASON_WORD, reasons[-1].strip(), re.I) if reasons else _REASON.search(text)
+    label = r.group(1).lower().replace(" ", "_").replace("-", "_") if r else "other"
+    return False, label if label in JUDGE_REASONS else "other"
+
+
+def _json_objects(text: str) -> list[tuple[int, int, dict]]:
+    """(start, end, object) of each top-level JSON object written in ``text``."""
+    decoder, found, i = json.JSONDecoder(), [], text.find("{")
+    while i != -1:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(obj, dict):
+            found.append((i, end, obj))
+        i = text.find("{", end)
+    return found
+
+
+def verdict(judge: Any, messages: Messages, *, max_tokens: int, attempts: int) -> dict[str, Any]:
+    """The judge's verdict on one rubric prompt as a row: ``status`` accepted, rejected or judge_failed (a call
+    that failed after its retries, or ``attempts`` replies without a readable verdict), ``stage``, ``reason``."""
+    reply = ""
+    for run in range(attempts):
+        try:
+            reply = judge.complete(messages, temperature=0.0, max_tokens=max_tokens, run=run)
+        except JudgeError as e:
+            return {"status": "judge_failed", "stage": "judge", "reason": f"judge_failed: {e}"}
+        read = parse_verdict(reply)
+        if read is not None:
+            accepted, label = read
+            return {"status": "accepted" if accepted else "rejected", "stage": "judge",
+                    "reason": None if accepted else f"judge_rejected:{label}", "judge_reply": reply[:2000]}
+    return {"status": "judge_failed", "stage": "judge",
+            "reason": f"judge_failed: no readable verdict in {attempts} replies (last: {reply[:80]!r})"}

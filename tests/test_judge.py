@@ -8,8 +8,8 @@ import pytest
 
 from cogito_jax import jsonl
 from cogito_jax.errors import ConfigError
-from cogito_jax.judge import HttpJudge, JudgeError, retry_after_s
-from data_prep.stages.audit import VERDICT_FORMAT, judge_messages, parse_verdict
+from cogito_jax.judge import VERDICT_FORMAT, HttpJudge, JudgeError, parse_verdict, retry_after_s
+from data_prep.stages.audit import judge_messages
 from tests.judge_stub import JudgeStub
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cogito_jax.judge import parse_verdict
 from data_prep.stages.annotate import check_question, parse_questions
-from data_prep.stages.audit import parse_verdict
 from tests.judge_stub import JudgeStub
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -118,6 +118,44 @@ def test_step_prompts_are_distinct_and_each_pass_a_new_order():
         loop.step_prompts(6, 7, 0, 0)
 
 
+def test_judge_reward_and_a_failed_judge_call_leaves_its_prompt_out(tmp_path):
+    """The judge's verdict under the audit's rubric adds rl.reward_judge to an accepted sample; a sample without a
+    thinking is not asked; a call that fails after the client's retries leaves its prompt out of the step (no
+    reward, no advantage) and is counted, never scored."""
+    from cogito_jax.judge import HttpJudge
+    from tests.judge_stub import JudgeStub
+
+    items = [{"id": f"q{i}", "question": "What barks?", "choices": ["a dog", "a cat"], "answer": "a dog",
+              "thinking": "reference"} for i in range(3)]
+    texts = ["<think>I hear barking: a dog.</think>a dog", "<think>It meows, a cat.</think>a cat",
+             "<think>Barks again, so a dog.</think>a dog", "a dog"]  # the last has no thinking
+    rows = [{"id": it["id"], "sample": s, "text": t, "n_tokens": 5, "finish_reason": "stop"}
+            for it in items for s, t in enumerate(texts)]
+    rows[8]["text"] = "<think>ECHO-FAIL barking, a dog.</think>a dog"  # q2's sample 0: the judge keeps failing
+
+    def reply(messages):
+        return '{"verdict": "ACCEPT", "reason": "none"}' if "barking" in messages[-1]["content"] else "REJECT"
+
+    with JudgeStub(reply, {"ECHO-FAIL": ["500"] * 10}) as stub:
+        judge = HttpJudge(stub.url, "stub", timeout_s=2, backoff_s=0.01, max_retries=2)
+        out = tmp_path / "step.judge.jsonl"
+        loop.judge_rows(judge, rows, {it["id"]: it for it in items}, out, max_tokens=64)
+        prompts = ["Reference reasoning:\nreference" in r["messages"][-1]["content"] for r in stub.requests]
+    got = {(v["id"], v["sample"]): v["status"] for v in map(json.loads, out.read_text().splitlines())}
+    assert got == {("q0", 0): "accepted", ("q0", 1): "rejected", ("q0", 2): "rejected",
+                   ("q1", 0): "accepted", ("q1", 1): "rejected", ("q1", 2): "rejected",
+                   ("q2", 0): "judge_failed", ("q2", 1): "rejected", ("q2", 2): "rejected"}
+    assert all(prompts)  # the record's reference reasoning is shown to the judge
+    reward = loop.reward_fn(cli.load_config(CONFIG).rl)  # correct 1.0 + format 0.1
+    scores = loop.score_rollouts(rows, items, reward, 4, got, 0.5)
+    np.testing.assert_allclose(scores["reward"][0], [1.6, 0.1, 1.1, 1.0])
+    assert np.isnan(scores["reward"][2, 0]) and scores["judge_failed"].sum() == 1
+    np.testing.assert_array_equal(scores["judged"][:2], [[1, 0, 0, 0], [1, 0, 0, 0]])
+    adv, keep = loop.group_advantages(scores["reward"], loop.grpo_config(cli.load_config(CONFIG).rl))
+    np.testing.assert_array_equal(keep, [True, True, False])
+    assert np.all(adv[2] == 0) and adv[0, 0] > adv[0, 2] > adv[0, 3] > adv[0, 1]
+
+
 def _run(cfg, w, world):
     tok, mcfg, pool, _ = world
     return loop.run(cfg, w, model=registry.build(mcfg, 1), tokenizer=tok, model_cfg=mcfg, pool=pool)
@@ -204,6 +242,7 @@ def _env():
 @pytest.mark.parametrize("args, message", [
     (["--config.rl.num_samples=1"], "error: rl.num_samples=1 must be >= 2"),
     (["--config.rl.normalize=batch"], "error: rl.normalize='batch' must be one of"),
+    (["--config.rl.reward_judge=0.5", "--config.rl.judge_model=m"], "error: rl.judge_url='' must be an http://"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "cogito_jax.rl", "--config", CONFIG, "--workdir", str(tmp_path / "w"),

@@ -7,9 +7,11 @@ One RL step:
 2. let the current policy answer each ``rl.num_samples`` times through the continuous engine (temperature
    ``rl.temperature``, the prompt the evaluation uses, the key never shown); the engine stores each token's
    log-prob under the policy, and every sample goes to ``W/rollouts/step_<k>.jsonl``;
-3. score each answer with the rewards (``rl.reward_*`` weights of :mod:`cogito_jax.rl.rewards`), turn each
-   prompt's rewards into group advantages, and with ``rl.drop_uniform_groups`` drop the prompts whose samples all
-   scored alike (they have no gradient);
+3. score each answer with the rewards (``rl.reward_*`` weights of :mod:`cogito_jax.rl.rewards`; with
+   ``rl.reward_judge`` also the judge's verdict under the audit's rubric, asked by the process that sampled it,
+   its cache in ``W/judge_cache.jsonl``), turn each prompt's rewards into group advantages, and with
+   ``rl.drop_uniform_groups`` drop the prompts whose samples all scored alike (they have no gradient); a prompt
+   with a failed judge call (after the client's retries) is dropped from the step and counted, never scored;
 4. take up to ``rl.minibatches`` optimizer steps over the kept samples, shuffled, through the trainer's compiled
    step with the clipped GRPO loss (:func:`cogito_jax.rl.grpo.rl_loss`: importance ratios against the stored
    log-probs, the KL penalty to the starting model when ``rl.kl_coef > 0``, token or sequence normalisation).
@@ -25,12 +27,13 @@ Logged per RL step (``metrics.jsonl``, TensorBoard): ``reward`` (mean) and ``rew
 rule) and ``well_formed`` of the samples, ``response_length`` (tokens) and ``truncated`` (share cut off at
 ``rl.max_new_tokens``), ``informative`` (share of prompts kept), ``loss``, ``kl``, ``clip_fraction``,
 ``ratio``, ``entropy`` (per response token, of the policy), ``grad_norm``, ``lr``, ``updates`` (optimizer steps
-taken), and ``rollout_seconds`` / ``update_seconds``.
+taken), ``rollout_seconds`` / ``update_seconds``, and with a judge ``judge_accepted`` / ``judge_failed``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pathlib
 import time
@@ -43,8 +46,9 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from cogito_jax import config as cfglib, metrics as metricslib, sharding
+from cogito_jax import config as cfglib, jsonl, judge as judge_lib, metrics as metricslib, sharding
 from cogito_jax.data.pipeline import global_batch
+from cogito_jax.distill.scoring import parse_trace
 from cogito_jax.errors import ConfigError, check_choice, check_number
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.log import is_main_process, logger
@@ -108,12 +112,16 @@ def driver_config(cfg: Any, model_cfg: Any, step: int) -> driver.DriverConfig:
 # ----------------------------------------------------------------------------- rollouts -> training rows
 
 
-def score_rollouts(rows: list[dict], items: list[dict], reward: rewards_lib.Reward, num_samples: int
+def score_rollouts(rows: list[dict], items: list[dict], reward: rewards_lib.Reward, num_samples: int,
+                   verdicts: Mapping[tuple[str, int], str] | None = None, judge_weight: float = 0.0
                    ) -> dict[str, np.ndarray]:
-    """``[P, N]`` arrays of each sample's ``reward``, ``correct``, ``formed``, ``length`` and ``truncated``;
-    ``rows`` are the driver's rows in item order, ``num_samples`` per item."""
+    """``[P, N]`` arrays of each sample's ``reward``, ``correct``, ``formed``, ``length``, ``truncated``, and
+    (with ``verdicts``, the judge's status per ``(id, sample)``) ``judged`` (accepted) and ``judge_failed``;
+    ``rows`` are the driver's rows in item order, ``num_samples`` per item. A sample whose judge call failed has
+    no reward (NaN)."""
     p = len(items)
-    out = {k: np.zeros((p, num_samples), np.float32) for k in ("reward", "correct", "formed", "length", "truncated")}
+    out = {k: np.zeros((p, num_samples), np.float32)
+           for k in ("reward", "correct", "formed", "length", "truncated", "judged", "judge_failed")}
     for j, row in enumerate(rows):
         i, s = divmod(j, num_samples)
         item = items[i]
@@ -125,7 +133,42 @@ def score_rollouts(rows: list[dict], items: list[dict], reward: rewards_lib.Rewa
         out["formed"][i, s] = rewards_lib.well_formed(row["text"], item)
         out["length"][i, s] = row["n_tokens"]
         out["truncated"][i, s] = row["finish_reason"] == "length"
+        if verdicts is not None:
+            status = verdicts.get((row["id"], int(row["sample"])), "rejected")  # no verdict: nothing to judge
+            out["judged"][i, s] = status == "accepted"
+            out["judge_failed"][i, s] = status == "judge_failed"
+            out["reward"][i, s] = np.nan if status == "judge_failed" else out["reward"][i, s] + judge_weight * (
+                status == "accepted")
     return out
+
+
+def group_advantages(rewards_pn: np.ndarray, gcfg: grpo.GRPOConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(advantages ``[P, N]``, which prompts train ``[P]``): a prompt with a sample left unscored (NaN: its judge
+    call failed) is left out, and with ``drop_uniform_groups`` so is one whose samples all scored alike."""
+    scored = ~np.isnan(rewards_pn).any(axis=1)
+    known = np.where(scored[:, None], rewards_pn, 0.0)
+    keep = scored & (grpo.informative_groups(known) if gcfg.drop_uniform_groups else True)
+    return grpo.group_advantages(known, gcfg.scale_std, gcfg.eps), keep
+
+
+def judge_rows(judge: Any, rows: list[dict], items: Mapping[str, dict], out: pathlib.Path, *, max_tokens: int
+               ) -> None:
+    """The judge's verdict (:func:`cogito_jax.judge.verdict` under the audit's rubric, with the item's reference
+    ``thinking`` when it has one) on each of ``rows`` that has a thinking and an answer, one ``{id, sample,
+    status, reason}`` line each in ``out``, written whole (a sample without both is not asked: it is rejected)."""
+    lines = []
+    for row in rows:
+        thinking, answer, _ = parse_trace(row["text"])
+        if thinking is None or not answer:
+            continue
+        item = items[row["id"]]
+        messages = judge_lib.rubric_messages(item, thinking, answer, reference=item.get("thinking", ""))
+        v = judge_lib.verdict(judge, messages, max_tokens=max_tokens, attempts=judge_lib.VERDICT_ATTEMPTS)
+        lines.append(json.dumps({"id": row["id"], "sample": int(row["sample"]), "status": v["status"],
+                                 "reason": v["reason"]}) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(out)
 
 
 def example_rows(rows: list[dict], prompts: list[dict], advantages_pn: np.ndarray, keep_p: np.ndarray,
@@ -242,6 +285,10 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
     if jax.process_index() == 0:
         cfglib.dump(cfg, w / "config.json")
     gcfg, reward = grpo_config(r), reward_fn(r)
+    judge = (judge_lib.HttpJudge(r.judge_url, r.judge_model, api_key_env=r.judge_api_key_env,
+                                 cache_path=driver.shard_path(w / "judge_cache.jsonl", jax.process_index(),
+                                                              jax.process_count()))
+             if r.reward_judge else None)
     with sharding.use_rules(rules):
         placed = sharding.place(trainer.for_training(tcfg, model), mesh, rules)
     p = trainer.prepare(tcfg, placed, mesh, rules)
@@ -276,14 +323,13 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
                 t0 = time.perf_counter()
                 dcfg = driver_config(cfg, model_cfg, step)
                 policy = sampler.update(state.params, dcfg.slot_config())
-                items = [predict_lib.item_from_record(pool[i], i)
+                items = [{**predict_lib.item_from_record(pool[i], i), "thinking": pool[i].get("thinking", "")}
                          for i in step_prompts(len(pool), r.prompts_per_step, step, cfg.seed)]
                 prompts = [driver.prepare_prompt(it, tokenizer, dcfg) for it in items]
-                rows = _sample(policy, tokenizer, items, dcfg, rollouts / f"step_{step:06d}.jsonl")
-                scores = score_rollouts(rows, items, reward, r.num_samples)
-                adv = grpo.group_advantages(scores["reward"], gcfg.scale_std, gcfg.eps)
-                keep = (grpo.informative_groups(scores["reward"]) if gcfg.drop_uniform_groups
-                        else np.ones(len(items), bool))
+                rows, verdicts = _sample(policy, tokenizer, items, dcfg, rollouts / f"step_{step:06d}.jsonl", judge,
+                                         r.judge_max_tokens)
+                scores = score_rollouts(rows, items, reward, r.num_samples, verdicts, r.reward_judge)
+                adv, keep = group_advantages(scores["reward"], gcfg)
                 examples = example_rows(rows, prompts, adv, keep, r.num_samples)
                 np.random.default_rng([cfg.seed, step, 1]).shuffle(examples)
                 t1 = time.perf_counter()
@@ -307,10 +353,12 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
                         for n in ("loss", "kl", "clipped", "ratio", "entropy", "grad_norm"):
                             sums[n] = sums.get(n, 0.0) + float(m[n])
                 metrics = {
-                    "reward": float(scores["reward"].mean()), "reward_std": float(scores["reward"].std()),
+                    "reward": float(np.nanmean(scores["reward"])), "reward_std": float(np.nanstd(scores["reward"])),
                     "accuracy": float(scores["correct"].mean()), "well_formed": float(scores["formed"].mean()),
                     "response_length": float(scores["length"].mean()), "truncated": float(scores["truncated"].mean()),
                     "informative": float(keep.mean()), "updates": updates, "lr": float(p.schedule(int(state.step))),
+                    **({"judge_accepted": float(scores["judged"].mean()),
+                        "judge_failed": int(scores["judge_failed"].sum())} if judge is not None else {}),
                     "rollout_seconds": t1 - t0, "update_seconds": time.perf_counter() - t1,
                     **{("clip_fraction" if n == "clipped" else n): v / updates for n, v in sums.items()},
                 }
@@ -335,14 +383,25 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
     return {**last, "preempted": preempt.requested}
 
 
-def _sample(policy: nnx.Module, tokenizer: Any, items: list[dict], dcfg: driver.DriverConfig,
-            out: pathlib.Path) -> list[dict]:
-    """Every process samples its share of ``items`` into its own file; then all read every file."""
+def _sample(policy: nnx.Module, tokenizer: Any, items: list[dict], dcfg: driver.DriverConfig, out: pathlib.Path,
+            judge: Any = None, judge_max_tokens: int = 0) -> tuple[list[dict], dict[tuple[str, int], str] | None]:
+    """Every process samples its share of ``items`` into its own file (and has the judge read its own samples);
+    then all read every file. Returns the rows and, with a judge, each sample's verdict status."""
     n, i = jax.process_count(), jax.process_index()
     driver.run(items, out, model=policy, tokenizer=tokenizer, cfg=dcfg, eos_token_ids=predict_lib.stop_ids(tokenizer),
                pad_token_id=tokenizer.pad_token_id, process_index=i, process_count=n, progress=False)
+    judged = out.with_name(out.stem + ".judge.jsonl")
+    if judge is not None:
+        own = jsonl.read(driver.shard_path(out, i, n), require=("id",))
+        judge_rows(judge, own, {it["id"]: it for it in items}, driver.shard_path(judged, i, n),
+                   max_tokens=judge_max_tokens)
     sharding.barrier(f"rl: {out.name} sampled")
-    return driver.merge_outputs(out, [it["id"] for it in items], n, dcfg.num_samples)
+    rows = driver.merge_outputs(out, [it["id"] for it in items], n, dcfg.num_samples)
+    if judge is None:
+        return rows, None
+    verdicts = {(v["id"], v["sample"]): v["status"] for p in range(n)
+                for v in jsonl.read(driver.shard_path(judged, p, n), require=("id",))}
+    return rows, verdicts
 
 
 def check_layout(r: Mapping[str, Any], mesh: jax.sharding.Mesh, rules: sharding.Rules) -> None:
@@ -380,7 +439,14 @@ def validate(r: Mapping[str, Any]) -> None:
     check_number("rl.lr", r.lr, lambda v: v >= 0, ">= 0 (0 = optim.lr)")
     for key in REWARD_KEYS.values():
         check_number(f"rl.{key}", r[key], lambda v: v >= 0, ">= 0")
-    if not any(r[key] for key in REWARD_KEYS.values()):
-        raise ConfigError("rl: every reward weight is 0 (" + ", ".join(f"rl.{k}" for k in REWARD_KEYS.values()) + ")")
+    if not any(r[key] for key in (*REWARD_KEYS.values(), "reward_judge")):
+        raise ConfigError("rl: every reward weight is 0 (" + ", ".join(f"rl.{k}" for k in REWARD_KEYS.values())
+                          + ", rl.reward_judge)")
     check_choice("rl.normalize", r.normalize, NORMALIZE)
+    check_number("rl.reward_judge", r.reward_judge, lambda v: v >= 0, ">= 0")
+    if r.reward_judge:
+        if not r.judge_model:
+            raise ConfigError("rl.reward_judge > 0 needs rl.judge_model (the model name the endpoint serves)")
+        judge_lib.check_settings(r.judge_url, prefix="rl.")
+    check_number("rl.judge_max_tokens", r.judge_max_tokens, lambda v: v >= 1, ">= 1")
     grpo_config(r)

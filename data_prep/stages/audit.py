@@ -5,10 +5,11 @@ Every trace is first scored by :func:`cogito_jax.distill.scoring.score_trace`: o
 rule, the thinking's conclusion agreeing with it, the thinking's length in bounds. The traces that pass go
 to an LLM judge (an OpenAI-compatible endpoint through :class:`cogito_jax.judge.HttpJudge`, or a local
 checkpoint through :class:`cogito_jax.judge.EngineJudge`) with a rubric that rejects hallucinated audio
-content, logic errors and shortcuts. Every verdict is a row of ``cache/audit.jsonl`` keyed by trace id
-(``<question id>#s<sample>``) with a digest of the trace, question and key, so a trace that changed is
-audited again. The judge is asked for a JSON verdict (:data:`VERDICT_FORMAT`); :func:`parse_verdict` reads
-that or a line of a lone ACCEPT/REJECT, and a reply with none, or an ambiguous one, holds no readable verdict.
+content, logic errors and shortcuts (:func:`cogito_jax.judge.rubric_messages`). Every verdict is a row of
+``cache/audit.jsonl`` keyed by trace id (``<question id>#s<sample>``) with a digest of the trace, question and
+key, so a trace that changed is audited again. The judge is asked for a JSON verdict
+(:data:`cogito_jax.judge.VERDICT_FORMAT`); :func:`cogito_jax.judge.parse_verdict` reads that or a line of a
+lone ACCEPT/REJECT, and a reply with none, or an ambiguous one, holds no readable verdict.
 A judge call that fails after its retries, or whose replies hold no readable verdict, is recorded as
 ``judge_failed``: the trace is neither kept nor counted as rejected by the judge, and a re-run asks again.
 A question keeps its first ``audit.max_traces_per_question`` accepted traces (by sample index); while a judge
@@ -37,97 +38,12 @@ from data_prep.stages import generation
 from data_prep.stages.annotate import describe
 from data_prep.stages.cache import StageCache
 
-JUDGE_SYSTEM = "You are a strict auditor of reasoning about audio. You follow the rubric exactly."
-JUDGE_REASONS = ("hallucination", "logic_error", "shortcut")
-VERDICT_ATTEMPTS = 3  # judge runs asked for a readable verdict (a remote judge; a local greedy one answers once)
-_REASON_WORD = r"(hallucination|logic[ _-]error|shortcut|none)\b"
-_REASON = re.compile(r"reason\W{0,3}\s*" + _REASON_WORD, re.I)
-_STRICT_LINE = re.compile(r"^(?:(?:final\s+)?verdict\s*[:=-]?\s*)?(accept|reject)[.!]?$", re.I)
-_LABELLED = re.compile(r"^(?:final\s+)?verdict\b", re.I)
-_TOKEN = re.compile(r"\b(?:ACCEPT|REJECT)\b")  # a verdict word in capitals anywhere in a line
-_MARKUP = re.compile(r"[*`#>\"'~]")
-VERDICT_FORMAT = ('{"verdict": "<ACCEPT or REJECT>", "reason": "<none, hallucination, logic_error or shortcut>", '
-                  '"explanation": "<one sentence>"}')
-
 
 def judge_messages(item: Mapping[str, Any], thinking: str, answer: str) -> list[dict[str, str]]:
-    """The rubric prompt for one trace: what is known about the clip, the question and key, the reasoning."""
-    description = describe(item, 4000) or "(no description)"
+    """The rubric prompt for one trace, with the manifest's description of the clip and, for a manifest's own
+    question, its reference reasoning."""
     reference = item.get("thinking") if item.get("question_source") == "manifest" else ""
-    user = "\n".join([
-        "Audit a model's reasoning about an audio clip. You cannot hear the clip; the description below is "
-        "reliable and is all that is known about it.", "",
-        f"Clip description:\n{description}", *([f"Reference reasoning:\n{reference}"] if reference else []), "",
-        f"Question: {item['question']}", "Choices:", *[f"- {c}" for c in item["choices"]],
-        f"Correct answer: {item['answer']}", "",
-        f"The model's reasoning:\n{thinking[:8000]}", "", f"The model's final answer: {answer}", "",
-        "Rubric. REJECT the reasoning if any of these holds:",
-        "1. hallucination: it states audio content (sound events, sources, speech, words, instruments, counts, "
-        "timing, loudness) that the description does not support or that contradicts it.",
-        "2. logic_error: a step does not follow from the earlier ones, it contradicts itself, or its conclusion "
-        "differs from the final answer.",
-        "3. shortcut: it reaches the answer by guessing, or by the wording of the choices, without reasoning "
-        "from what is heard.",
-        "Otherwise ACCEPT.", "",
-        "Answer with one JSON object on one line and nothing after it:", VERDICT_FORMAT,
-        "where verdict is the single word ACCEPT or the single word REJECT, and reason is none for ACCEPT and "
-        "otherwise the rubric's reason.",
-    ])
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
-
-
-def parse_verdict(reply: Any) -> tuple[bool, str] | None:
-    """(accepted, reason label) of a judge reply, or None when its verdict is missing or ambiguous.
-
-    The verdict is a JSON object's ``"verdict"`` or a line that is nothing but ``ACCEPT``/``REJECT`` (after an
-    optional ``VERDICT:``), read after any ``</think>``. Every place that gives a verdict counts: the last one must
-    be one of those two words alone, and all of them must agree; a reply still inside ``<think>`` has none. A
-    rejection without one of the rubric's reasons is ``other``."""
-    if not isinstance(reply, str):
-        return None
-    text = reply.rpartition("</think>")[2]
-    if "<think>" in text:
-        return None
-    mentions, reasons = [], []  # (position, verdict or None when unclear), and the reasons given with JSON ones
-    for start, end, obj in _json_objects(text):
-        key = next((k for k in obj if isinstance(k, str) and k.lower() == "verdict"), None)
-        if key is None:
-            continue
-        value = obj[key].strip().upper() if isinstance(obj[key], str) else None
-        mentions.append((start, value if value in ("ACCEPT", "REJECT") else None))
-        reasons.append(str(obj.get("reason", "")))
-        text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
-    pos = 0
-    for line in text.splitlines(keepends=True):
-        clean = re.sub(r"^[-+\s]+", "", _MARKUP.sub("", line)).strip()
-        strict = _STRICT_LINE.match(clean)
-        if strict or _LABELLED.match(clean) or _TOKEN.search(clean):
-            mentions.append((pos, strict.group(1).upper() if strict else None))
-        pos += len(line)
-    mentions.sort()
-    given = {v for _, v in mentions if v}
-    if not mentions or mentions[-1][1] is None or len(given) > 1:
-        return None
-    if given == {"ACCEPT"}:
-        return True, "none"
-    r = re.match(_REASON_WORD, reasons[-1].strip(), re.I) if reasons else _REASON.search(text)
-    label = r.group(1).lower().replace(" ", "_").replace("-", "_") if r else "other"
-    return False, label if label in JUDGE_REASONS else "other"
-
-
-def _json_objects(text: str) -> list[tuple[int, int, dict]]:
-    """(start, end, object) of each top-level JSON object written in ``text``."""
-    decoder, found, i = json.JSONDecoder(), [], text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            found.append((i, end, obj))
-        i = text.find("{", end)
-    return found
+    return judge_lib.rubric_messages(item, thinking, answer, describe(item, 4000), reference or "")
 
 
 def make_judge(cfg: Any, out: pathlib.Path) -> Any:
@@ -147,20 +63,7 @@ def make_judge(cfg: Any, out: pathlib.Path) -> Any:
 def judge_trace(judge: Any, item: Mapping[str, Any], thinking: str, answer: str, *, max_tokens: int,
                 attempts: int) -> dict[str, Any]:
     """The judge's verdict on one trace as an audit row (without its id): accepted, rejected or judge_failed."""
-    messages = judge_messages(item, thinking, answer)
-    reply = ""
-    for run in range(attempts):
-        try:
-            reply = judge.complete(messages, temperature=0.0, max_tokens=max_tokens, run=run)
-        except judge_lib.JudgeError as e:
-            return {"status": "judge_failed", "stage": "judge", "reason": f"judge_failed: {e}"}
-        verdict = parse_verdict(reply)
-        if verdict is not None:
-            accepted, label = verdict
-            return {"status": "accepted" if accepted else "rejected", "stage": "judge",
-                    "reason": None if accepted else f"judge_rejected:{label}", "judge_reply": reply[:2000]}
-    return {"status": "judge_failed", "stage": "judge",
-            "reason": f"judge_failed: no readable verdict in {attempts} replies (last: {reply[:80]!r})"}
+    return judge_lib.verdict(judge, judge_messages(item, thinking, answer), max_tokens=max_tokens, attempts=attempts)
 
 
 def _digest(item: Mapping[str, Any], text: str) -> str:
@@ -212,7 +115,7 @@ def run(items: Sequence[dict], samples: Mapping[str, list[dict]], cfg: Any, out:
             else:
                 to_judge.append((base, it))
     workers = cfg.audit.workers if isinstance(judge, judge_lib.HttpJudge) else 1
-    attempts = VERDICT_ATTEMPTS if isinstance(judge, judge_lib.HttpJudge) else 1
+    attempts = judge_lib.VERDICT_ATTEMPTS if isinstance(judge, judge_lib.HttpJudge) else 1
     failed_now = 0
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(judge_trace, judge, it, base["thinking"], base["answer"], max_tokens=a.judge_max_tokens,
