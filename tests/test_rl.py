@@ -103,9 +103,10 @@ def test_rewards(text, correct, formed, consistent):
         rewards.combine({"fluency": 1.0})
 
 
-def test_rollout_logprobs_equal_the_trainers(cpu_devices):
-    """The log-prob the engine stores with each sampled token (temperature 1) equals the one the RL step
-    recomputes from a forward pass over prompt + response (``token_logprobs``), fp32, rel <= 1e-5."""
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_rollout_logprobs_equal_the_trainers(cpu_devices, temperature):
+    """The log-prob the engine stores with each sampled token (at the sampling temperature) equals the one the RL
+    step recomputes from a forward pass over prompt + response (``token_logprobs``), fp32, rel <= 1e-5."""
     from cogito_jax.models import registry
     from cogito_jax.sampling.engine import Engine
 
@@ -113,14 +114,14 @@ def test_rollout_logprobs_equal_the_trainers(cpu_devices):
     model = registry.build(mcfg, 0)
     rng = np.random.default_rng(0)
     prompt = rng.integers(10, mcfg.text.vocab_size, (1, 12)).astype(np.int32)
-    out = Engine(model).generate(prompt, num_samples=3, max_new_tokens=10, temperature=1.0, eos_token_id=[1],
+    out = Engine(model).generate(prompt, num_samples=3, max_new_tokens=10, temperature=temperature, eos_token_id=[1],
                                  pad_token_id=0, seed=5)
     tokens, stored, lengths = (np.asarray(x)[0] for x in (out.tokens, out.logprobs, out.lengths))
     for s in range(3):
         n = int(lengths[s])
         seq = np.concatenate([prompt[0], tokens[s, :n]])[None]
         logits = model(jnp.asarray(seq[:, :-1]))
-        recomputed = np.asarray(grpo.token_logprobs(logits, jnp.asarray(seq[:, 1:])))[0, -n:]
+        recomputed = np.asarray(grpo.token_logprobs(logits, jnp.asarray(seq[:, 1:]), temperature))[0, -n:]
         assert np.abs(recomputed - stored[s, :n]).max() <= 1e-5 * np.abs(stored[s, :n]).max(), s
 
 

@@ -28,8 +28,8 @@ from cogito_jax.train.step import lm_logits
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/distill_tiny.py:smoke"
 CHOICES = ["two beeps", "three beeps", "four beeps", "a bird"]
-RL = ["rl.prompts_per_step=4", "rl.num_samples=4", "rl.minibatches=2", "rl.max_new_tokens=12", "rl.sample_batch_size=4",
-      "rl.kl_coef=0.05", "rl.steps=3", "rl.save_every=1"]
+RL = ["rl.temperature=0.7", "rl.prompts_per_step=4", "rl.num_samples=4", "rl.minibatches=2", "rl.max_new_tokens=12",
+      "rl.sample_batch_size=4", "rl.kl_coef=0.05", "rl.steps=3", "rl.save_every=1"]
 
 
 def hash_reward(text, item):
@@ -75,7 +75,8 @@ def compile_cache(tmp_path):
 
 def check_training_rows(world, rollouts, model, cfg):
     """Each response token's log-prob recomputed by a forward pass over the row `batch_arrays` builds (prompt with
-    its audio, then the response) equals the one the continuous engine stored when it sampled it (T = 1)."""
+    its audio, then the response) at the sampling temperature equals the one the continuous engine stored when it
+    sampled it (T = 0.7)."""
     tok, mcfg, pool, _ = world
     dcfg = loop.driver_config(cfg, mcfg, 0)
     items = [loop.predict_lib.item_from_record(pool[i], i)
@@ -93,7 +94,7 @@ def check_training_rows(world, rollouts, model, cfg):
                               mcfg.audio.num_frames, "sequence")
     assert batch["input_features"].shape == (10, mcfg.audio.num_mel_bins, mcfg.audio.num_frames)
     assert batch["loss_mask"][8:].sum() == 0  # the two padding rows carry no loss
-    lp = np.asarray(nnx.jit(lambda m, b: grpo.token_logprobs(lm_logits(m, b), b["targets"]))(model, batch))
+    lp = np.asarray(nnx.jit(lambda m, b: grpo.token_logprobs(lm_logits(m, b), b["targets"], 0.7))(model, batch))
     m = batch["loss_mask"] > 0
     assert m.sum() == sum(len(e["response"]) for e in examples) > 8
     err = np.abs(lp[m] - batch["old_logprobs"][m]).max()

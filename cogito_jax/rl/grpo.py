@@ -6,8 +6,10 @@ centring, as Dr. GRPO does). Every token of a sample shares its advantage. A gro
 zero advantage everywhere and teaches nothing; ``informative_groups`` finds the others (DAPO's dynamic sampling
 drops the rest).
 
-The loss of a token with log-prob ``logp`` under the policy being trained, ``old`` under the policy that
-sampled it (the engine's stored log-prob, the model's own softmax at temperature 1), and advantage ``A``::
+The policy is the model's softmax at the sampling temperature ``T`` (``softmax(logits / T)``: the distribution
+the engine draws from and whose log-prob it stores), so the ratio is on-policy for the first update. The loss
+of a token with log-prob ``logp`` under the policy being trained, ``old`` under the policy that sampled it (the
+engine's stored log-prob), and advantage ``A``::
 
     ratio = exp(logp - old)
     loss  = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + kl_coef * kl
@@ -42,9 +44,11 @@ class GRPOConfig:
     normalize: str = "token"
     scale_std: bool = True
     drop_uniform_groups: bool = True
+    temperature: float = 1.0  # the sampling temperature: the policy is softmax(logits / temperature)
     eps: float = 1e-6
 
     def __post_init__(self):
+        check_number("rl.temperature", self.temperature, lambda v: v > 0, "> 0 (RL samples)")
         check_number("rl.clip_low", self.clip_low, lambda v: 0 < v < 1, "in (0, 1)")
         check_number("rl.clip_high", self.clip_high, lambda v: v > 0, "> 0")
         check_number("rl.kl_coef", self.kl_coef, lambda v: v >= 0, ">= 0")
@@ -68,14 +72,18 @@ def informative_groups(rewards_pn: Any) -> np.ndarray:
     return np.any(r != r[:, :1], axis=1)
 
 
-def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
-    """Log-probs ``[B, T]`` float32 of ``targets`` under ``softmax(logits)`` (the engine's temperature-1 log-probs)."""
-    return logprobs_and_entropy(logits_btv, targets_bt)[0]
+def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Log-probs ``[B, T]`` float32 of ``targets`` under ``softmax(logits / temperature)`` (what the engine stores
+    for a token it sampled at that temperature)."""
+    return logprobs_and_entropy(logits_btv, targets_bt, temperature)[0]
 
 
-def logprobs_and_entropy(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log-probs of ``targets``, entropy of ``softmax(logits)``), each ``[B, T]`` float32."""
+def logprobs_and_entropy(logits_btv: jax.Array, targets_bt: jax.Array, temperature: float = 1.0
+                         ) -> tuple[jax.Array, jax.Array]:
+    """(log-probs of ``targets``, entropy) under ``softmax(logits / temperature)``, each ``[B, T]`` float32."""
     logits = logits_btv.astype(jnp.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets_bt[..., None].astype(jnp.int32), axis=-1)[..., 0]
     entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
@@ -130,7 +138,7 @@ def rl_loss(cfg: GRPOConfig):
     optionally ``ref_logprobs`` and (``normalize="sequence"``) ``rl_weight`` from :func:`sequence_weights`."""
     def loss(model: Any, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         mask = batch["loss_mask"].astype(jnp.float32)
-        logp, entropy = logprobs_and_entropy(lm_logits(model, batch), batch["targets"])
+        logp, entropy = logprobs_and_entropy(lm_logits(model, batch), batch["targets"], cfg.temperature)
         terms = token_terms(logp, batch["old_logprobs"], batch["advantages"], cfg, batch.get("ref_logprobs"))
         weight = batch["rl_weight"] if cfg.normalize == "sequence" else mask
         sums = {"kl": jnp.sum(terms["kl"] * mask), "clipped": jnp.sum(terms["clipped"] * mask),

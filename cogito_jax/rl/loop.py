@@ -6,7 +6,8 @@ One RL step:
    :func:`step_prompts`);
 2. let the current policy answer each ``rl.num_samples`` times through the continuous engine (temperature
    ``rl.temperature``, the prompt the evaluation uses, the key never shown); the engine stores each token's
-   log-prob under the policy, and every sample goes to ``W/rollouts/step_<k>.jsonl``;
+   log-prob under the policy (the model's softmax at that temperature, which is what RL trains), and every sample
+   goes to ``W/rollouts/step_<k>.jsonl``;
 3. score each answer with the rewards (``rl.reward_*`` weights of :mod:`cogito_jax.rl.rewards`; with
    ``rl.reward_judge`` also the judge's verdict under the audit's rubric, asked by the process that sampled it,
    its cache in ``W/judge_cache.jsonl``), turn each prompt's rewards into group advantages, and with
@@ -64,7 +65,8 @@ LENGTH_BUCKETS = (64, 128, 192, 256, 384, 512, 1024)  # those of the evaluation'
 
 def grpo_config(r: Mapping[str, Any]) -> grpo.GRPOConfig:
     return grpo.GRPOConfig(clip_low=r.clip_low, clip_high=r.clip_high, kl_coef=r.kl_coef, normalize=r.normalize,
-                           scale_std=r.scale_std, drop_uniform_groups=r.drop_uniform_groups)
+                           scale_std=r.scale_std, drop_uniform_groups=r.drop_uniform_groups,
+                           temperature=float(r.temperature))
 
 
 def reward_fn(r: Mapping[str, Any]) -> rewards_lib.Reward:
@@ -313,7 +315,7 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
     loss_fn = grpo.rl_loss(gcfg)
     compiled: dict[tuple, Any] = {}
     ref_logprobs = jax.jit(lambda ref_params, frozen, batch: grpo.token_logprobs(
-        lm_logits(nnx.merge(p.graphdef, ref_params, frozen), batch), batch["targets"]))
+        lm_logits(nnx.merge(p.graphdef, ref_params, frozen), batch), batch["targets"], gcfg.temperature))
     meta = {"config": cfg.to_dict(), "rl": True}
     last: dict[str, Any] = {}
     bar = tqdm(total=r.steps, initial=start, desc="rl", unit="step", dynamic_ncols=True, disable=not is_main_process())
@@ -434,7 +436,6 @@ def validate(r: Mapping[str, Any]) -> None:
     if (r.prompts_per_step * r.num_samples) % r.minibatches:
         raise ConfigError(f"rl.prompts_per_step x rl.num_samples = {r.prompts_per_step * r.num_samples} samples do "
                           f"not split into rl.minibatches={r.minibatches} updates")
-    check_number("rl.temperature", r.temperature, lambda v: v > 0, "> 0 (RL samples)")
     check_number("rl.top_p", r.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
     check_number("rl.lr", r.lr, lambda v: v >= 0, ">= 0 (0 = optim.lr)")
     for key in REWARD_KEYS.values():

@@ -33,7 +33,8 @@ from cogito_jax.sampling.strategies import SamplingParams, select_tokens_u, unif
 
 class Output(NamedTuple):
     tokens: jax.Array  # int32 [B, N, max_new_tokens], pad after the end token
-    logprobs: jax.Array  # float32 [B, N, max_new_tokens], model log-prob of each emitted token (0 after end)
+    logprobs: jax.Array  # float32 [B, N, max_new_tokens], log-prob of each emitted token at the sampling
+    # temperature (log softmax(logits / T), the raw model's when greedy; 0 after end)
     lengths: jax.Array  # int32 [B, N], emitted tokens including the end token
 
 

@@ -82,7 +82,8 @@ def cutoff(x_bv: jax.Array, w_bv: jax.Array, limit_b: jax.Array) -> jax.Array:
 def select_tokens(
     logits_bv: jax.Array, keys_b: jax.Array, params: SamplingParams
 ) -> tuple[jax.Array, jax.Array]:
-    """Chooses one token per row; returns (tokens ``[B]`` int32, log-prob under the raw model ``[B]``).
+    """Chooses one token per row; returns (tokens ``[B]`` int32, log-prob ``[B]`` under the row's temperature,
+    ``log softmax(logits / T)``, before top-k / top-p; the raw model's for greedy rows).
 
     ``keys_b`` holds one PRNG key per row (derive them with ``jax.random.fold_in`` so a row's draws do
     not depend on its batch-mates); each row uses one uniform number drawn from its key.
@@ -100,7 +101,10 @@ def select_tokens_u(logits_bv: jax.Array, u_b: jax.Array, params: SamplingParams
         jnp.any(sampled),
         lambda: jnp.where(sampled, sample_categorical_u(filtered_logits(logits_bv, params), u_b), greedy_b),
         lambda: greedy_b)
-    shifted_bv = logits_bv - max_b[:, None]
+    # the log-prob under the distribution the row samples from: softmax(logits / T) (T = 1 for greedy rows),
+    # before top-k / top-p
+    temp_b = jnp.where(sampled, params.temperature_b, 1.0)
+    shifted_bv = (logits_bv - max_b[:, None]) / temp_b[:, None]
     log_norm_b = jnp.log(jnp.sum(jnp.exp(shifted_bv), axis=-1))
     return tokens_b, jnp.take_along_axis(shifted_bv, tokens_b[:, None], axis=-1)[:, 0] - log_norm_b
 
