@@ -36,4 +36,4 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache
+	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache .jax_test_cache
