@@ -70,7 +70,8 @@ def _command(out, corpus, ckpt, judge):
 
 
 def _launch(n, out, corpus, ckpt, judge, **popen):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # no shared compilation cache: a job that loads its programs finishes think before a test can kill it there
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
     env.update(COGITO_LOG_DIR=str(out.parent / f"logs_{out.name}"), JAX_PLATFORMS="cpu")
     return subprocess.Popen(["bash", str(REPO / "launch/local.sh"), str(n), *_command(out, corpus, ckpt, judge)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)

@@ -25,10 +25,11 @@ def _env():
 def _cli(module, *args, max_file_kib=None):
     """Runs ``python -m module args``; ``max_file_kib`` caps the size of any file it writes (``ulimit -f``: a
     longer write fails with EFBIG, as a write to a full disk fails with ENOSPC)."""
-    argv = [sys.executable, "-m", module, *args]
+    argv, env = [sys.executable, "-m", module, *args], _env()
     if max_file_kib is not None:
         argv = ["bash", "-c", f"ulimit -f {max_file_kib}; trap '' XFSZ; exec \"$@\"", "bash", *argv]
-    return subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # its entries would hit the cap too, and warn
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _files(root):
