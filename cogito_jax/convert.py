@@ -232,14 +232,6 @@ def load_params(module: nnx.Module, table: Mapping[str, tuple[str, str]], tensor
     nnx.update(module, jax.tree_util.tree_unflatten(treedef, params))
 
 
-def _host(arr: jax.Array) -> np.ndarray:
-    if not arr.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        arr = multihost_utils.process_allgather(arr, tiled=True)
-    return np.asarray(jax.device_get(arr))
-
-
 def _plan(model: nnx.Module, table: Mapping[str, tuple[str, str]], dtype: Any, what: str) -> list[tuple]:
     """(HF name, parameter, stack index, layout, bytes, dtype) of every HF tensor of ``model``'s parameters (in
     ``dtype``, default their own) through ``table``, sorted by name."""
@@ -262,7 +254,7 @@ def _plan(model: nnx.Module, table: Mapping[str, tuple[str, str]], dtype: Any, w
 def export_params(module: nnx.Module, table: Mapping[str, tuple[str, str]]) -> dict[str, np.ndarray]:
     """The HF tensors (name -> array) of every parameter of ``module`` (a model, or one block of one) through
     ``table``, as :func:`save_hf` writes them."""
-    return {name: to_hf(_host(leaf[idx]), layout)
+    return {name: to_hf(sharding.gather(leaf[idx]), layout)
             for name, leaf, idx, layout, _, _ in _plan(module, table, None, type(module).__name__)}
 
 
@@ -293,7 +285,7 @@ def save_hf(model: nnx.Module, config: AudioLMConfig, out_dir: str | pathlib.Pat
     for fname, shard in zip(files, shards, strict=True):
         tensors = {}
         for hf_name, leaf, idx, layout, _, out_dtype in shard:
-            tensors[hf_name] = np.ascontiguousarray(to_hf(_host(leaf[idx]), layout).astype(out_dtype))
+            tensors[hf_name] = np.ascontiguousarray(to_hf(sharding.gather(leaf[idx]), layout).astype(out_dtype))
         if writer:
             save_file(tensors, str(out / fname), metadata={"format": "pt"})
     if writer and len(shards) > 1:

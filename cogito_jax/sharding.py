@@ -400,6 +400,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def gather(arr: jax.Array, device: jax.Device | None = None) -> Any:
+    """The whole of ``arr`` (its shards on other processes' devices too): on ``device`` (straight from the devices
+    that hold it when they are all this process's), else on the host as numpy."""
+    if not arr.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        arr = multihost_utils.process_allgather(arr, tiled=True)
+    return np.asarray(jax.device_get(arr)) if device is None else jax.device_put(arr, device)
+
+
 @contextlib.contextmanager
 def main_process_first(name: str) -> Iterator[None]:
     """Runs the body on process 0 first and on the others once it has finished (a barrier in between).

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cogito_jax.convert import _host
+from cogito_jax import sharding
 from cogito_jax.errors import ConfigError, check_number
 from cogito_jax.models import registry
 from cogito_jax.models.hf_weights import LINEAR, stack_names
@@ -179,7 +179,8 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
         if expert and layout == LINEAR and stacked == ["i", "e"]:
             out_dtype = np.dtype(dtype if dtype is not None else a.dtype)
             module = hf_module_name(fam.name, expert.group(1))
-            experts.setdefault(module, {})[expert.group(2)] = (_host(a).astype(out_dtype), _host(b).astype(out_dtype))
+            experts.setdefault(module, {})[expert.group(2)] = (sharding.gather(a).astype(out_dtype),
+                                                               sharding.gather(b).astype(out_dtype))
             continue
         if layout != LINEAR or not key.endswith(".weight") or stacked not in ([], ["i"]):
             raise ValueError(f"adapter on {name!r} ({key}, layout {layout}) has no PEFT Linear module; "
@@ -187,7 +188,7 @@ def save_peft(lora: LoRA, config: Any, out_dir: str | pathlib.Path, *, base_mode
         module = hf_module_name(fam.name, key.removesuffix(".weight"))
         patterns.append(module)
         out_dtype = np.dtype(dtype if dtype is not None else a.dtype)
-        a_np, b_np = _host(a).astype(out_dtype), _host(b).astype(out_dtype)
+        a_np, b_np = sharding.gather(a).astype(out_dtype), sharding.gather(b).astype(out_dtype)
         layers = range(a_np.shape[0]) if stacked else [None]
         for i in layers:
             mod = module.format(i=i) if stacked else module

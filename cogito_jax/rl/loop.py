@@ -236,26 +236,21 @@ def process_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- the policy the engine samples
 
 
-def _host(tree: Any) -> Any:
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
 class Sampler:
     """A local, unsharded copy of the policy for the engine, refreshed after every update: the compiled sampling
     programs are kept, only the weights change."""
 
     def __init__(self, graphdef: nnx.GraphDef, frozen: Any):
-        self.graphdef, self.frozen = graphdef, _host(frozen)
         self.device = jax.local_devices()[0]
+        self.graphdef, self.frozen = graphdef, self._local(frozen)
         self.model: nnx.Module | None = None
 
+    def _local(self, tree: Any) -> Any:
+        return jax.tree.map(lambda a: sharding.gather(a, self.device), tree)
+
     def update(self, params: Any, slots: continuous.SlotConfig) -> nnx.Module:
-        plain = trainer.unwrap(nnx.merge(self.graphdef, _host(params), self.frozen))
-        state = jax.device_put(nnx.state(plain), self.device)
+        plain = trainer.unwrap(nnx.merge(self.graphdef, self._local(params), self.frozen))
+        state = jax.device_put(nnx.state(plain), self.device)  # (what unwrap made, e.g. LoRA folded in)
         if self.model is None:
             nnx.update(plain, state)
             self.model = plain
