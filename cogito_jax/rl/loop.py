@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from cogito_jax import config as cfglib, jsonl, judge as judge_lib, metrics as metricslib, sharding
 from cogito_jax.data.pipeline import global_batch
 from cogito_jax.distill.scoring import parse_trace
-from cogito_jax.errors import ConfigError, check_choice, check_number
+from cogito_jax.errors import ConfigError, check_number
 from cogito_jax.eval import predict as predict_lib
 from cogito_jax.log import is_main_process, logger
 from cogito_jax.rl import grpo, rewards as rewards_lib
@@ -413,9 +413,6 @@ def check_layout(r: Mapping[str, Any], mesh: jax.sharding.Mesh, rules: sharding.
                               f"split over the {n} {what}")
 
 
-NORMALIZE = grpo.NORMALIZE
-
-
 def validate(r: Mapping[str, Any]) -> None:
     """Checks the ``rl`` section."""
     for key in ("prompts_per_step", "num_samples", "max_new_tokens", "sample_batch_size", "minibatches",
@@ -438,7 +435,6 @@ def validate(r: Mapping[str, Any]) -> None:
     if not any(r[key] for key in (*REWARD_KEYS.values(), "reward_judge")):
         raise ConfigError("rl: every reward weight is 0 (" + ", ".join(f"rl.{k}" for k in REWARD_KEYS.values())
                           + ", rl.reward_judge)")
-    check_choice("rl.normalize", r.normalize, NORMALIZE)
     check_number("rl.reward_judge", r.reward_judge, lambda v: v >= 0, ">= 0")
     if r.reward_judge:
         if not r.judge_model:
