@@ -119,6 +119,22 @@ def test_step_prompts_are_distinct_and_each_pass_a_new_order():
         loop.step_prompts(6, 7, 0, 0)
 
 
+def test_dynamic_sampling_trains_the_first_informative_prompts():
+    """rl.sample_prompts > rl.prompts_per_step: the step samples more prompts and the first prompts_per_step whose
+    samples did not all score alike train; the pool must hold the sampled ones; fewer than prompts_per_step is
+    refused."""
+    cfg = cli.load_config(CONFIG, ["rl.prompts_per_step=2", "rl.sample_prompts=5"])
+    rewards = np.array([[1, 1], [0, 1], [0, 0], [1, 0], [0, 1]], np.float32)
+    _, kept = loop.group_advantages(rewards, loop.grpo_config(cfg.rl))
+    np.testing.assert_array_equal(loop.first_kept(kept, cfg.rl.prompts_per_step), [False, True, False, True, False])
+    assert loop.sampled_prompts(cfg.rl) == ("rl.sample_prompts", 5)
+    assert len(loop.step_prompts(6, 5, 0, 0)) == 5
+    with pytest.raises(loop.ConfigError, match="rl.sample_prompts=5 must be <= the 4 prompts of the pool"):
+        loop.step_prompts(4, 5, 0, 0, "rl.sample_prompts")
+    with pytest.raises(loop.ConfigError, match="rl.sample_prompts=1 must be 0"):
+        cli.load_config(CONFIG, ["rl.prompts_per_step=2", "rl.sample_prompts=1"])
+
+
 def test_judge_reward_and_a_failed_judge_call_leaves_its_prompt_out(tmp_path):
     """The judge's verdict under the audit's rubric adds rl.reward_judge to an accepted sample; a sample without a
     thinking is not asked; a call that fails after the client's retries leaves its prompt out of the step (no

@@ -256,7 +256,8 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
                           "(synthetic data) or data.heldout_dir")
     pool = _pool(cfg, w, paths)
     if d.rl_steps:  # before any stage runs: the pool holds an RL step's prompts
-        rl_loop.step_prompts(len(records.RecordSource(pool, "train")), cfg.rl.prompts_per_step, 0, cfg.seed)
+        key, per_step = rl_loop.sampled_prompts(cfg.rl)
+        rl_loop.step_prompts(len(records.RecordSource(pool, "train")), per_step, 0, cfg.seed, key)
     tokenizer = str(paths["tokenizer"])
     _stage(state, "train_0", lambda: _train(_stage_cfg(cfg, d.sft_steps), str(sft_dir)))
     _stage(state, "eval_0", lambda: _evaluate(cfg, sft_dir, heldout, w / "eval_0.jsonl", d.eval_limit))

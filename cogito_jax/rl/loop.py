@@ -2,8 +2,9 @@
 
 One RL step:
 
-1. take the step's ``rl.prompts_per_step`` prompts of the pool (a fresh permutation of the pool each pass,
-   :func:`step_prompts`);
+1. take the step's prompts of the pool (a fresh permutation of the pool each pass, :func:`step_prompts`):
+   ``rl.prompts_per_step`` of them, or with dynamic sampling (``rl.sample_prompts`` > ``rl.prompts_per_step``, as
+   DAPO's) that many, of which the first ``rl.prompts_per_step`` whose samples did not all score alike train;
 2. let the current policy answer each ``rl.num_samples`` times through the continuous engine (temperature
    ``rl.temperature``, the prompt the evaluation uses, the key never shown); the engine stores each token's
    log-prob under the policy (the model's softmax at that temperature, which is what RL trains), and every sample
@@ -11,8 +12,9 @@ One RL step:
 3. score each answer with the rewards (``rl.reward_*`` weights of :mod:`cogito_jax.rl.rewards`; with
    ``rl.reward_judge`` also the judge's verdict under the audit's rubric, asked by the process that sampled it,
    its cache in ``W/judge_cache.jsonl``), turn each prompt's rewards into group advantages, and with
-   ``rl.drop_uniform_groups`` drop the prompts whose samples all scored alike (they have no gradient); a prompt
-   with a failed judge call (after the client's retries) is dropped from the step and counted, never scored;
+   ``rl.drop_uniform_groups`` drop the prompts whose samples all scored alike (they have no gradient); at most
+   ``rl.prompts_per_step`` prompts train (the first of those kept); a prompt with a failed judge call (after the
+   client's retries) is dropped from the step and counted, never scored;
 4. take up to ``rl.minibatches`` optimizer steps over the kept samples, shuffled, through the trainer's compiled
    step with the clipped GRPO loss (:func:`cogito_jax.rl.grpo.rl_loss`: importance ratios against the stored
    log-probs, the KL penalty to the starting model when ``rl.kl_coef > 0``, token or sequence normalisation).
@@ -26,9 +28,11 @@ policy in each process (the adapters folded in for LoRA), gathered after each up
 
 Logged per RL step (``metrics.jsonl``, TensorBoard): ``reward`` (mean) and ``reward_std``, ``accuracy`` (MMAR
 rule) and ``well_formed`` of the samples, ``response_length`` (tokens) and ``truncated`` (share cut off at
-``rl.max_new_tokens``), ``informative`` (share of prompts kept), ``loss``, ``kl``, ``clip_fraction``,
-``ratio``, ``entropy`` (per response token, of the policy), ``grad_norm``, ``lr``, ``updates`` (optimizer steps
-taken), ``rollout_seconds`` / ``update_seconds``, and with a judge ``judge_accepted`` / ``judge_failed``.
+``rl.max_new_tokens``), ``informative`` (share of the sampled prompts that may train: scored, and with
+``rl.drop_uniform_groups`` whose samples did not all score alike),
+``trained_prompts``, ``loss``, ``kl``, ``clip_fraction``, ``ratio``, ``entropy`` (per response token, of the
+policy), ``grad_norm``, ``lr``, ``updates`` (optimizer steps taken), ``rollout_seconds`` / ``update_seconds``,
+and with a judge ``judge_accepted`` / ``judge_failed``.
 """
 
 from __future__ import annotations
@@ -91,12 +95,17 @@ def rows_per_update(r: Mapping[str, Any]) -> int:
     return r.prompts_per_step * r.num_samples // r.minibatches
 
 
-def step_prompts(pool_size: int, per_step: int, step: int, seed: int) -> list[int]:
+def sampled_prompts(r: Mapping[str, Any]) -> tuple[str, int]:
+    """(its key, the number): how many prompts an RL step samples."""
+    return ("rl.sample_prompts", r.sample_prompts) if r.sample_prompts else ("rl.prompts_per_step", r.prompts_per_step)
+
+
+def step_prompts(pool_size: int, per_step: int, step: int, seed: int, key: str = "rl.prompts_per_step") -> list[int]:
     """The pool indices of RL step ``step``: each pass over the pool is a new permutation cut into
     ``pool_size // per_step`` steps of ``per_step`` distinct prompts (the ``pool_size % per_step`` left over differ
-    from pass to pass)."""
+    from pass to pass); ``key`` is the setting ``per_step`` comes from, named when the pool is too small."""
     if not 0 < per_step <= pool_size:
-        raise ConfigError(f"rl.prompts_per_step={per_step} must be <= the {pool_size} prompts of the pool")
+        raise ConfigError(f"{key}={per_step} must be <= the {pool_size} prompts of the pool")
     epoch, at = divmod(step, pool_size // per_step)
     perm = np.random.default_rng([seed, epoch]).permutation(pool_size)
     return perm[at * per_step:(at + 1) * per_step].tolist()
@@ -145,12 +154,18 @@ def score_rollouts(rows: list[dict], items: list[dict], reward: rewards_lib.Rewa
 
 
 def group_advantages(rewards_pn: np.ndarray, gcfg: grpo.GRPOConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(advantages ``[P, N]``, which prompts train ``[P]``): a prompt with a sample left unscored (NaN: its judge
-    call failed) is left out, and with ``drop_uniform_groups`` so is one whose samples all scored alike."""
+    """(advantages ``[P, N]``, which prompts may train ``[P]``): a prompt with a sample left unscored (NaN: its
+    judge call failed) is left out, and with ``drop_uniform_groups`` so is one whose samples all scored alike."""
     scored = ~np.isnan(rewards_pn).any(axis=1)
     known = np.where(scored[:, None], rewards_pn, 0.0)
     keep = scored & (grpo.informative_groups(known) if gcfg.drop_uniform_groups else True)
     return grpo.group_advantages(known, gcfg.scale_std, gcfg.eps), keep
+
+
+def first_kept(kept: np.ndarray, limit: int) -> np.ndarray:
+    """The first ``limit`` prompts of ``kept`` (``[P]`` bool): those that train when a step sampled more prompts
+    than it trains on (dynamic sampling)."""
+    return kept & (np.cumsum(kept) <= limit)
 
 
 def judge_rows(judge: Any, rows: list[dict], items: Mapping[str, dict], out: pathlib.Path, *, max_tokens: int
@@ -278,7 +293,8 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
     check_layout(r, mesh, rules)
     if len(pool) == 0:
         raise ConfigError("rl: the prompt pool has no records")
-    step_prompts(len(pool), r.prompts_per_step, 0, cfg.seed)  # the pool holds a step's prompts
+    key, per_step = sampled_prompts(r)
+    step_prompts(len(pool), per_step, 0, cfg.seed, key)  # the pool holds a step's prompts
     if jax.process_index() == 0:
         cfglib.dump(cfg, w / "config.json")
     gcfg, reward = grpo_config(r), reward_fn(r)
@@ -321,12 +337,13 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
                 dcfg = driver_config(cfg, model_cfg, step)
                 policy = sampler.update(state.params, dcfg.slot_config())
                 items = [{**predict_lib.item_from_record(pool[i], i), "thinking": pool[i].get("thinking", "")}
-                         for i in step_prompts(len(pool), r.prompts_per_step, step, cfg.seed)]
+                         for i in step_prompts(len(pool), per_step, step, cfg.seed, key)]
                 prompts = [driver.prepare_prompt(it, tokenizer, dcfg) for it in items]
                 rows, verdicts = _sample(policy, tokenizer, items, dcfg, rollouts / f"step_{step:06d}.jsonl", judge,
                                          r.judge_max_tokens)
                 scores = score_rollouts(rows, items, reward, r.num_samples, verdicts, r.reward_judge)
-                adv, keep = group_advantages(scores["reward"], gcfg)
+                adv, kept = group_advantages(scores["reward"], gcfg)
+                keep = first_kept(kept, r.prompts_per_step)
                 examples = example_rows(rows, prompts, adv, keep, r.num_samples)
                 np.random.default_rng([cfg.seed, step, 1]).shuffle(examples)
                 t1 = time.perf_counter()
@@ -353,7 +370,8 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
                     "reward": float(np.nanmean(scores["reward"])), "reward_std": float(np.nanstd(scores["reward"])),
                     "accuracy": float(scores["correct"].mean()), "well_formed": float(scores["formed"].mean()),
                     "response_length": float(scores["length"].mean()), "truncated": float(scores["truncated"].mean()),
-                    "informative": float(keep.mean()), "updates": updates, "lr": float(p.schedule(int(state.step))),
+                    "informative": float(kept.mean()), "trained_prompts": int(keep.sum()), "updates": updates,
+                    "lr": float(p.schedule(int(state.step))),
                     **({"judge_accepted": float(scores["judged"].mean()),
                         "judge_failed": int(scores["judge_failed"].sum())} if judge is not None else {}),
                     "rollout_seconds": t1 - t0, "update_seconds": time.perf_counter() - t1,
@@ -419,7 +437,7 @@ def validate(r: Mapping[str, Any]) -> None:
                 "save_every"):
         if r[key] < 1:
             raise ConfigError(f"rl.{key}={r[key]} must be >= 1")
-    for key in ("steps", "warmup_steps"):
+    for key in ("steps", "warmup_steps", "sample_prompts"):
         if r[key] < 0:
             raise ConfigError(f"rl.{key}={r[key]} must be >= 0")
     if r.num_samples < 2:
@@ -428,6 +446,9 @@ def validate(r: Mapping[str, Any]) -> None:
     if (r.prompts_per_step * r.num_samples) % r.minibatches:
         raise ConfigError(f"rl.prompts_per_step x rl.num_samples = {r.prompts_per_step * r.num_samples} samples do "
                           f"not split into rl.minibatches={r.minibatches} updates")
+    if 0 < r.sample_prompts < r.prompts_per_step:
+        raise ConfigError(f"rl.sample_prompts={r.sample_prompts} must be 0 (= rl.prompts_per_step) or >= "
+                          f"rl.prompts_per_step={r.prompts_per_step}")
     check_number("rl.top_p", r.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
     check_number("rl.lr", r.lr, lambda v: v >= 0, ">= 0 (0 = optim.lr)")
     for key in REWARD_KEYS.values():
