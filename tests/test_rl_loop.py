@@ -135,6 +135,12 @@ def test_dynamic_sampling_trains_the_first_informative_prompts():
         cli.load_config(CONFIG, ["rl.prompts_per_step=2", "rl.sample_prompts=1"])
 
 
+def test_update_rows_are_as_long_as_the_steps_longest_sample_rounded_up():
+    examples = [{"prompt": [1] * 70, "response": [2] * 10}, {"prompt": [1] * 20, "response": [2] * 44}]
+    assert loop.update_length(examples, 1000) == 128 and loop.update_length(examples[1:], 1000) == 64
+    assert loop.update_length(examples, 100) == 100  # never longer than the prompt bucket + rl.max_new_tokens
+
+
 def test_judge_reward_and_a_failed_judge_call_leaves_its_prompt_out(tmp_path):
     """The judge's verdict under the audit's rubric adds rl.reward_judge to an accepted sample; a sample without a
     thinking is not asked; a call that fails after the client's retries leaves its prompt out of the step (no

@@ -65,6 +65,7 @@ from cogito_jax.train.step import TrainState, lm_logits
 
 REWARD_KEYS = {"correct": "reward_correct", "format": "reward_format", "consistent": "reward_consistent"}
 LENGTH_BUCKETS = (64, 128, 192, 256, 384, 512, 1024)  # those of the evaluation's prompts
+SEQ_MULTIPLE = 64  # a step's update rows are as long as its longest prompt + response, rounded up to a multiple
 
 
 def grpo_config(r: Mapping[str, Any]) -> grpo.GRPOConfig:
@@ -242,6 +243,13 @@ def batch_arrays(examples: list[dict], rows: int, seq_len: int, pad_id: int, n_m
     return out
 
 
+def update_length(examples: list[dict], limit: int) -> int:
+    """The row length of a step's updates: its longest prompt + response rounded up to ``SEQ_MULTIPLE`` (few
+    shapes compile), at most ``limit`` (the prompts' length bucket + ``rl.max_new_tokens``)."""
+    longest = max((len(e["prompt"]) + len(e["response"]) for e in examples), default=1)
+    return min(-(-longest // SEQ_MULTIPLE) * SEQ_MULTIPLE, limit)
+
+
 def process_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's share of a global batch (``pipeline.global_batch`` puts process ``p``'s rows p-th)."""
     n, p = jax.process_count(), jax.process_index()
@@ -348,7 +356,8 @@ def run(cfg: Any, workdir: str | pathlib.Path, *, model: nnx.Module, tokenizer: 
                 np.random.default_rng([cfg.seed, step, 1]).shuffle(examples)
                 t1 = time.perf_counter()
                 per = rows_per_update(r)
-                seq_len = driver.bucket_length(max(len(g["ids"]) for g in prompts), LENGTH_BUCKETS) + r.max_new_tokens
+                seq_len = update_length(examples, driver.bucket_length(max(len(g["ids"]) for g in prompts),
+                                                                       LENGTH_BUCKETS) + r.max_new_tokens)
                 with jax.set_mesh(mesh), sharding.use_rules(rules):  # sampling ran on a local device
                     sums: dict[str, float] = {}
                     updates = 0
