@@ -203,6 +203,7 @@ def _script(world, w, n=1, *, cache=None, overrides=()):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_rollout_rows_and_a_killed_run_resumes_with_the_metrics_of_an_uninterrupted_one(world, tmp_path,
                                                                                        monkeypatch, compile_cache):
     """The training rows of the first step's rollouts (`check_training_rows`); 3 RL steps (2 optimizer steps each,
