@@ -29,8 +29,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The modules with slow tests run first, each kept whole (its module fixtures are built once): the workers of
-    # `pytest -n 2` then end on short tests together instead of one finishing a minutes-long test alone.
+    # The modules with slow tests run first, in their order: the workers of `pytest -n 2` then end on short tests
+    # together instead of one finishing a minutes-long test alone.
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow)
 
