@@ -28,13 +28,6 @@ def pytest_configure(config):
         flags.FLAGS.mark_as_parsed()
 
 
-def pytest_collection_modifyitems(config, items):
-    # The modules with slow tests run first, in their order: the workers of `pytest -n 2` then end on short tests
-    # together instead of one finishing a minutes-long test alone.
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
-
-
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO
