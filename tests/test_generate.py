@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 from cogito_jax.convert import load_hf
-from cogito_jax.models.attention import SampleCache
+from cogito_jax.models.attention import PagedKV, SampleCache, SharedPrompts, paged_attention
 from cogito_jax.sampling import Engine, engine_for, generate
 from cogito_jax.sampling.continuous import ContinuousEngine, Request, SlotConfig
 from tests.hf_tiny import save_qwen2_audio
@@ -209,8 +209,9 @@ def test_continuous_greedy_equals_hf_generate(models):
 
 def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
     """Sampled tokens and their log-probs are the same whatever the slot count, the arrival order, the steps
-    between host checks, the decode width (narrower calls once few rows are left), or a KV pool so small that
-    rows are preempted and generated again; a stop id and per-request budgets end rows where they should."""
+    between host checks, the decode width (narrower calls once few rows are left), how many of a prompt's rows
+    read its pages together, or a KV pool so small that rows are preempted and generated again; a stop id and
+    per-request budgets end rows where they should."""
     _, model = models
     ids, feats, fmask, am = _prompts(seed=5)
     reqs = _requests(ids, am, feats, fmask, samples=4, temperature=1.0, budgets=[12, 3, 9])
@@ -232,6 +233,9 @@ def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
     assert wide == base and len(stats["calls_by_width"]) > 1  # it did narrow
     tight, stats = run([1, 2, 0], slots=6, num_pages=21, steps_per_sync=4)
     assert stats["preempted"] > 0 and tight == base
+    for share in (1, 3):  # a prompt's pages read once per row, or by 3 of its 4 rows together and then 1
+        alone, _ = run([0, 1, 2], share_rows=share)
+        assert alone == base
     other, _, _ = _continuous(model, reqs, seed=8)
     assert {k: f.tokens for k, f in other.items()} != {k: v[0] for k, v in base.items()}
 
@@ -251,3 +255,31 @@ def test_continuous_logprobs_are_the_models(models):
         n = len(seq) - len(f.tokens)
         want = [logp[n - 1 + i, t] for i, t in enumerate(f.tokens)]
         np.testing.assert_allclose(f.logprobs, want, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prompt_reads_equal_the_per_row_paged_attention():
+    """Decode attention with a prompt's pages read once for the rows that share it (entries of up to 2 rows, a
+    prompt with 3 rows taking two entries, entries read 2 at a time) equals the per-row page-table reads."""
+    rng = np.random.default_rng(0)
+    page, bp, kvh, g, h = 4, 2, 2, 2, 8
+    k_pool, v_pool = (jnp.asarray(rng.normal(size=(40, page, kvh, h)), jnp.float32) for _ in range(2))
+    # prompt A: 10 tokens on pages 1-3 (rows 0, 1, 3); prompt B: 5 tokens on pages 4-5 (row 2); row 4 idle.
+    table = np.zeros((5, 8), np.int32)
+    table[[0, 1, 3], :3] = [1, 2, 3]
+    table[2, :2] = [4, 5]
+    table[0, 3:6], table[1, 3], table[3, 3:5], table[2, 2:4] = [6, 7, 8], 9, [10, 11], [12, 13]
+    prompt_len, gen_start = np.array([10, 10, 5, 10, 0]), np.array([12, 12, 8, 12, 0])
+    slot = np.array([21, 12, 14, 19, -1])[:, None]  # generated lengths 10, 1, 7, 8 (the new token included)
+    q, k_new, v_new = (jnp.asarray(rng.normal(size=(5, 1, kvh * g if i == 0 else kvh, h)), jnp.float32)
+                       for i in range(3))
+    view = PagedKV(k_pool, v_pool, jnp.asarray(table), jnp.asarray(slot), jnp.asarray(prompt_len),
+                   jnp.asarray(gen_start), bp)
+    want, k_want, _ = paged_attention(q, k_new, v_new, view, 0.3)
+    shared = SharedPrompts(jnp.asarray(table[[0, 3, 2, 0, 0]]), jnp.asarray([10, 10, 5, 0, 0]),
+                           jnp.asarray([[0, 1], [3, 5], [2, 5], [5, 5], [5, 5]]), jnp.int32(3), chunk=2)
+    got, k_got, _ = paged_attention(q, k_new, v_new, view._replace(shared=shared), 0.3)
+    np.testing.assert_allclose(np.asarray(got)[:4], np.asarray(want)[:4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(k_got), np.asarray(k_want))
+    with pytest.raises(ValueError, match="one token per row"):
+        paged_attention(jnp.tile(q, (1, 2, 1, 1)), jnp.tile(k_new, (1, 2, 1, 1)), jnp.tile(v_new, (1, 2, 1, 1)),
+                        view._replace(slot=jnp.tile(view.slot, (1, 2)), shared=shared), 0.3)

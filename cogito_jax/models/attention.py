@@ -281,6 +281,19 @@ class PagedKV(NamedTuple):
     prompt_len: jax.Array  # int32 [B]
     gen_start: jax.Array  # int32 [B]
     block_pages: int  # pages read per step of the attention loop
+    shared: SharedPrompts | None = None  # decode only: rows that read one prompt's keys together
+
+
+class SharedPrompts(NamedTuple):
+    """Which decode rows read a prompt's pages together (cascade attention): entry ``e`` is one prompt (its page
+    table and length) and up to ``R`` rows that attend over it; a prompt with more live rows than ``R`` takes
+    several entries. Entries ``count ..`` and rows equal to ``B`` (the number of rows) are padding."""
+
+    table: jax.Array  # int32 [E, W]: the entry's prompt pages
+    length: jax.Array  # int32 [E]: prompt tokens
+    rows: jax.Array  # int32 [E, R]: the rows reading it, B where none
+    count: jax.Array  # int32 scalar: entries in use
+    chunk: int  # entries read per step of the outer loop
 
 
 def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv: PagedKV, scale: float
@@ -290,7 +303,9 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
 
     Only live blocks are read: a loop over ``block_pages`` pages at a time runs up to the block that holds the
     highest slot any row writes, with an online softmax (running max and sum in float32), so the cost follows
-    the longest live row, not the pool or the page table. Returns (``[B, T, n, H]``, the layer's new k, v)."""
+    the longest live row, not the pool or the page table. With ``kv.shared`` (decode steps) the prompt part is
+    read once per entry for the rows that share it (:func:`_shared_prompt_stats`) and each row's own loop covers
+    only its generated slots. Returns (``[B, T, n, H]``, the layer's new k, v)."""
     b, t, n, h = q_btnh.shape
     pages, page, kvh, _ = kv.k.shape
     g = n // kvh
@@ -299,6 +314,14 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
     off = jnp.where(slot >= 0, slot % page, 0)
     k_pages = kv.k.at[page_of.reshape(-1), off.reshape(-1)].set(k_btkh.reshape(b * t, kvh, h).astype(kv.k.dtype))
     v_pages = kv.v.at[page_of.reshape(-1), off.reshape(-1)].set(v_btkh.reshape(b * t, kvh, h).astype(kv.v.dtype))
+    if kv.shared is not None:
+        if t != 1:
+            raise ValueError(f"shared prompt reads are for decode steps (one token per row), got {t} tokens")
+        q = q_btnh.reshape(b, kvh, g, h).astype(jnp.float32)
+        m, l, acc = _shared_prompt_stats(q, k_pages, v_pages, kv.shared, kv.block_pages, scale)
+        m, l, acc = _own_slots(q, k_pages, v_pages, kv, (m, l, acc), scale)
+        out = (acc / l[..., None]).reshape(b, t, n, h).astype(q_btnh.dtype)
+        return out, k_pages, v_pages
 
     span = kv.block_pages * page
     n_blocks = (jnp.max(slot) + span) // span  # blocks up to the one holding the highest written slot
@@ -331,3 +354,80 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
     _, l, acc = jax.lax.fori_loop(0, n_blocks, block, init)
     out = (acc / l[..., None]).reshape(b, t, n, h).astype(q_btnh.dtype)
     return out, k_pages, v_pages
+
+
+def _online_block(carry, q, k_j, v_j, seen, scale):
+    """One step of the online softmax over a block: ``q [..., K, g, H]`` against ``k_j, v_j [X, L, K, H]`` (``X``
+    the leading axis of ``q``) where ``seen [X, 1.., L]`` broadcasts to the logits ``[..., K, g, L]``. Products
+    and sums, no matrix product (as in the per-row path)."""
+    m, l, acc = carry
+    extra = q.ndim - 4  # axes between X and K (the rows of an entry)
+    k_t = k_j.transpose(0, 2, 1, 3).reshape(k_j.shape[0], *(1,) * extra, k_j.shape[2], 1, k_j.shape[1], k_j.shape[3])
+    v_t = v_j.transpose(0, 2, 1, 3).reshape(k_t.shape)
+    logits = jnp.sum(q[..., None, :] * k_t, axis=-1) * scale
+    logits = jnp.where(seen, logits, jnp.finfo(jnp.float32).min)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.exp(logits - m_new[..., None])
+    corr = jnp.exp(m - m_new)
+    return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + jnp.sum(p[..., None] * v_t, axis=-2)
+
+
+def _shared_prompt_stats(q_bkgh, k_pages, v_pages, sp: SharedPrompts, block_pages: int, scale: float):
+    """Online-softmax state (max, sum, weighted values) of every row over its prompt's slots, each prompt's pages
+    read once per entry for the entry's rows. Loops (trip counts known only on the device): over the entries in
+    use, ``sp.chunk`` at a time, and over the prompt blocks of the longest prompt among them."""
+    b, kvh, g, h = q_bkgh.shape
+    page = k_pages.shape[1]
+    e, r = sp.rows.shape
+    ec, span = sp.chunk, block_pages * page
+    neg = jnp.finfo(jnp.float32).min
+    pad_q = jnp.concatenate([q_bkgh, jnp.zeros((1, kvh, g, h), q_bkgh.dtype)])  # row B: padding
+
+    def chunk(c, carry):
+        ents = c * ec + jnp.arange(ec)
+        in_use = ents < sp.count
+        ents = jnp.minimum(ents, e - 1)
+        rows = jnp.where(in_use[:, None], sp.rows[ents], b)  # [ec, R]
+        table, length = sp.table[ents], jnp.where(in_use, sp.length[ents], 0)
+        q = pad_q[rows]  # [ec, R, K, g, H]
+
+        def block(j, st):
+            pages_j = jax.lax.dynamic_slice_in_dim(table, j * block_pages, block_pages, axis=1)  # [ec, bp]
+            k_j = k_pages[pages_j].reshape(ec, span, kvh, h).astype(jnp.float32)
+            v_j = v_pages[pages_j].reshape(ec, span, kvh, h).astype(jnp.float32)
+            seen = (j * span + jnp.arange(span))[None, :] < length[:, None]  # [ec, L]
+            return _online_block(st, q, k_j, v_j, seen[:, None, None, None, :], scale)
+
+        init = (jnp.full((ec, r, kvh, g), neg, jnp.float32), jnp.zeros((ec, r, kvh, g), jnp.float32),
+                jnp.zeros((ec, r, kvh, g, h), jnp.float32))
+        m, l, acc = jax.lax.fori_loop(0, (jnp.max(length) + span - 1) // span, block, init)
+        m_b, l_b, acc_b = carry
+        flat = rows.reshape(-1)
+        return (m_b.at[flat].set(m.reshape(-1, kvh, g), mode="drop"),
+                l_b.at[flat].set(l.reshape(-1, kvh, g), mode="drop"),
+                acc_b.at[flat].set(acc.reshape(-1, kvh, g, h), mode="drop"))
+
+    init = (jnp.full((b, kvh, g), neg, jnp.float32), jnp.zeros((b, kvh, g), jnp.float32),
+            jnp.zeros((b, kvh, g, h), jnp.float32))
+    return jax.lax.fori_loop(0, (sp.count + ec - 1) // ec, chunk, init)
+
+
+def _own_slots(q_bkgh, k_pages, v_pages, kv: PagedKV, carry, scale: float):
+    """Continues each row's online softmax over its own generated slots ``gen_start .. slot`` (one new token per
+    row): a loop over ``block_pages`` pages at a time from the row's first generated page, up to the longest
+    row's last one."""
+    b, kvh, g, h = q_bkgh.shape
+    page, w = k_pages.shape[1], kv.table.shape[1]
+    span = kv.block_pages * page
+    slot = kv.slot[:, 0]
+    first = kv.gen_start // page
+
+    def block(j, st):
+        idx = jnp.minimum(first[:, None] + j * kv.block_pages + jnp.arange(kv.block_pages), w - 1)
+        pages_j = jnp.take_along_axis(kv.table, idx, axis=1)  # [B, bp]
+        k_j = k_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
+        v_j = v_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
+        seen = kv.gen_start[:, None] + j * span + jnp.arange(span) <= slot[:, None]  # [B, L]
+        return _online_block(st, q_bkgh, k_j, v_j, seen[:, None, None, :], scale)
+
+    return jax.lax.fori_loop(0, (jnp.max(slot - kv.gen_start) + span) // span, block, carry)

@@ -15,6 +15,10 @@ How, on every platform (XLA; no custom kernel):
   from the free list ``page_size`` tokens ahead of need and returned when the row ends. Attention reads only
   live blocks (:func:`~cogito_jax.models.attention.paged_attention`). Page 0 is never given out: rows with
   nothing to write write there.
+* **Shared prompt reads (cascade attention).** In a decode step a prompt's pages are read once for up to
+  ``share_rows`` of its live rows together (an *entry*, rebuilt by the host at every check), and each row then
+  reads only its own generated pages; without it every row would read its prompt through its page table, ``N``
+  times per prompt.
 * **Prefill.** A prompt's audio is encoded once; its tokens go through the model in chunks of
   ``prefill_chunk`` (a long prompt never needs a program of its own length), writing the prompt's pages. The
   last chunk's logits give every sample its first token.
@@ -45,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cogito_jax.models.attention import PagedKV
+from cogito_jax.models.attention import PagedKV, SharedPrompts
 from cogito_jax.models.layers import dtype_of
 from cogito_jax.sampling.engine import unstack_fits
 from cogito_jax.sampling.strategies import SamplingParams, select_tokens_u, uniform
@@ -63,11 +67,13 @@ class SlotConfig:
     steps_per_sync: int = 8  # decode steps per device call between host checks
     block_pages: int = 4  # pages attention reads per step of its loop
     narrowest: int = 0  # smallest decode width once few rows are left (0: slots // 8; never below 2)
+    share_rows: int = 8  # rows of one prompt that read its pages together in a decode step (N samples: N)
 
     def __post_init__(self):
         if self.narrowest < 0:
             raise ValueError(f"narrowest={self.narrowest} must be >= 0")
-        for name in ("slots", "page_size", "max_context", "prefill_chunk", "steps_per_sync", "block_pages"):
+        for name in ("slots", "page_size", "max_context", "prefill_chunk", "steps_per_sync", "block_pages",
+                     "share_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.num_pages and self.num_pages < self.table_width + 1:
@@ -257,9 +263,11 @@ class ContinuousEngine:
             cfg = self.cfg
             steps = cfg.steps_per_sync
 
-            def decode(state, layer_states, k, v, rows: Rows, seed_key):
+            def decode(state, layer_states, k, v, rows: Rows, share, seed_key):
                 self.trace_counts["decode"] += 1
                 s = rows.tok.shape[0]
+                e, r = share[2].shape
+                shared = SharedPrompts(*share, chunk=max(1, e // (2 * r)))
                 # Each row's uniform numbers for this call's steps (emitted, emitted + 1, ...), drawn in one batch
                 # before the loop: a live row's step i is its token emitted + i.
                 u_all = jax.vmap(lambda j: row_uniforms(seed_key, rows.uid, rows.sample, rows.emitted + j),
@@ -278,7 +286,7 @@ class ContinuousEngine:
                     slot = jnp.where(active, rows.gen_start + rows.emitted - 1, -1)
                     pos = rows.prompt_len + rows.emitted - 1
                     view = PagedKV(None, None, rows.table, slot[:, None], rows.prompt_len, rows.gen_start,
-                                   cfg.block_pages)
+                                   cfg.block_pages, shared)
                     h, k, v = llm.paged(llm.embed(rows.tok[:, None]), pos[:, None], k, v, view,
                                         self._layers(layer_states))
                     logits = llm.logits(h[:, 0])
@@ -471,6 +479,24 @@ class ContinuousEngine:
                     host["table"][i, len(row.prompt.pages) + len(row.pages)] = pg
                     row.pages.append(pg)
 
+        def entries(wd: int) -> tuple[np.ndarray, ...]:
+            """The decode call's prompt entries (:class:`~cogito_jax.models.attention.SharedPrompts`): each live
+            prompt's rows, ``share_rows`` at a time, with the prompt's pages and length."""
+            r = min(cfg.share_rows, wd)
+            groups: dict[int, tuple[_Prompt, list[int]]] = {}
+            for i, row in enumerate(slots[:wd]):
+                if row is not None:
+                    groups.setdefault(id(row.prompt), (row.prompt, []))[1].append(i)
+            table, length = np.zeros((wd, w), np.int32), np.zeros(wd, np.int32)
+            rows, count = np.full((wd, r), wd, np.int32), 0
+            for p, idx in groups.values():
+                for j in range(0, len(idx), r):
+                    table[count, :len(p.pages)] = p.pages
+                    length[count] = len(p.req.ids)
+                    rows[count, :len(idx[j:j + r])] = idx[j:j + r]
+                    count += 1
+            return table, length, rows, np.int32(count)
+
         def compact() -> int:
             """Moves the live rows to the lowest slots; returns the decode width: the narrowest of ``widths`` that
             holds them (once the queue runs dry the last long rows do not pay for a full batch of idle slots)."""
@@ -502,7 +528,7 @@ class ContinuousEngine:
                                        jnp.asarray(host["top_p"][:wd])),
                         *(jnp.asarray(host[k][:wd]) for k in ("uid", "sample", "stop")))
             self.k, self.v, rows, out_tok, out_lp, n_steps = decode(self.state, self.layer_states, self.k, self.v,
-                                                                    rows, seed_key)
+                                                                    rows, entries(wd), seed_key)
             out_tok, out_lp, live = np.asarray(out_tok), np.asarray(out_lp), np.asarray(rows.live)
             n_steps = int(n_steps)
             stats["decode_calls"] += 1

@@ -70,7 +70,7 @@ class DriverConfig:
         return continuous.SlotConfig(
             slots=self.slots or self.batch_size * self.num_samples, page_size=self.page_size,
             max_context=max(self.length_buckets) + self.max_new_tokens, num_pages=self.kv_pages,
-            prefill_chunk=self.prefill_chunk, steps_per_sync=self.steps_per_sync)
+            prefill_chunk=self.prefill_chunk, steps_per_sync=self.steps_per_sync, share_rows=max(1, self.num_samples))
 
 
 class PromptError(ValueError):
