@@ -330,24 +330,17 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
     neg = jnp.finfo(jnp.float32).min
 
     def block(j, carry):
-        m, l, acc = carry
         pages_j = jax.lax.dynamic_slice_in_dim(kv.table, j * kv.block_pages, kv.block_pages, axis=1)  # [B, bp]
         k_j = k_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
         v_j = v_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
         s_idx = j * span + jnp.arange(span)  # [L]
         seen = ((s_idx[None, None, :] < lim[:, :, None])
                 | ((s_idx[None, None, :] >= kv.gen_start[:, None, None]) & (s_idx[None, None, :] <= slot[:, :, None])))
-        if t == 1:  # decode: products and sums XLA fuses into one pass over the block (no batched matmul)
-            k_t, v_t = k_j.transpose(0, 2, 1, 3)[:, None, :, None], v_j.transpose(0, 2, 1, 3)[:, None, :, None]
-            logits = jnp.sum(q[..., None, :] * k_t, axis=-1) * scale
-        else:
-            logits = jnp.einsum("btkgh,blkh->btkgl", q, k_j) * scale
-        logits = jnp.where(seen[:, :, None, None, :], logits, neg)
-        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-        p = jnp.exp(logits - m_new[..., None])
-        corr = jnp.exp(m - m_new)
-        pv = jnp.sum(p[..., None] * v_t, axis=-2) if t == 1 else jnp.einsum("btkgl,blkh->btkgh", p, v_j)
-        return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + pv
+        if t == 1:  # one token per row: products and sums XLA fuses into one pass over the block
+            return _online_block(carry, q, k_j, v_j, seen[:, :, None, None, :], scale)
+        logits = jnp.einsum("btkgh,blkh->btkgl", q, k_j) * scale
+        return _online_update(carry, logits, seen[:, :, None, None, :],
+                              lambda p: jnp.einsum("btkgl,blkh->btkgh", p, v_j))
 
     init = (jnp.full((b, t, kvh, g), neg, jnp.float32), jnp.zeros((b, t, kvh, g), jnp.float32),
             jnp.zeros((b, t, kvh, g, h), jnp.float32))
@@ -356,20 +349,26 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
     return out, k_pages, v_pages
 
 
-def _online_block(carry, q, k_j, v_j, seen, scale):
-    """One step of the online softmax over a block: ``q [..., K, g, H]`` against ``k_j, v_j [X, L, K, H]`` (``X``
-    the leading axis of ``q``) where ``seen [X, 1.., L]`` broadcasts to the logits ``[..., K, g, L]``. Products
-    and sums, no matrix product (as in the per-row path)."""
+def _online_update(carry, logits, seen, weighted):
+    """The online softmax's state (max, sum, weighted values) after one block of ``logits [..., L]``, masked where
+    ``seen`` (broadcast to them) is false; ``weighted(p)`` is the block's values weighted by ``p [..., L]``."""
     m, l, acc = carry
-    extra = q.ndim - 4  # axes between X and K (the rows of an entry)
-    k_t = k_j.transpose(0, 2, 1, 3).reshape(k_j.shape[0], *(1,) * extra, k_j.shape[2], 1, k_j.shape[1], k_j.shape[3])
-    v_t = v_j.transpose(0, 2, 1, 3).reshape(k_t.shape)
-    logits = jnp.sum(q[..., None, :] * k_t, axis=-1) * scale
     logits = jnp.where(seen, logits, jnp.finfo(jnp.float32).min)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
     p = jnp.exp(logits - m_new[..., None])
     corr = jnp.exp(m - m_new)
-    return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + jnp.sum(p[..., None] * v_t, axis=-2)
+    return m_new, l * corr + jnp.sum(p, axis=-1), acc * corr[..., None] + weighted(p)
+
+
+def _online_block(carry, q, k_j, v_j, seen, scale):
+    """One step of the online softmax over a block: ``q [..., K, g, H]`` against ``k_j, v_j [X, L, K, H]`` (``X``
+    the leading axis of ``q``) where ``seen [X, 1.., L]`` broadcasts to the logits ``[..., K, g, L]``. Products
+    and sums, no matrix product."""
+    extra = q.ndim - 4  # axes between X and K (the tokens of a row, or the rows of an entry)
+    k_t = k_j.transpose(0, 2, 1, 3).reshape(k_j.shape[0], *(1,) * extra, k_j.shape[2], 1, k_j.shape[1], k_j.shape[3])
+    v_t = v_j.transpose(0, 2, 1, 3).reshape(k_t.shape)
+    logits = jnp.sum(q[..., None, :] * k_t, axis=-1) * scale
+    return _online_update(carry, logits, seen, lambda p: jnp.sum(p[..., None] * v_t, axis=-2))
 
 
 def _shared_prompt_stats(q_bkgh, k_pages, v_pages, sp: SharedPrompts, block_pages: int, scale: float):
