@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # 1.25 x the mean load dropped). Compiled ahead of time for this v5p-64 mesh (bench/results/
     # aot_moe_impls_v5p64.txt), per chip and step: alltoall 13.0 GiB peak, 130 TFLOP, 2.3 TB HBM, 64 GB
     # collectives, roofline 0.84 s; "capacity" (GSPMD-partitioned buffers) 31.1 GiB, 8.9 TB HBM, 543 GB, 3.2 s;
-    # "ragged" (lax.ragged_dot, which GSPMD runs on every token on every chip) 42.2 GiB, 15.6 PFLOP, 34 s.
+    # "ragged" (lax.ragged_dot, which GSPMD runs on every token on every chip) 39.2 GiB, 15.8 PFLOP, 34 s;
+    # "gmm" (a buffer per expert shard, megablox grouped matmuls) 13.1 GiB, 130 TFLOP, 3.0 TB HBM, 1.08 s.
     c.model = ConfigDict(dict(family="qwen3_omni_thinker", size="30b_a3b", checkpoint="", dtype="bfloat16",
                               param_dtype="bfloat16", remat="full", attn_impl="xla",
                               moe_impl="alltoall", moe_capacity_factor=1.25))

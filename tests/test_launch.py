@@ -279,22 +279,41 @@ def _libtpu_env():
     return {**env, "PYTHONPATH": os.pathsep.join([str(LIBTPU), str(REPO)]), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
+def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, list[str]]) -> dict[str, int]:
+    """Each variant's train step (config overrides) compiled ahead of time for ``topology``: its Mosaic kernel
+    calls (``tpu_custom_call`` ops in the compiled program)."""
+    require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
+    env = _libtpu_env()
+    counts = {}
+    for name, overrides in variants.items():
+        hlo = tmp_path / f"{name}.hlo"
+        r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", config, "--topology", topology,
+                            *overrides, "--hlo_out", str(hlo)], capture_output=True, text=True, cwd=REPO, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"topology {topology}: " in r.stdout and " x TPU v5" in r.stdout
+        counts[name] = hlo.read_text().count("tpu_custom_call")
+    return counts
+
+
 @pytest.mark.slow
 def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
     """The train step with attn_impl=splash, compiled ahead of time for a v5e 2x2 slice (libtpu, no TPU): the
     splash kernel lowers through Mosaic (fwd, dq and dkv for the encoder and the decoder), not interpret mode."""
-    require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
-    env = _libtpu_env()
-    counts = {}
-    for impl in ("splash", "xla"):
-        hlo = tmp_path / f"{impl}.hlo"
-        r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", "configs/tiny.py", "--topology",
-                            "v5e:2x2", f"--config.model.attn_impl={impl}", "--hlo_out", str(hlo)],
-                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "4 x TPU v5 lite" in r.stdout
-        counts[impl] = hlo.read_text().count("tpu_custom_call")
+    counts = _tpu_kernel_calls(tmp_path, "configs/tiny.py", "v5e:2x2",
+                               {impl: [f"--config.model.attn_impl={impl}"] for impl in ("splash", "xla")})
     assert counts == {"splash": 6, "xla": 0}
+
+
+@pytest.mark.slow
+def test_moe_grouped_matmuls_lower_to_the_megablox_kernel_for_a_tpu_topology(tmp_path):
+    """configs/tiny_moe.py with moe_impl=gmm and experts over `expert=2`, compiled for a v5p 2x2x1 slice: the
+    experts' grouped matmuls are megablox Mosaic kernels, 9 per layer stack (gate, up, down forward, and each one's
+    input gradient and weight gradient), where moe_impl=alltoall has none."""
+    counts = _tpu_kernel_calls(tmp_path, "configs/tiny_moe.py", "v5p:2x2x1", {
+        impl: [f"--config.model.moe_impl={impl}", "--config.mesh.data=2", "--config.mesh.expert=2"]
+        for impl in ("gmm", "alltoall")})
+    assert counts == {"gmm": 9, "alltoall": 0}
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def _sharded_vs_one_device(cpu_devices, cfg, mesh_shape, rules, x):
     return model, out, ref, hlo
 
 
-@pytest.mark.parametrize("impl", ["ragged", "capacity", "alltoall"])
+@pytest.mark.parametrize("impl", ["ragged", "capacity", "alltoall", "gmm"])
 def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
     cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2, impl=impl,
                         capacity_factor=4.0)
@@ -177,22 +177,29 @@ def test_expert_sharded_mesh_matches_one_device(cpu_devices, impl):
     assert model.gate_proj[...].sharding.spec[:2] == ("expert", "fsdp")
     assert tuple(model.down_proj[...].sharding.spec) == ("expert", None, "fsdp")
     assert rel_err(y, np.asarray(ref)) <= 1e-5 and rel_err(logits, np.asarray(ref_logits)) <= 1e-5
-    if impl == "alltoall":  # tokens move to their experts' shards by all-to-all
+    if impl in ("alltoall", "gmm"):  # tokens move to their experts' shards by all-to-all
         assert " all-to-all(" in hlo
+
+
+def _expert_and_width_sharded(cpu_devices, impl, x):
+    """The block (8 experts, top-2, capacity factor 1.0) with experts over ``expert=2`` and their hidden width over
+    ``tensor=2``, tokens over ``fsdp x expert``: (model, output, the one-device dropless output)."""
+    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2, impl=impl,
+                        capacity_factor=1.0)
+    model, (y, _), (dropless, _), hlo = _sharded_vs_one_device(cpu_devices, cfg, dict(fsdp=2, expert=2, tensor=2),
+                                                                sharding.RULE_PRESETS["fsdp_ep"], x)
+    assert tuple(model.gate_proj[...].sharding.spec) == ("expert", "fsdp", "tensor")
+    assert " all-to-all(" in hlo
+    return model, y, dropless
 
 
 def test_alltoall_with_hidden_width_sharded_and_per_shard_capacity(cpu_devices):
     """Experts over ``expert``, their hidden width over ``tensor`` (partial outputs summed), and a capacity small
     enough to drop: each token shard fills its own buffers, so the result is the capacity path run on each
     shard's tokens alone, with its drops; gradients flow through both all-to-alls."""
-    cfg = moe.MoEConfig(hidden_size=32, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
-                        impl="alltoall", capacity_factor=1.0)
     x = np.random.default_rng(6).normal(size=(4, 8, 32)).astype(np.float32)
     rules = sharding.RULE_PRESETS["fsdp_ep"]
-    model, (y, _), (dropless, _), hlo = _sharded_vs_one_device(cpu_devices, cfg, dict(fsdp=2, expert=2, tensor=2),
-                                                                rules, x)
-    assert tuple(model.gate_proj[...].sharding.spec) == ("expert", "fsdp", "tensor")
-    assert " all-to-all(" in hlo
+    model, y, dropless = _expert_and_width_sharded(cpu_devices, "alltoall", x)
     local = nnx.merge(*nnx.split(model))
     w = [jnp.asarray(np.asarray(p[...])) for p in (local.gate_proj, local.up_proj, local.down_proj)]
     router = jnp.asarray(np.asarray(local.router.kernel[...]))
@@ -213,21 +220,87 @@ def test_alltoall_with_hidden_width_sharded_and_per_shard_capacity(cpu_devices):
         return jnp.sum(jnp.sin(fn(x, experts, weights, *w)))
 
     ref = jax.grad(loss, argnums=(1, 2, 3, 4))(moe.grouped_experts, jnp.asarray(x.reshape(-1, 32)), *w)
-    alltoall = functools.partial(moe.alltoall_experts, capacity_factor=4.0)
+    for fn in (moe.alltoall_experts, moe.gmm_experts):  # factor 4 drops nothing for either
+        experts_fn = functools.partial(fn, capacity_factor=4.0)
 
-    @jax.jit
-    def grads(x, *w):
-        with sharding.use_rules(rules):
-            return jax.grad(loss, argnums=(1, 2, 3, 4))(alltoall, x, *w)
+        @jax.jit
+        def grads(x, *w, experts_fn=experts_fn):
+            with sharding.use_rules(rules):
+                return jax.grad(loss, argnums=(1, 2, 3, 4))(experts_fn, x, *w)
 
-    with jax.set_mesh(mesh):
-        put = lambda a, names: jax.device_put(a, jax.sharding.NamedSharding(  # noqa: E731
-            mesh, sharding.logical_to_spec(names, rules, mesh)))
-        got = grads(put(x.reshape(-1, 32), ("batch", None)), *(put(a, n) for a, n in zip(w, (
-            ("experts", "embed", "expert_mlp"), ("experts", "embed", "expert_mlp"),
-            ("experts", "expert_mlp", "embed")), strict=True)))
-    for g, r in zip(got, ref, strict=True):
-        assert rel_err(g, np.asarray(r)) <= 1e-5
+        with jax.set_mesh(mesh):
+            put = lambda a, names: jax.device_put(a, jax.sharding.NamedSharding(  # noqa: E731
+                mesh, sharding.logical_to_spec(names, rules, mesh)))
+            got = grads(put(x.reshape(-1, 32), ("batch", None)), *(put(a, n) for a, n in zip(w, (
+                ("experts", "embed", "expert_mlp"), ("experts", "embed", "expert_mlp"),
+                ("experts", "expert_mlp", "embed")), strict=True)))
+        for g, r in zip(got, ref, strict=True):
+            assert rel_err(g, np.asarray(r)) <= 1e-5, fn.__name__
+
+
+def _pooled_capacity_reference(x_nd, experts_nk, weights_nk, gate, up, down, shards, cap):
+    """NumPy: each (token, choice) in token order kept while its expert's shard (``E / shards`` experts) has had
+    fewer than ``cap`` assignments; the kept ones through their expert, weighted. Returns (output, dropped)."""
+    per_shard = gate.shape[0] // shards
+    used = np.zeros(shards, int)
+    out, dropped = np.zeros_like(x_nd), 0
+    for t in range(x_nd.shape[0]):
+        for e, wt in zip(experts_nk[t], weights_nk[t], strict=True):
+            s = e // per_shard
+            if used[s] >= cap:
+                dropped += 1
+                continue
+            used[s] += 1
+            g, u = x_nd[t] @ gate[e], x_nd[t] @ up[e]
+            out[t] += wt * ((g / (1 + np.exp(-g)) * u) @ down[e])
+    return out, dropped
+
+
+def test_gmm_pools_capacity_per_expert_shard_and_drops_in_token_order(cpu_devices):
+    """moe_impl="gmm" with experts over `expert` (2 shards of 4) and their hidden width over `tensor`: each token
+    shard fills one buffer per expert shard, in token order; what overflows it is dropped. Equal to a NumPy
+    reference of that rule, on each token shard; fewer drops than one buffer per expert at the same factor."""
+    x = np.random.default_rng(7).normal(size=(4, 64, 32)).astype(np.float32)
+    model, y, dropless = _expert_and_width_sharded(cpu_devices, "gmm", x)
+    local = nnx.merge(*nnx.split(model))
+    w = [np.asarray(p[...]) for p in (local.gate_proj, local.up_proj, local.down_proj)]
+    router = np.asarray(local.router.kernel[...])
+    shards, drops, per_expert_drops = [], 0, 0
+    for part in np.split(x.reshape(-1, 32), 4):  # batch over fsdp x expert: 4 token shards of 64 tokens
+        weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(part @ router), 2, True))
+        out, dropped = _pooled_capacity_reference(part, experts, weights, *w, shards=2, cap=64)  # 1.0 x 64 x 2 / 2
+        shards.append(out)
+        drops += dropped
+        per_expert_drops += sum(max(0, c - 16) for c in np.bincount(experts.ravel(), minlength=8))  # 1.0 x 64 x 2 / 8
+    assert 0 < drops < per_expert_drops
+    assert rel_err(y, np.concatenate(shards).reshape(x.shape)) <= 1e-5
+    assert rel_err(y, np.asarray(dropless)) > 1e-3
+
+
+def test_grouped_matmul_through_the_megablox_kernel_equals_ragged_dot():
+    """The TPU branch of `grouped_matmul` (the megablox Pallas kernel, run by Pallas' interpreter here): rows not
+    a multiple of the kernel's tile, an empty group, rows past the groups; output and both gradients equal
+    `ragged_dot`'s, and the rows past the groups are zeros (the kernel leaves them unwritten)."""
+    r = np.random.default_rng(8)
+    lhs = jnp.asarray(r.normal(size=(200, 64)), jnp.float32)
+    rhs = jnp.asarray(r.normal(size=(4, 64, 48)), jnp.float32)
+    sizes = jnp.array([30, 0, 100, 40], jnp.int32)  # 170 of 200 rows in groups
+    megablox = functools.partial(moe._megablox, interpret=True)
+
+    def loss(mm, lhs, rhs):
+        return jnp.sum(jnp.sin(mm(lhs, rhs, sizes)))
+
+    out = megablox(lhs, rhs, sizes)
+    np.testing.assert_array_equal(np.asarray(out[170:]), 0)
+    assert rel_err(out, np.asarray(jax.lax.ragged_dot(lhs, rhs, sizes))) <= 1e-5
+    got = jax.grad(loss, argnums=(1, 2))(megablox, lhs, rhs)
+    ref = jax.grad(loss, argnums=(1, 2))(jax.lax.ragged_dot, lhs, rhs)
+    np.testing.assert_array_equal(np.asarray(got[0][170:]), 0)
+    for g, want in zip(got, ref, strict=True):
+        assert rel_err(g, np.asarray(want)) <= 1e-5
+    # On CPU the platform choice takes ragged_dot itself.
+    np.testing.assert_array_equal(np.asarray(jax.jit(moe.grouped_matmul)(lhs, rhs, sizes)),
+                                  np.asarray(jax.jit(jax.lax.ragged_dot)(lhs, rhs, sizes)))
 
 
 def test_config_validation():

@@ -203,7 +203,7 @@ def test_moe_settings_reach_the_decoder_only():
         with pytest.raises(ValueError, match="moe_impl='grouped' must be one of"):
             registry.config_for({"family": family, "size": "tiny", "moe_impl": "grouped"})
     with pytest.raises(errors.ConfigError,
-                       match="model.moe_impl='grouped' must be one of ragged, capacity, alltoall, dense"):
+                       match="model.moe_impl='grouped' must be one of ragged, capacity, alltoall, gmm, dense"):
         cli.load_config("configs/tiny.py", {"model.moe_impl": "grouped"})
     with pytest.raises(errors.ConfigError, match="model.attn_impl='flash' must be one of xla, dot_product"):
         cli.load_config("configs/tiny.py", {"model.attn_impl": "flash"})

@@ -69,9 +69,10 @@ class DecoderConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
     # ragged (dropless) | capacity (fixed expert buffers) | alltoall (capacity buffers sent to the expert shards
-    # by all-to-all) | dense (reference)
+    # by all-to-all) | gmm (a buffer per expert shard, grouped matmuls: megablox on TPU) | dense (reference)
     moe_impl: str = "ragged"
-    moe_capacity_factor: float = 1.25  # capacity, alltoall: slots per expert = factor x the mean load
+    # capacity, alltoall: slots per expert = factor x the mean load; gmm: per expert shard, likewise
+    moe_capacity_factor: float = 1.25
     router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in the training loss
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
