@@ -192,7 +192,8 @@ def _continuous(model, reqs, *, seed=0, **slot_kw):
 
 def test_continuous_greedy_equals_hf_generate(models):
     """Unpadded prompts of mixed lengths with audio, 3 samples each through 4 slots (rows refilled mid-run),
-    prefill in chunks smaller than the prompts: every sample equals HF generate's greedy continuation."""
+    prefill in chunks smaller than the prompts, the audio encoded ahead: every sample equals HF generate's greedy
+    continuation."""
     hf, model = models
     ids, feats, fmask, am = _prompts()
     ref = _hf_greedy(hf, ids, am, feats, fmask, 12)
@@ -203,6 +204,7 @@ def test_continuous_greedy_equals_hf_generate(models):
         for s in range(3):
             assert got[(f"p{b}", s)].tokens == want[:end]
     assert stats["samples"] == 9 and stats["decode_calls"] > 1
+    assert stats["encode_calls"] == 1  # the three prompts' audio in one encoder call, ahead of their prefills
     # Refills never recompile: one decode program per width (4 slots, then 2 once few rows are left).
     assert eng.cfg.widths == (4, 2) and eng.trace_counts == {"encode": 1, "prefill": 1, "first": 1, "decode": 2}
 

@@ -19,7 +19,8 @@ How, on every platform (XLA; no custom kernel):
   ``share_rows`` of its live rows together (an *entry*, rebuilt by the host at every check), and each row then
   reads only its own generated pages; without it every row would read its prompt through its page table, ``N``
   times per prompt.
-* **Prefill.** A prompt's audio is encoded once; its tokens go through the model in chunks of
+* **Prefill.** A prompt's audio is encoded once, ``ENCODE_BATCH`` prompts per encoder call (the next prompts in
+  the queue are encoded ahead of their prefill); its tokens go through the model in chunks of
   ``prefill_chunk`` (a long prompt never needs a program of its own length), writing the prompt's pages. The
   last chunk's logits give every sample its first token.
 * **Preemption.** When the pool runs short the newest row gives its pages back and its sample goes back to the
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 import weakref
 from collections import deque
@@ -55,6 +57,10 @@ from cogito_jax.sampling.engine import unstack_fits
 from cogito_jax.sampling.strategies import SamplingParams, select_tokens_u, uniform
 
 MAX_STOP_IDS = 8
+# Prompts per audio-encoder call (the next ones in the queue are encoded ahead of their prefill). Fixed, not a
+# setting: the encoder's program then has one shape, and a prompt's embeddings are the same bits whichever
+# prompts share its call and wherever it sits in it (a different batch shape may change the last bit).
+ENCODE_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +223,7 @@ class ContinuousEngine:
         if "encode" not in self._jit:
             def encode(state, feats, fmask):
                 self.trace_counts["encode"] += 1
-                embeds, lengths = nnx.merge(self.graphdef, state).encode_audio(feats, fmask)
-                return embeds[0], lengths[0]
+                return nnx.merge(self.graphdef, state).encode_audio(feats, fmask)[0]
 
             self._jit["encode"] = jax.jit(encode)
         return self._jit["encode"]
@@ -321,12 +326,13 @@ class ContinuousEngine:
         free = list(range(cfg.pool_pages - 1, 0, -1))  # page 0 is the null page
         slots: list[_Row | None] = [None] * s
         open_prompts: deque[_Prompt] = deque()
+        encoded: dict[int, jax.Array] = {}  # id(request) -> its audio, encoded ahead of its prefill
         host = dict(tok=np.zeros(s, np.int32), emitted=np.zeros(s, np.int32), prompt_len=np.zeros(s, np.int32),
                     gen_start=np.zeros(s, np.int32), budget=np.ones(s, np.int32), live=np.zeros(s, bool),
                     table=np.zeros((s, w), np.int32), temperature=np.zeros(s, np.float32),
                     top_k=np.zeros(s, np.int32), top_p=np.ones(s, np.float32), uid=np.zeros(s, np.int32),
                     sample=np.zeros(s, np.int32), stop=np.full((s, MAX_STOP_IDS), -1, np.int32))
-        stats = {"samples": 0, "tokens": 0, "decode_calls": 0, "slot_steps": 0, "decode_tokens": 0,
+        stats = {"samples": 0, "tokens": 0, "decode_calls": 0, "encode_calls": 0, "slot_steps": 0, "decode_tokens": 0,
                  "prefill_tokens": 0, "calls_by_width": {}, "preempted": 0, "peak_pages": 0,
                  "pool_pages": cfg.pool_pages, "kv_pool_bytes": self.kv_bytes, "peak_kv_bytes": 0,
                  "live": 0, "seconds": 0.0}
@@ -366,6 +372,26 @@ class ContinuousEngine:
             gen_start = len(row.prompt.pages) * page
             return (gen_start + last) // page + 1 - len(row.prompt.pages)
 
+        def audio_of(req: Request) -> jax.Array:
+            """The prompt's encoded audio ``[audio tokens, D]``. Encoded ``ENCODE_BATCH`` prompts at a time: this
+            one and the next ones in the queue with audio, kept until their prefill."""
+            if id(req) not in encoded:
+                batch = [req, *itertools.islice((r for r in itertools.islice(queue, 1, None)
+                                                 if r.n_frames and id(r) not in encoded), ENCODE_BATCH - 1)]
+                feats = fmask = None
+                for i, r in enumerate(batch):
+                    mel = np.asarray(r.mel() if callable(r.mel) else r.mel, np.float32)
+                    if feats is None:
+                        feats = np.zeros((ENCODE_BATCH, mel.shape[1], max_frames), np.float32)
+                        fmask = np.zeros((ENCODE_BATCH, max_frames), np.int32)
+                    feats[i, :, :r.n_frames] = mel[:r.n_frames].T
+                    fmask[i, :r.n_frames] = 1
+                embeds = self._encode_fn()(self.state, feats, fmask)
+                stats["encode_calls"] += 1
+                for i, r in enumerate(batch):
+                    encoded[id(r)] = embeds[i]
+            return encoded.pop(id(req))
+
         def prefill(req: Request) -> _Prompt | None:
             n = len(req.ids)
             n_pages = -(-n // page)
@@ -378,15 +404,7 @@ class ContinuousEngine:
             table = np.zeros(w, np.int32)
             table[:n_pages] = pages
             has_audio = bool(req.n_frames)
-            if has_audio:
-                mel = np.asarray(req.mel() if callable(req.mel) else req.mel, np.float32)
-                feats = np.zeros((1, mel.shape[1], max_frames), np.float32)
-                fmask = np.zeros((1, max_frames), np.int32)
-                feats[0, :, :req.n_frames] = mel[:req.n_frames].T
-                fmask[0, :req.n_frames] = 1
-                audio_sd, _ = self._encode_fn()(self.state, feats, fmask)
-            else:
-                audio_sd = jnp.zeros((1, 1), jnp.float32)
+            audio_sd = audio_of(req) if has_audio else jnp.zeros((1, 1), jnp.float32)
             ids = np.asarray(req.ids, np.int32)
             c = cfg.prefill_chunk
             fn = self._prefill_fn(has_audio)
