@@ -378,12 +378,10 @@ class ContinuousEngine:
             if id(req) not in encoded:
                 batch = [req, *itertools.islice((r for r in itertools.islice(queue, 1, None)
                                                  if r.n_frames and id(r) not in encoded), ENCODE_BATCH - 1)]
-                feats = fmask = None
-                for i, r in enumerate(batch):
-                    mel = np.asarray(r.mel() if callable(r.mel) else r.mel, np.float32)
-                    if feats is None:
-                        feats = np.zeros((ENCODE_BATCH, mel.shape[1], max_frames), np.float32)
-                        fmask = np.zeros((ENCODE_BATCH, max_frames), np.int32)
+                mels = [np.asarray(r.mel() if callable(r.mel) else r.mel, np.float32) for r in batch]
+                feats = np.zeros((ENCODE_BATCH, mels[0].shape[1], max_frames), np.float32)
+                fmask = np.zeros((ENCODE_BATCH, max_frames), np.int32)
+                for i, (r, mel) in enumerate(zip(batch, mels, strict=True)):
                     feats[i, :, :r.n_frames] = mel[:r.n_frames].T
                     fmask[i, :r.n_frames] = 1
                 embeds = self._encode_fn()(self.state, feats, fmask)
