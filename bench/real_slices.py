@@ -277,7 +277,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--attn", default="xla,cudnn", help="attention implementations to train with")
     ap.add_argument("--moe", default="ragged", help="MoE implementations to train with, comma-separated: "
-                    "ragged, dense, capacity or capacity:FACTOR")
+                    "ragged, gmm, dense, capacity or capacity:FACTOR")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--prompt-len", default="512", help="comma-separated decode prompt lengths")

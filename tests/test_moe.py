@@ -277,30 +277,110 @@ def test_gmm_pools_capacity_per_expert_shard_and_drops_in_token_order(cpu_device
     assert rel_err(y, np.asarray(dropless)) > 1e-3
 
 
-def test_grouped_matmul_through_the_megablox_kernel_equals_ragged_dot():
-    """The TPU branch of `grouped_matmul` (the megablox Pallas kernel, run by Pallas' interpreter here): rows not
-    a multiple of the kernel's tile, an empty group, rows past the groups; output and both gradients equal
-    `ragged_dot`'s, and the rows past the groups are zeros (the kernel leaves them unwritten)."""
-    r = np.random.default_rng(8)
+def _check_against_ragged_dot(mm, seed: int, sizes=(30, 0, 100, 40)):
+    """``mm(lhs, rhs, group_sizes)`` on 200 rows of which ``sum(sizes)`` are in groups (an empty group by default):
+    output and both gradients equal `ragged_dot`'s, and the rows past the groups and their gradient are zeros."""
+    r = np.random.default_rng(seed)
     lhs = jnp.asarray(r.normal(size=(200, 64)), jnp.float32)
     rhs = jnp.asarray(r.normal(size=(4, 64, 48)), jnp.float32)
-    sizes = jnp.array([30, 0, 100, 40], jnp.int32)  # 170 of 200 rows in groups
-    megablox = functools.partial(moe._megablox, interpret=True)
+    sizes = jnp.array(sizes, jnp.int32)
+    used = int(sizes.sum())
 
     def loss(mm, lhs, rhs):
         return jnp.sum(jnp.sin(mm(lhs, rhs, sizes)))
 
-    out = megablox(lhs, rhs, sizes)
-    np.testing.assert_array_equal(np.asarray(out[170:]), 0)
+    out = mm(lhs, rhs, sizes)
+    np.testing.assert_array_equal(np.asarray(out[used:]), 0)
     assert rel_err(out, np.asarray(jax.lax.ragged_dot(lhs, rhs, sizes))) <= 1e-5
-    got = jax.grad(loss, argnums=(1, 2))(megablox, lhs, rhs)
+    got = jax.grad(loss, argnums=(1, 2))(mm, lhs, rhs)
     ref = jax.grad(loss, argnums=(1, 2))(jax.lax.ragged_dot, lhs, rhs)
-    np.testing.assert_array_equal(np.asarray(got[0][170:]), 0)
+    np.testing.assert_array_equal(np.asarray(got[0][used:]), 0)
     for g, want in zip(got, ref, strict=True):
         assert rel_err(g, np.asarray(want)) <= 1e-5
-    # On CPU the platform choice takes ragged_dot itself.
+    return lhs, rhs, sizes
+
+
+def test_grouped_matmul_through_the_megablox_kernel_equals_ragged_dot():
+    """The TPU branch of `grouped_matmul` (the megablox Pallas kernel, run by Pallas' interpreter here): rows not
+    a multiple of the kernel's tile, an empty group, rows past the groups (which the kernel leaves unwritten)."""
+    lhs, rhs, sizes = _check_against_ragged_dot(functools.partial(moe._megablox, interpret=True), 8)
+    # On CPU the platform choice takes the padded tiles.
     np.testing.assert_array_equal(np.asarray(jax.jit(moe.grouped_matmul)(lhs, rhs, sizes)),
-                                  np.asarray(jax.jit(jax.lax.ragged_dot)(lhs, rhs, sizes)))
+                                  np.asarray(jax.jit(moe.tiled_grouped_matmul)(lhs, rhs, sizes)))
+
+
+@pytest.mark.parametrize("tile", [None, 8, 64])
+def test_grouped_matmul_as_padded_tiles_equals_ragged_dot(tile):
+    """The branch of `grouped_matmul` off TPU (groups padded to whole tiles, one batched GEMM): tiles smaller and
+    larger than the groups, an empty group, rows past the groups; and at both ends of the tile bound, every row in
+    one group and every group one row."""
+    tiled = jax.jit(functools.partial(moe.tiled_grouped_matmul, tile=tile))
+    for sizes in ((30, 0, 100, 40), (200, 0, 0, 0), (1, 1, 1, 1)):
+        _check_against_ragged_dot(tiled, 9, sizes)
+
+
+def test_tile_rows_follow_the_mean_group():
+    assert moe.tile_rows(4 * 2048 * 8, 128) == 512  # the recipe's step: 512 rows per expert on average
+    assert moe.tile_rows(64 * 8, 128) == 8  # a decode step's handful of rows per expert
+    assert moe.tile_rows(300, 4) == 128
+    assert moe.tile_rows(10**6, 4) == 512
+
+
+def _lowered_for(platform: str, f, *args) -> str:
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
+    return jax.export.export(jax.jit(f), platforms=[platform])(*avals).mlir_module()
+
+
+def test_grouped_experts_lower_per_platform():
+    """`gmm` without expert shards, forward and backward, lowered for each platform from this CPU host: GPUs and
+    the CPU get the batched GEMM over tiles and no `ragged_dot` (lowered there as a masked matmul per group), TPU
+    calls the megablox kernel."""
+    r = np.random.default_rng(10)
+    n, d, f, e, k = 32, 16, 8, 8, 2
+    x = jnp.asarray(r.normal(size=(n, d)), jnp.float32)
+    experts = jnp.asarray(r.integers(0, e, size=(n, k)), jnp.int32)
+    weights = jnp.full((n, k), 0.5, jnp.float32)
+    gate, up = (jnp.asarray(r.normal(size=(e, d, f)), jnp.float32) for _ in range(2))
+    down = jnp.asarray(r.normal(size=(e, f, d)), jnp.float32)
+
+    def loss(x, gate, up, down):
+        return jnp.sum(moe.gmm_experts(x, experts, weights, gate, up, down, capacity_factor=1.0) ** 2)
+
+    step = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    ragged_op = 'stablehlo.composite "chlo.ragged_dot"'
+    for gpu in ("cuda", "rocm"):
+        text = _lowered_for(gpu, step, x, gate, up, down)
+        assert ragged_op not in text and "batching_dims = [0] x [0]" in text, gpu
+    assert "tpu_custom_call" in _lowered_for("tpu", step, x, gate, up, down)
+
+    def ragged(x, gate, up, down):
+        return jnp.sum(moe.grouped_experts(x, experts, weights, gate, up, down) ** 2)
+
+    ragged_step = jax.value_and_grad(ragged, argnums=(0, 1, 2, 3))
+    assert ragged_op in _lowered_for("cuda", ragged_step, x, gate, up, down)
+    # On CPU `ragged_dot` is a masked matmul per expert: E / k = 4 times the FLOPs here, the tiles far fewer.
+    flops = [jax.jit(f).lower(x, gate, up, down).compile().cost_analysis()["flops"] for f in (step, ragged_step)]
+    assert flops[0] < flops[1] / 2
+
+
+def test_moe_layer_bench_sizes_each_implementation(tmp_path):
+    """bench/moe_layer.py at toy size: every implementation compiles, runs and is sized; `ragged_dot` computes every
+    row with every expert (E / k times the useful FLOPs here, 4x), the padded tiles far less."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "bench" / "moe_layer.py"
+    spec = importlib.util.spec_from_file_location("moe_layer", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {r["impl"]: r for r in bench.layer_costs(64, ["tiled", "capacity:1.25", "ragged_dot"], 1, hidden=32,
+                                                    width=16, experts=8, top_k=2)}
+    for r in rows.values():
+        assert r["step_ms"] > 0 and r["temp_gib"] >= 0 and r["xla_tflop"] > 0
+    assert rows["ragged_dot"]["xla_tflop"] >= 4 * rows["ragged_dot"]["useful_tflop"]
+    assert rows["tiled"]["xla_tflop"] < rows["ragged_dot"]["xla_tflop"] / 2
+    with pytest.raises(SystemExit, match="unknown implementation 'grouped'"):
+        bench.main(["--impls", "grouped"])
 
 
 def test_config_validation():

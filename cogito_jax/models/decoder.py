@@ -69,7 +69,8 @@ class DecoderConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
     # ragged (dropless) | capacity (fixed expert buffers) | alltoall (capacity buffers sent to the expert shards
-    # by all-to-all) | gmm (a buffer per expert shard, grouped matmuls: megablox on TPU) | dense (reference)
+    # by all-to-all) | gmm (a buffer per expert shard, grouped matmuls: megablox on TPU,
+    # padded row tiles as one batched GEMM elsewhere; dropless without an expert mesh axis) | dense (reference)
     moe_impl: str = "ragged"
     # capacity, alltoall: slots per expert = factor x the mean load; gmm: per expert shard, likewise
     moe_capacity_factor: float = 1.25

@@ -20,8 +20,9 @@ so the only token traffic is the two all-to-alls; without experts on a mesh axis
 ``impl="gmm"`` (:func:`gmm_experts`) is the same explicit parallelism with one buffer per expert *shard* (its
 experts pool their capacity, so fewer assignments drop) and the shard's experts run as grouped matmuls over the
 rows it received, sorted by expert (:func:`grouped_matmul`: the Pallas megablox kernel on TPU, which visits only
-filled tiles; ``ragged_dot`` elsewhere); without experts on a mesh axis it is ``ragged`` through that matmul.
-"""
+filled tiles; elsewhere the groups padded to row tiles and run as one batched GEMM); without experts on a mesh axis
+it is dropless, ``ragged`` through that matmul. ``ragged_dot`` itself lowers on GPU and CPU to a masked matmul of
+every row per expert, so off TPU ``gmm`` is the dropless path to train with."""
 
 from __future__ import annotations
 
@@ -147,20 +148,25 @@ def _sorted_swiglu(rows_rd: jax.Array, src_m: jax.Array | None, ids_m: jax.Array
     return _permute(matmul(h, down_efd, group_sizes), inverse, order)
 
 
+def _rows(x: jax.Array, idx: jax.Array) -> jax.Array:
+    return x.at[idx].get(mode="fill", fill_value=0)
+
+
 @jax.custom_vjp
 def _permute(x: jax.Array, perm: jax.Array, inverse: jax.Array) -> jax.Array:
-    """``x[perm]`` for a permutation ``perm`` of the rows; its gradient is the gather by ``inverse`` (what a
-    gather's transpose, a scatter-add, would compute, without the scatter)."""
-    return x[perm]
+    """``x[perm]`` (zeros where ``perm`` is out of range) for an index map that takes each row of ``x`` at most
+    once, with ``inverse`` the row's position in the result (out of range for a row not taken); its gradient is the
+    gather by ``inverse`` (what a gather's transpose, a scatter-add, would compute, without the scatter)."""
+    return _rows(x, perm)
 
 
 def _permute_fwd(x, perm, inverse):
-    return x[perm], (perm, inverse)
+    return _rows(x, perm), (perm, inverse)
 
 
 def _permute_bwd(res, g):
     perm, inverse = res
-    return g[inverse], None, None
+    return _rows(g, inverse), None, None
 
 
 _permute.defvjp(_permute_fwd, _permute_bwd)
@@ -196,11 +202,47 @@ def _megablox(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array, int
     return jnp.where(valid, out, 0)[:m]
 
 
+def tile_rows(rows: int, groups: int) -> int:
+    """Rows per tile of :func:`tiled_grouped_matmul`: the mean group's size rounded up to a power of two, in
+    [8, 512]. Every non-empty group wastes up to a tile of padding, and every tile copies its group's weights, so
+    a tile near the mean group balances the two (512 at the recipe's 4 x 2048 tokens x top-8 over 128 experts)."""
+    return min(512, max(8, 1 << (-(-rows // groups) - 1).bit_length()))
+
+
+def tiled_grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array,
+                         tile: int | None = None) -> jax.Array:
+    """``ragged_dot``'s result as one batched GEMM over fixed-size row tiles: each group's rows are padded to whole
+    tiles of ``tile`` rows (:func:`tile_rows` by default), every tile takes its group's weights, and the tiles run
+    as ``[tiles, tile, D] x [tiles, D, F]``, a dense batched matmul that every backend runs at full speed. Static
+    shapes: ``ceil(M / tile) + min(E, M)`` tiles bound the padded groups, whatever the routing; tiles past the
+    groups compute on zeros. The rows go in and out by gathers whose gradients are gathers."""
+    m, d = lhs_md.shape
+    num_groups = rhs_edf.shape[0]
+    t = tile or tile_rows(m, num_groups)
+    tiles = -(-m // t) + min(num_groups, m)
+    sizes = group_sizes.astype(jnp.int32)
+    end = jnp.cumsum(sizes)
+    padded_end = jnp.cumsum(-(-sizes // t) * t)
+    start, padded_start = end - sizes, padded_end - (-(-sizes // t) * t)
+    pos = jnp.arange(tiles * t, dtype=jnp.int32)  # padded positions
+    group = jnp.minimum(jnp.searchsorted(padded_end, pos, side="right"), num_groups - 1).astype(jnp.int32)
+    offset = pos - padded_start[group]
+    src = jnp.where((pos < padded_end[-1]) & (offset < sizes[group]), start[group] + offset, m)  # m: padding
+    row = jnp.arange(m, dtype=jnp.int32)
+    row_group = jnp.minimum(jnp.searchsorted(end, row, side="right"), num_groups - 1).astype(jnp.int32)
+    back = jnp.where(row < end[-1], padded_start[row_group] + row - start[row_group], tiles * t)  # past the groups
+    x = _permute(lhs_md, src, back).reshape(tiles, t, d)
+    out = jnp.einsum("tmd,tdf->tmf", x, rhs_edf[group.reshape(tiles, t)[:, 0]])
+    return _permute(out.reshape(tiles * t, -1), back, src)
+
+
 def grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """``jax.lax.ragged_dot``'s result (rows grouped in order, ``group_sizes[e]`` rows times ``rhs[e]``, zeros past
-    the groups), on TPU through the megablox kernel, which visits only the tiles that hold a group's rows; on other
-    platforms ``ragged_dot`` itself. The choice is made when the program is lowered for its platform."""
-    return jax.lax.platform_dependent(lhs_md, rhs_edf, group_sizes, tpu=_megablox, default=jax.lax.ragged_dot)
+    the groups), per platform: on TPU the megablox kernel, which visits only the tiles that hold a group's rows;
+    elsewhere the padded tiles of :func:`tiled_grouped_matmul` as one batched GEMM. ``ragged_dot`` itself lowers
+    on GPU and CPU to one masked matmul of every row per group (``E`` times the FLOPs), which ran out of memory at
+    the recipe's 4 x 2048 tokens on an H100. The choice is made when the program is lowered for its platform."""
+    return jax.lax.platform_dependent(lhs_md, rhs_edf, group_sizes, tpu=_megablox, default=tiled_grouped_matmul)
 
 
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float,
