@@ -436,6 +436,33 @@ def test_grad_accum_with_the_aux_loss_equals_one_whole_batch(coef):
         np.testing.assert_allclose(d4, d1, rtol=1e-4, atol=1e-4 * np.abs(d1).max() + 1e-12)
 
 
+@pytest.mark.parametrize("tokens", [5, 16, 40])
+def test_dropless_experts_equal_ragged_dot_in_both_forms(tokens, monkeypatch):
+    """Generation's experts: expert buffers of every token up to as many tokens as experts (5 and 16 of 16), padded
+    row tiles past that (40); each equals `ragged_dot`'s dropless result, skewed routing included (every token's
+    first choice the same expert, which a buffer of the mean load would overflow)."""
+    r = np.random.default_rng(tokens)
+    n, d, f, e, k = tokens, 24, 12, 16, 4
+    x = jnp.asarray(r.normal(size=(n, d)), jnp.float32)
+    others = np.delete(np.arange(e), 3)  # expert 3 every token's first choice
+    experts = jnp.asarray([[3, *r.permutation(others)[:k - 1]] for _ in range(n)], jnp.int32)
+    weights = jnp.asarray(r.dirichlet(np.ones(k), size=n), jnp.float32)
+    gate, up = (jnp.asarray(r.normal(size=(e, d, f)), jnp.float32) for _ in range(2))
+    down = jnp.asarray(r.normal(size=(e, f, d)), jnp.float32)
+    forms = []
+    monkeypatch.setattr(moe, "capacity_experts", functools.partial(_recorded, forms, "buffers", moe.capacity_experts))
+    monkeypatch.setattr(moe, "grouped_experts", functools.partial(_recorded, forms, "tiles", moe.grouped_experts))
+    got = moe.dropless_experts(x, experts, weights, gate, up, down)
+    assert forms == ["buffers" if n <= e else "tiles"]
+    want = moe.dense_experts(x, experts, weights, gate, up, down)
+    assert rel_err(got, np.asarray(want)) <= 1e-5
+
+
+def _recorded(log: list, name: str, fn, *args, **kwargs):
+    log.append(name)
+    return fn(*args, **kwargs)
+
+
 def test_generation_runs_the_experts_dropless_whatever_moe_impl_says():
     """A thinker trained with a capacity path (here a buffer of a quarter of the mean load, which drops most
     assignments) samples as the dropless model does: same tokens and log-probs; its training forward differs."""

@@ -47,7 +47,7 @@ from cogito_jax.models.layers import (
     rope_cos_sin,
     scan_stack,
 )
-from cogito_jax.models.moe import MoEConfig, SparseMoE, check_impl as check_moe_impl
+from cogito_jax.models.moe import DROPLESS, MoEConfig, SparseMoE, check_impl as check_moe_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +143,10 @@ class Attention(nnx.Module):
 
 
 # Generation (a KV cache or a paged pool) runs the experts dropless, whatever ``moe_impl`` training uses: the
-# capacity paths (``capacity``, ``alltoall``) drop a token past its expert's buffer, which would change what the
-# model samples.
-GENERATION_MOE_IMPL = "ragged"
+# capacity paths (``capacity``, ``alltoall``, ``gmm`` over expert shards) drop a token past its buffer, which would
+# change what the model samples. ``moe.dropless_experts`` picks expert buffers of every token for a decode step and
+# padded row tiles for a prefill chunk.
+GENERATION_MOE_IMPL = DROPLESS
 
 
 def default_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> nnx.Module:
