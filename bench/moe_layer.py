@@ -8,11 +8,11 @@ implementation: the compiled program's temporary memory, and XLA's cost analysis
 ``--time N``, the median of N timed runs. The useful FLOPs (three matmuls per assignment, forward and two
 backward) are printed beside them, so ``flops / useful`` is what an implementation computes for nothing.
 
-* ``tiled``: :func:`cogito_jax.models.moe.tiled_grouped_matmul` (``moe_impl="gmm"`` off TPU): dropless, groups
-  padded to row tiles, one batched GEMM.
+* ``tiled``: :func:`cogito_jax.models.moe.tiled_grouped_matmul` (``moe_impl="ragged"`` and ``"gmm"`` off TPU):
+  dropless, groups padded to row tiles, one batched GEMM.
 * ``capacity:F``: expert buffers of ``F`` x the mean load (``moe_impl="capacity"``): assignments past it drop.
-* ``ragged_dot``: ``jax.lax.ragged_dot`` (``moe_impl="ragged"``): dropless, lowered on GPU and CPU as a masked
-  matmul of every row per expert.
+* ``ragged_dot``: ``jax.lax.ragged_dot`` (``moe_impl="ragged"`` on TPU): dropless, lowered on GPU and CPU as a
+  masked matmul of every row per expert.
 
 On a CPU host these are XLA:CPU's numbers, not a GPU's: a sizing, not a measurement of an accelerator.
 """

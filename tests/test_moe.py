@@ -332,34 +332,34 @@ def _lowered_for(platform: str, f, *args) -> str:
 
 
 def test_grouped_experts_lower_per_platform():
-    """`gmm` without expert shards, forward and backward, lowered for each platform from this CPU host: GPUs and
-    the CPU get the batched GEMM over tiles and no `ragged_dot` (lowered there as a masked matmul per group), TPU
-    calls the megablox kernel."""
+    """`gmm` and `ragged` without expert shards, forward and backward, lowered for each platform from this CPU host:
+    on GPUs and the CPU both run the batched GEMM over tiles and no `ragged_dot` (lowered there as a masked matmul
+    per group); on TPU `gmm` calls the megablox kernel and `ragged` keeps `ragged_dot`."""
     r = np.random.default_rng(10)
     n, d, f, e, k = 32, 16, 8, 8, 2
-    x = jnp.asarray(r.normal(size=(n, d)), jnp.float32)
+    args = (jnp.asarray(r.normal(size=(n, d)), jnp.float32),
+            *(jnp.asarray(r.normal(size=(e, d, f)), jnp.float32) for _ in range(2)),
+            jnp.asarray(r.normal(size=(e, f, d)), jnp.float32))
     experts = jnp.asarray(r.integers(0, e, size=(n, k)), jnp.int32)
     weights = jnp.full((n, k), 0.5, jnp.float32)
-    gate, up = (jnp.asarray(r.normal(size=(e, d, f)), jnp.float32) for _ in range(2))
-    down = jnp.asarray(r.normal(size=(e, f, d)), jnp.float32)
 
-    def loss(x, gate, up, down):
-        return jnp.sum(moe.gmm_experts(x, experts, weights, gate, up, down, capacity_factor=1.0) ** 2)
+    def step(experts_fn):
+        loss = lambda x, gate, up, down: jnp.sum(experts_fn(x, experts, weights, gate, up, down) ** 2)  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
 
-    step = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    gmm = step(functools.partial(moe.gmm_experts, capacity_factor=1.0))
+    ragged = step(functools.partial(moe.grouped_experts, matmul=moe.ragged_matmul))
+    ragged_dot = step(moe.grouped_experts)
     ragged_op = 'stablehlo.composite "chlo.ragged_dot"'
-    for gpu in ("cuda", "rocm"):
-        text = _lowered_for(gpu, step, x, gate, up, down)
-        assert ragged_op not in text and "batching_dims = [0] x [0]" in text, gpu
-    assert "tpu_custom_call" in _lowered_for("tpu", step, x, gate, up, down)
-
-    def ragged(x, gate, up, down):
-        return jnp.sum(moe.grouped_experts(x, experts, weights, gate, up, down) ** 2)
-
-    ragged_step = jax.value_and_grad(ragged, argnums=(0, 1, 2, 3))
-    assert ragged_op in _lowered_for("cuda", ragged_step, x, gate, up, down)
+    for platform in ("cuda", "rocm", "cpu"):
+        for name, fn in (("gmm", gmm), ("ragged", ragged)):
+            text = _lowered_for(platform, fn, *args)
+            assert ragged_op not in text and "batching_dims = [0] x [0]" in text, (platform, name)
+    assert "tpu_custom_call" in _lowered_for("tpu", gmm, *args)
+    assert ragged_op in _lowered_for("tpu", ragged, *args)
+    assert ragged_op in _lowered_for("cuda", ragged_dot, *args)
     # On CPU `ragged_dot` is a masked matmul per expert: E / k = 4 times the FLOPs here, the tiles far fewer.
-    flops = [jax.jit(f).lower(x, gate, up, down).compile().cost_analysis()["flops"] for f in (step, ragged_step)]
+    flops = [jax.jit(fn).lower(*args).compile().cost_analysis()["flops"] for fn in (ragged, ragged_dot)]
     assert flops[0] < flops[1] / 2
 
 

@@ -68,9 +68,10 @@ class DecoderConfig:
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
-    # ragged (dropless) | capacity (fixed expert buffers) | alltoall (capacity buffers sent to the expert shards
-    # by all-to-all) | gmm (a buffer per expert shard, grouped matmuls: megablox on TPU,
-    # padded row tiles as one batched GEMM elsewhere; dropless without an expert mesh axis) | dense (reference)
+    # ragged (dropless: ragged_dot on TPU, padded row tiles as one batched GEMM elsewhere) | capacity (fixed expert
+    # buffers) | alltoall (capacity buffers sent to the expert shards by all-to-all) | gmm (a buffer per expert
+    # shard, grouped matmuls: megablox on TPU, padded row tiles elsewhere; dropless without an expert mesh axis) |
+    # dense (reference)
     moe_impl: str = "ragged"
     # capacity, alltoall: slots per expert = factor x the mean load; gmm: per expert shard, likewise
     moe_capacity_factor: float = 1.25

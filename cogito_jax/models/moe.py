@@ -5,8 +5,9 @@ Router: ``logits = x @ W_r`` -> float32 softmax -> top-k (weights renormalised t
 parameters stacked per expert: ``gate_proj, up_proj [E, D, F]``, ``down_proj [E, F, D]``.
 
 ``impl="ragged"`` (default) is dropless: the ``N * k`` (token, expert) assignments are sorted by expert,
-run through ``jax.lax.ragged_dot`` with per-expert group sizes, unsorted and combined with the router
-weights. ``impl="capacity"`` gives every expert a fixed buffer of ``C = ceil(capacity_factor * N * k / E)``
+run through a grouped matmul with per-expert group sizes (:func:`ragged_matmul`: ``jax.lax.ragged_dot`` on TPU,
+the groups padded to row tiles as one batched GEMM elsewhere), unsorted and combined with the router weights.
+``impl="capacity"`` gives every expert a fixed buffer of ``C = ceil(capacity_factor * N * k / E)``
 slots (rounded up to a multiple of 8): assignments are scattered into ``[E, C, D]`` in token order,
 the experts run as one batched matmul (dense GEMMs that every backend runs at full speed, unlike
 ``ragged_dot`` on GPUs), and the outputs are gathered back; an assignment past its expert's capacity
@@ -111,7 +112,7 @@ class SparseMoE(nnx.Module):
         w = tuple(p[...].astype(dt) for p in (self.gate_proj, self.up_proj, self.down_proj))
         impl = impl or cfg.impl
         if impl == "ragged":
-            y = grouped_experts(x_nd, experts, weights, *w)
+            y = grouped_experts(x_nd, experts, weights, *w, matmul=ragged_matmul)
         elif impl == "capacity":
             y = capacity_experts(x_nd, experts, weights, *w, capacity_factor=cfg.capacity_factor)
         elif impl == "alltoall":
@@ -263,6 +264,14 @@ def dropless_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Arr
         return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
                                 capacity_factor=num_experts / k)
     return grouped_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd, matmul=tiled_grouped_matmul)
+
+
+def ragged_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """``moe_impl="ragged"``'s grouped matmul: ``jax.lax.ragged_dot`` on TPU (which GSPMD partitions when the
+    experts are sharded), the padded row tiles of :func:`tiled_grouped_matmul` elsewhere, where ``ragged_dot``
+    lowers to a masked matmul of every row per expert."""
+    return jax.lax.platform_dependent(lhs_md, rhs_edf, group_sizes, tpu=jax.lax.ragged_dot,
+                                      default=tiled_grouped_matmul)
 
 
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float,
