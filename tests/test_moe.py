@@ -436,11 +436,12 @@ def test_grad_accum_with_the_aux_loss_equals_one_whole_batch(coef):
         np.testing.assert_allclose(d4, d1, rtol=1e-4, atol=1e-4 * np.abs(d1).max() + 1e-12)
 
 
-@pytest.mark.parametrize("tokens", [5, 16, 40])
+@pytest.mark.parametrize("tokens", [5, 16, 40, 200])
 def test_dropless_experts_equal_ragged_dot_in_both_forms(tokens, monkeypatch):
-    """Generation's experts: expert buffers of every token up to as many tokens as experts (5 and 16 of 16), padded
-    row tiles past that (40); each equals `ragged_dot`'s dropless result, skewed routing included (every token's
-    first choice the same expert, which a buffer of the mean load would overflow)."""
+    """Generation's experts, 16 of them: expert buffers of every token up to 16 tokens, padded row tiles past 128
+    (8 per expert), between the two the buffers on accelerators and the tiles on CPU. Each equals the dropless
+    result, skewed routing included (every token's first choice the same expert, which a buffer of the mean load
+    would overflow)."""
     r = np.random.default_rng(tokens)
     n, d, f, e, k = tokens, 24, 12, 16, 4
     x = jnp.asarray(r.normal(size=(n, d)), jnp.float32)
@@ -449,13 +450,17 @@ def test_dropless_experts_equal_ragged_dot_in_both_forms(tokens, monkeypatch):
     weights = jnp.asarray(r.dirichlet(np.ones(k), size=n), jnp.float32)
     gate, up = (jnp.asarray(r.normal(size=(e, d, f)), jnp.float32) for _ in range(2))
     down = jnp.asarray(r.normal(size=(e, f, d)), jnp.float32)
+    args = (x, experts, weights, gate, up, down)
     forms = []
     monkeypatch.setattr(moe, "capacity_experts", functools.partial(_recorded, forms, "buffers", moe.capacity_experts))
     monkeypatch.setattr(moe, "grouped_experts", functools.partial(_recorded, forms, "tiles", moe.grouped_experts))
-    got = moe.dropless_experts(x, experts, weights, gate, up, down)
-    assert forms == ["buffers" if n <= e else "tiles"]
-    want = moe.dense_experts(x, experts, weights, gate, up, down)
-    assert rel_err(got, np.asarray(want)) <= 1e-5
+    got = moe.dropless_experts(*args)
+    assert set(forms) == {"buffers"} if n <= e else {"buffers", "tiles"} if n <= 8 * e else {"tiles"}
+    assert rel_err(got, np.asarray(moe.dense_experts(*args))) <= 1e-5
+    if e < n <= 8 * e:  # both forms traced; the platform picks one when the program is lowered
+        buffer_dot = f"tensor<{e}x{n}x{d}xf32>"
+        assert buffer_dot in _lowered_for("cuda", moe.dropless_experts, *args)
+        assert buffer_dot not in _lowered_for("cpu", moe.dropless_experts, *args)
 
 
 def _recorded(log: list, name: str, fn, *args, **kwargs):

@@ -28,6 +28,7 @@ every row per expert, so off TPU ``gmm`` is the dropless path to train with."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -249,21 +250,36 @@ def grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array
     return jax.lax.platform_dependent(lhs_md, rhs_edf, group_sizes, tpu=_megablox, default=tiled_grouped_matmul)
 
 
+# Generation's expert buffers (every token in every expert's buffer) up to this many tokens per expert on an
+# accelerator, the padded tiles past it; on CPU up to one. Per expert matrix of D x F weights, the buffers cost
+# ``2 E N D F`` FLOPs and one read of the weights, the tiles about ``2 (N k + E t) D F`` FLOPs and three passes over
+# ``N k / t + E`` copies of the weights (gathered, written, read by the GEMM). At an H100's 295 FLOPs per byte of
+# HBM (989 TFLOP/s, 3.35 TB/s) the buffers are cheaper up to about 16 tokens per expert, at a v5p's 166 up to
+# about 8; on the 2-core CPU they were faster at 1 (64 tokens of 64 experts: 25 ms against 58 ms as tiles) and
+# slower at 8 (145 ms against 111 ms).
+BUFFER_TOKENS_PER_EXPERT = 8
+
+
 def dropless_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
                      up_edf: jax.Array, down_efd: jax.Array) -> jax.Array:
-    """No assignment dropped, the cheaper of two forms for the shape (pure XLA, so GSPMD partitions either):
-    with no more tokens than experts (a decode step), every expert gets a buffer of all ``N`` tokens (an expert
-    takes a token at most once, so none can overflow) and the experts run as one batched matmul that reads each
-    expert's weights once; with more (a prefill chunk), :func:`tiled_grouped_matmul` over the assignments sorted by
-    expert. ``ragged_dot`` would compute every assignment with every expert on GPU and CPU: at 64 tokens, top-8 of
-    64 experts (hidden 512) a decode step's experts took 136 ms that way on the 2-core CPU, 58 ms as tiles and 25
-    ms as buffers; at 512 tokens 939 ms, 111 ms as tiles and 145 ms as buffers."""
+    """No assignment dropped, the cheaper of two forms for the shape (pure XLA, so GSPMD partitions either): with
+    few tokens for the experts (a decode step; :data:`BUFFER_TOKENS_PER_EXPERT`), every expert gets a buffer of
+    all ``N`` tokens (an expert takes a token at most once, so none can overflow) and the experts run as one
+    batched matmul that reads each expert's weights once; with more (a prefill chunk),
+    :func:`tiled_grouped_matmul` over the assignments sorted by expert. ``ragged_dot`` would compute every
+    assignment with every expert on GPU and CPU: at 64 tokens, top-8 of 64 experts (hidden 512) a decode step's
+    experts took 136 ms that way on the 2-core CPU, 58 ms as tiles and 25 ms as buffers; at 512 tokens 939 ms,
+    111 ms as tiles and 145 ms as buffers."""
     n, k = experts_nk.shape
     num_experts = gate_edf.shape[0]
+    args = (x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd)
+    buffers = functools.partial(capacity_experts, capacity_factor=num_experts / k)
+    tiles = functools.partial(grouped_experts, matmul=tiled_grouped_matmul)
     if n <= num_experts:
-        return capacity_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd,
-                                capacity_factor=num_experts / k)
-    return grouped_experts(x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd, matmul=tiled_grouped_matmul)
+        return buffers(*args)
+    if n <= BUFFER_TOKENS_PER_EXPERT * num_experts:
+        return jax.lax.platform_dependent(*args, cpu=tiles, default=buffers)
+    return tiles(*args)
 
 
 def ragged_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array) -> jax.Array:
