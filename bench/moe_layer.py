@@ -1,9 +1,10 @@
 """One MoE layer's experts, forward and backward, per implementation: what XLA compiles for the local backend.
 
     python bench/moe_layer.py [--tokens 8192] [--impls tiled,capacity:1.25,ragged_dot] [--time 0] [--out F]
+        [--hidden 2048 --width 768 --experts 128 --top-k 8]
 
-The Qwen3-Omni-30B-A3B thinker's expert block at real size (hidden 2048, expert width 768, 128 experts, top-8),
-bf16, ``--tokens`` tokens (default the recipe's micro-batch, 4 x 2048) routed uniformly at random. For each
+By default the Qwen3-Omni-30B-A3B thinker's expert block at real size (hidden 2048, expert width 768, 128 experts,
+top-8), bf16, ``--tokens`` tokens (default the recipe's micro-batch, 4 x 2048) routed uniformly at random. For each
 implementation: the compiled program's temporary memory, and XLA's cost analysis (FLOPs, bytes accessed); with
 ``--time N``, the median of N timed runs. The useful FLOPs (three matmuls per assignment, forward and two
 backward) are printed beside them, so ``flops / useful`` is what an implementation computes for nothing.
@@ -88,10 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4 * 2048)
     ap.add_argument("--impls", default="tiled,capacity:1.25,ragged_dot")
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--width", type=int, default=768, help="each expert's hidden width")
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--time", type=int, default=0, help="timed runs per implementation (0: compile only)")
     ap.add_argument("--out", default=None, help="JSON results")
     args = ap.parse_args(argv)
-    rows = layer_costs(args.tokens, [i for i in args.impls.split(",") if i], args.time)
+    rows = layer_costs(args.tokens, [i for i in args.impls.split(",") if i], args.time, hidden=args.hidden,
+                       width=args.width, experts=args.experts, top_k=args.top_k)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -312,11 +312,13 @@ def test_grouped_matmul_through_the_megablox_kernel_equals_ragged_dot():
 @pytest.mark.parametrize("tile", [None, 8, 64])
 def test_grouped_matmul_as_padded_tiles_equals_ragged_dot(tile):
     """The branch of `grouped_matmul` off TPU (groups padded to whole tiles, one batched GEMM): tiles smaller and
-    larger than the groups, an empty group, rows past the groups; and at both ends of the tile bound, every row in
-    one group and every group one row."""
+    larger than the groups, an empty group (a trailing one too), rows past the groups; at both ends of the tile
+    bound, every row in one group and every group one row; and no rows at all."""
     tiled = jax.jit(functools.partial(moe.tiled_grouped_matmul, tile=tile))
-    for sizes in ((30, 0, 100, 40), (200, 0, 0, 0), (1, 1, 1, 1)):
+    for sizes in ((30, 0, 100, 40), (200, 0, 0, 0), (1, 1, 1, 1), (30, 100, 40, 0)):
         _check_against_ragged_dot(tiled, 9, sizes)
+    empty = tiled(jnp.zeros((0, 64), jnp.float32), jnp.ones((4, 64, 48), jnp.float32), jnp.zeros((4,), jnp.int32))
+    assert empty.shape == (0, 48)
 
 
 def test_tile_rows_follow_the_mean_group():
@@ -381,6 +383,25 @@ def test_moe_layer_bench_sizes_each_implementation(tmp_path):
     assert rows["tiled"]["xla_tflop"] < rows["ragged_dot"]["xla_tflop"] / 2
     with pytest.raises(SystemExit, match="unknown implementation 'grouped'"):
         bench.main(["--impls", "grouped"])
+
+
+def test_moe_generation_bench_samples_the_same_tokens_both_ways():
+    """bench/moe_generation.py at toy size: generation's dropless experts and `ragged_dot` draw the same tokens,
+    and the module's settings are restored afterwards."""
+    import importlib.util
+    import pathlib
+
+    from cogito_jax.models import decoder
+
+    path = pathlib.Path(__file__).parents[1] / "bench" / "moe_generation.py"
+    spec = importlib.util.spec_from_file_location("moe_generation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = (decoder.GENERATION_MOE_IMPL, moe.ragged_matmul)
+    r = bench.main(["--experts", "8", "--top-k", "2", "--hidden", "32", "--prompts", "2", "--samples", "2",
+                    "--prompt-len", "8", "--new", "4", "--repeats", "1"])
+    assert r["same_tokens"] and len(r["seconds"]["dropless"]) == 1
+    assert (decoder.GENERATION_MOE_IMPL, moe.ragged_matmul) == before
 
 
 def test_config_validation():
@@ -455,9 +476,9 @@ def test_dropless_experts_equal_ragged_dot_in_both_forms(tokens, monkeypatch):
     monkeypatch.setattr(moe, "capacity_experts", functools.partial(_recorded, forms, "buffers", moe.capacity_experts))
     monkeypatch.setattr(moe, "grouped_experts", functools.partial(_recorded, forms, "tiles", moe.grouped_experts))
     got = moe.dropless_experts(*args)
-    assert set(forms) == {"buffers"} if n <= e else {"buffers", "tiles"} if n <= 8 * e else {"tiles"}
+    assert forms == (["buffers"] if n <= e else ["tiles"])  # on CPU, the tiles past one token per expert
     assert rel_err(got, np.asarray(moe.dense_experts(*args))) <= 1e-5
-    if e < n <= 8 * e:  # both forms traced; the platform picks one when the program is lowered
+    if e < n <= 8 * e:  # on accelerators the buffers, chosen when the program is lowered for the platform
         buffer_dot = f"tensor<{e}x{n}x{d}xf32>"
         assert buffer_dot in _lowered_for("cuda", moe.dropless_experts, *args)
         assert buffer_dot not in _lowered_for("cpu", moe.dropless_experts, *args)

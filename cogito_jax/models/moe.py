@@ -238,7 +238,7 @@ def tiled_grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax
     back = jnp.where(row < end[-1], padded_start[row_group] + row - start[row_group], tiles * t)  # past the groups
     x = _permute(lhs_md, src, back).reshape(tiles, t, d)
     out = jnp.einsum("tmd,tdf->tmf", x, rhs_edf[group.reshape(tiles, t)[:, 0]])
-    return _permute(out.reshape(tiles * t, -1), back, src)
+    return _permute(out.reshape(tiles * t, rhs_edf.shape[-1]), back, src)
 
 
 def grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array) -> jax.Array:
@@ -246,7 +246,8 @@ def grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array
     the groups), per platform: on TPU the megablox kernel, which visits only the tiles that hold a group's rows;
     elsewhere the padded tiles of :func:`tiled_grouped_matmul` as one batched GEMM. ``ragged_dot`` itself lowers
     on GPU and CPU to one masked matmul of every row per group (``E`` times the FLOPs), which ran out of memory at
-    the recipe's 4 x 2048 tokens on an H100. The choice is made when the program is lowered for its platform."""
+    the recipe's 4 x 2048 tokens on an H200 and at 1 x 2048 on an H100. The choice is made when the program is
+    lowered for its platform."""
     return jax.lax.platform_dependent(lhs_md, rhs_edf, group_sizes, tpu=_megablox, default=tiled_grouped_matmul)
 
 
@@ -255,21 +256,22 @@ def grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax.Array
 # ``2 E N D F`` FLOPs and one read of the weights, the tiles about ``2 (N k + E t) D F`` FLOPs and three passes over
 # ``N k / t + E`` copies of the weights (gathered, written, read by the GEMM). At an H100's 295 FLOPs per byte of
 # HBM (989 TFLOP/s, 3.35 TB/s) the buffers are cheaper up to about 16 tokens per expert, at a v5p's 166 up to
-# about 8; on the 2-core CPU they were faster at 1 (64 tokens of 64 experts: 25 ms against 58 ms as tiles) and
-# slower at 8 (145 ms against 111 ms).
+# about 8; on the 2-core CPU they were faster at 1 (64 tokens of 64 experts, top-8, hidden 512, forward and
+# backward in bf16: 128 ms against 267 ms as tiles) and slower at 8 (562 ms against 363 ms;
+# bench/results/moe_layer_cpu_decode_shapes.json).
 BUFFER_TOKENS_PER_EXPERT = 8
 
 
 def dropless_experts(x_nd: jax.Array, experts_nk: jax.Array, weights_nk: jax.Array, gate_edf: jax.Array,
                      up_edf: jax.Array, down_efd: jax.Array) -> jax.Array:
-    """No assignment dropped, the cheaper of two forms for the shape (pure XLA, so GSPMD partitions either): with
+    """No assignment dropped, the cheaper of two forms for the shape (pure XLA; with the experts sharded GSPMD
+    partitions the buffers by expert, while the tiles' weight gather likely gathers every expert's weights): with
     few tokens for the experts (a decode step; :data:`BUFFER_TOKENS_PER_EXPERT`), every expert gets a buffer of
     all ``N`` tokens (an expert takes a token at most once, so none can overflow) and the experts run as one
     batched matmul that reads each expert's weights once; with more (a prefill chunk),
     :func:`tiled_grouped_matmul` over the assignments sorted by expert. ``ragged_dot`` would compute every
-    assignment with every expert on GPU and CPU: at 64 tokens, top-8 of 64 experts (hidden 512) a decode step's
-    experts took 136 ms that way on the 2-core CPU, 58 ms as tiles and 25 ms as buffers; at 512 tokens 939 ms,
-    111 ms as tiles and 145 ms as buffers."""
+    assignment with every expert on GPU and CPU: at 64 tokens, top-8 of 64 experts, those took 535 ms on the 2-core
+    CPU (forward and backward), the tiles 267 ms and the buffers 128 ms; at 512 tokens 3.19 s, 363 ms and 562 ms."""
     n, k = experts_nk.shape
     num_experts = gate_edf.shape[0]
     args = (x_nd, experts_nk, weights_nk, gate_edf, up_edf, down_efd)
