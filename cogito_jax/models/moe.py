@@ -226,15 +226,19 @@ def tiled_grouped_matmul(lhs_md: jax.Array, rhs_edf: jax.Array, group_sizes: jax
     t = tile or tile_rows(m, num_groups)
     tiles = -(-m // t) + min(num_groups, m)
     sizes = group_sizes.astype(jnp.int32)
-    end = jnp.cumsum(sizes)
-    padded_end = jnp.cumsum(-(-sizes // t) * t)
-    start, padded_start = end - sizes, padded_end - (-(-sizes // t) * t)
+    padded = -(-sizes // t) * t
+    end, padded_end = jnp.cumsum(sizes), jnp.cumsum(padded)
+    start, padded_start = end - sizes, padded_end - padded
+
+    def group_of(ends: jax.Array, idx: jax.Array) -> jax.Array:  # the group holding each index (the last past all)
+        return jnp.minimum(jnp.searchsorted(ends, idx, side="right"), num_groups - 1).astype(jnp.int32)
+
     pos = jnp.arange(tiles * t, dtype=jnp.int32)  # padded positions
-    group = jnp.minimum(jnp.searchsorted(padded_end, pos, side="right"), num_groups - 1).astype(jnp.int32)
+    group = group_of(padded_end, pos)
     offset = pos - padded_start[group]
     src = jnp.where((pos < padded_end[-1]) & (offset < sizes[group]), start[group] + offset, m)  # m: padding
     row = jnp.arange(m, dtype=jnp.int32)
-    row_group = jnp.minimum(jnp.searchsorted(end, row, side="right"), num_groups - 1).astype(jnp.int32)
+    row_group = group_of(end, row)
     back = jnp.where(row < end[-1], padded_start[row_group] + row - start[row_group], tiles * t)  # past the groups
     x = _permute(lhs_md, src, back).reshape(tiles, t, d)
     out = jnp.einsum("tmd,tdf->tmf", x, rhs_edf[group.reshape(tiles, t)[:, 0]])
