@@ -20,6 +20,16 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def bench_module(name: str):
+    """``bench/<name>.py`` loaded as a module (the bench scripts are files, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_configure(config):
     # Grain multi-worker loading reads absl flags; mark them parsed when not under absl.app.
     from absl import flags

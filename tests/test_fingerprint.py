@@ -1,7 +1,6 @@
 """The audio-fingerprint contamination guard: altered copies of benchmark clips are caught, distinct clips are not,
 and data_prep.build rejects them naming the benchmark item and the score."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -14,17 +13,10 @@ from cogito_jax import audio
 from cogito_jax.data import fingerprint
 from data_prep import filters
 from data_prep.config import FINGERPRINT_MIN_LANDMARKS, FINGERPRINT_THRESHOLD
+from tests.conftest import bench_module
 from tests.prereq import require, require_module
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEECH = pathlib.Path("/usr/share/pocketsphinx/test/data")
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_contamination", REPO / "bench" / "contamination.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def contamination():
     require(shutil.which("espeak-ng"), "synthesised speech needs espeak-ng (apt-get install -y espeak-ng)")
     require_module("av", "AAC encoding needs PyAV (requirements-test.txt)")
     require(SPEECH.is_dir(), "real speech needs pocketsphinx-testdata (apt-get install -y pocketsphinx-testdata)")
-    return _bench_module()
+    return bench_module("contamination")
 
 
 @pytest.mark.slow

@@ -2,17 +2,14 @@
 counts of the real configs against transformers' meta-device models."""
 
 import dataclasses
-import importlib.util
 
 import pytest
 
 from cogito_jax.models import flops, registry
 from cogito_jax.models.decoder import DecoderConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, bench_module
 
-spec = importlib.util.spec_from_file_location("model_flops", REPO / "bench" / "model_flops.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = bench_module("model_flops")
 
 DENSE = DecoderConfig(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,
                       intermediate_size=48)
@@ -99,9 +96,7 @@ def test_bench_mfu_is_against_the_vendor_spec_with_the_measured_peak_beside_it()
     fraction of the matmul peak measured in the same run beside it, labelled; an unknown device has no MFU."""
     import json
 
-    spec = importlib.util.spec_from_file_location("real_slices", REPO / "bench" / "real_slices.py")
-    real_slices = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real_slices)
+    real_slices = bench_module("real_slices")
     saved = json.loads((REPO / "bench" / "results" / "real_slices_h200_train_qwen2.json").read_text())
     (r,) = [real_slices.with_mfu(x, saved["peak_flops"], saved["device"]) for x in saved["train"]]
     achieved = r["model_flops_per_token"] * r["tokens_per_s"]

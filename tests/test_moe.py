@@ -15,6 +15,7 @@ from cogito_jax import sharding
 from cogito_jax.convert import export_params, load_params
 from cogito_jax.models import moe
 from configs.models.qwen3_omni_thinker import get_config
+from tests.conftest import bench_module
 from tests.hf_tiny_qwen3_omni import rescale_, save_thinker, thinker_config
 
 
@@ -368,13 +369,7 @@ def test_grouped_experts_lower_per_platform():
 def test_moe_layer_bench_sizes_each_implementation(tmp_path):
     """bench/moe_layer.py at toy size: every implementation compiles, runs and is sized; `ragged_dot` computes every
     row with every expert (E = 8 times the useful FLOPs here; at least 4x asserted), the padded tiles far less."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parents[1] / "bench" / "moe_layer.py"
-    spec = importlib.util.spec_from_file_location("moe_layer", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("moe_layer")
     rows = {r["impl"]: r for r in bench.layer_costs(64, ["tiled", "capacity:1.25", "ragged_dot"], 1, hidden=32,
                                                     width=16, experts=8, top_k=2)}
     for r in rows.values():
@@ -388,15 +383,9 @@ def test_moe_layer_bench_sizes_each_implementation(tmp_path):
 def test_moe_generation_bench_samples_the_same_tokens_both_ways():
     """bench/moe_generation.py at toy size: generation's dropless experts and `ragged_dot` draw the same tokens,
     and the module's settings are restored afterwards."""
-    import importlib.util
-    import pathlib
-
     from cogito_jax.models import decoder
 
-    path = pathlib.Path(__file__).parents[1] / "bench" / "moe_generation.py"
-    spec = importlib.util.spec_from_file_location("moe_generation", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("moe_generation")
     before = (decoder.GENERATION_MOE_IMPL, moe.ragged_matmul)
     r = bench.main(["--experts", "8", "--top-k", "2", "--hidden", "32", "--prompts", "2", "--samples", "2",
                     "--prompt-len", "8", "--new", "4", "--repeats", "1"])
