@@ -193,23 +193,28 @@ def test_two_processes_build_what_one_process_builds(reference, corpus, ckpt, ju
         audit._merged_verdicts(out / "cache" / "audit.jsonl", 2, items, samples)
 
 
+def _finished(texts):
+    """The questions with all ``N`` samples among the whole lines of ``texts`` (a torn last line is not one)."""
+    done = collections.Counter(json.loads(ln)["id"] for text in texts for ln in text.split("\n")[:-1])
+    return {i for i, c in done.items() if c == N}
+
+
 def _kill_during_think(out, corpus, ckpt, judge):
-    """Starts a 2-process build and SIGKILLs the whole job once think has written something; returns what each
-    process's file held and the questions finished then."""
+    """Starts a 2-process build and SIGKILLs the whole job once think has finished a question (all its samples
+    written: a question's samples reach the file one line at a time, milliseconds apart on a loaded machine);
+    returns what each process's file held and the questions finished then."""
     _seed_caches(out)
     job = _launch(2, out, corpus, ckpt, judge, start_new_session=True)
     shards = _think_shards(out)
     deadline = time.time() + 600  # the two processes start and compile first; slow on a loaded machine
-    while not any(p.exists() and p.stat().st_size for p in shards):
-        assert job.poll() is None and time.time() < deadline, "the job ended before think wrote anything"
-        time.sleep(0.02)
+    while not _finished(p.read_text() for p in shards if p.exists()):
+        assert job.poll() is None and time.time() < deadline, "the job ended before think finished a question"
+        time.sleep(0.002)
     os.killpg(job.pid, signal.SIGKILL)  # the whole job: both processes and the launcher
     job.wait(timeout=30)
     assert not (out / "report.json").exists()
     partial = [p.read_text() if p.exists() else "" for p in shards]
-    done = collections.Counter(json.loads(ln)["id"] for text in partial for ln in text.splitlines()
-                               if ln.endswith("}"))
-    finished = {i for i, c in done.items() if c == N}
+    finished = _finished(partial)
     assert finished and len(finished) < len(QUESTIONS) - 2, "the kill came after think had finished"
     return partial, finished
 
@@ -219,9 +224,8 @@ def _assert_resumed(out, n, partial, finished, reference, judge_requests):
     report = json.loads((out / "report.json").read_text())
     assert report["stages"]["think"]["generated_this_run"] == len(QUESTIONS) - 2 - len(finished)
     shards = _think_shards(out)
-    for p, text in zip(shards, partial, strict=True):  # what each process had finished is kept as it was
-        kept = [ln for ln in text.splitlines() if ln.endswith("}") and json.loads(ln)["id"] in finished]
-        assert p.read_text().startswith("".join(ln + "\n" for ln in kept))
+    for p, text in zip(shards, partial, strict=True):  # every whole line the killed job wrote is kept as it was
+        assert p.read_text().startswith(text[:text.rfind("\n") + 1])
     files = [*shards, out / "cache" / "think_samples.jsonl"]
     samples = collections.Counter((r["id"], r["sample"]) for p in files if p.exists() for r in _lines(p)
                                   if n == 2 or p.name.endswith(".jsonl") or r["id"] in finished)
