@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=1.0, help="shape of the log-normal budget distribution")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--steps-per-sync", type=int, default=8)
+    ap.add_argument("--row-group", type=int, default=8,
+                    help="rows per own-page read loop in continuous decode (0: all rows read to the longest one)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
@@ -151,7 +153,7 @@ def main() -> None:
     ps = prompts(args.prompts, args.seed)
     longest = max(len(p["ids"]) for p in ps)
     scfg = continuous.SlotConfig(slots=b * n, page_size=args.page_size, max_context=longest + args.cap,
-                                 prefill_chunk=128, steps_per_sync=args.steps_per_sync)
+                                 prefill_chunk=128, steps_per_sync=args.steps_per_sync, row_group=args.row_group)
     static, cont = engine_for(model), continuous.ContinuousEngine(model, scfg)
     per_token = cont.page_bytes // scfg.page_size  # keys and values of one token, every layer (same dtype)
     print(f"model: qwen2_audio, {args.layers} decoder layers, d {args.hidden}, fp32; {args.prompts} prompts of "

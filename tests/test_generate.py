@@ -238,6 +238,9 @@ def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
     for share in (1, 3):  # a prompt's pages read once per row, or by 3 of its 4 rows together and then 1
         alone, _ = run([0, 1, 2], share_rows=share)
         assert alone == base
+    for group, slots in ((1, 4), (2, 4), (2, 12)):  # own pages read per row / per pair of rows, each to its own end
+        grouped, _ = run([0, 1, 2], row_group=group, slots=slots)
+        assert grouped == base
     other, _, _ = _continuous(model, reqs, seed=8)
     assert {k: f.tokens for k, f in other.items()} != {k: v[0] for k, v in base.items()}
 
@@ -282,6 +285,11 @@ def test_shared_prompt_reads_equal_the_per_row_paged_attention():
     got, k_got, _ = paged_attention(q, k_new, v_new, view._replace(shared=shared), 0.3)
     np.testing.assert_allclose(np.asarray(got)[:4], np.asarray(want)[:4], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(k_got), np.asarray(k_want))
+    # Own pages read row by row, each to its own last slot (the idle row 4 reads nothing): the same bits for the
+    # live rows, and zeros, not NaN, for the idle one (it writes them to the null page that masked blocks read).
+    alone, _, _ = paged_attention(q, k_new, v_new, view._replace(shared=shared, row_group=1), 0.3)
+    np.testing.assert_array_equal(np.asarray(alone)[:4], np.asarray(got)[:4])
+    np.testing.assert_array_equal(np.asarray(alone)[4], 0.0)
     with pytest.raises(ValueError, match="one token per row"):
         paged_attention(jnp.tile(q, (1, 2, 1, 1)), jnp.tile(k_new, (1, 2, 1, 1)), jnp.tile(v_new, (1, 2, 1, 1)),
                         view._replace(slot=jnp.tile(view.slot, (1, 2)), shared=shared), 0.3)

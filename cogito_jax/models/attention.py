@@ -282,6 +282,7 @@ class PagedKV(NamedTuple):
     gen_start: jax.Array  # int32 [B]
     block_pages: int  # pages read per step of the attention loop
     shared: SharedPrompts | None = None  # decode only: rows that read one prompt's keys together
+    row_group: int = 0  # decode only: rows per own-slot loop group (see _own_slots); 0: all rows, one group
 
 
 class SharedPrompts(NamedTuple):
@@ -305,7 +306,8 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
     highest slot any row writes, with an online softmax (running max and sum in float32), so the cost follows
     the longest live row, not the pool or the page table. With ``kv.shared`` (decode steps) the prompt part is
     read once per entry for the rows that share it (:func:`_shared_prompt_stats`) and each row's own loop covers
-    only its generated slots. Returns (``[B, T, n, H]``, the layer's new k, v)."""
+    only its generated slots, up to the longest row of its group of ``kv.row_group`` rows. A row that sees
+    nothing (a free slot) gets zeros. Returns (``[B, T, n, H]``, the layer's new k, v)."""
     b, t, n, h = q_btnh.shape
     pages, page, kvh, _ = kv.k.shape
     g = n // kvh
@@ -320,7 +322,9 @@ def paged_attention(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, kv:
         q = q_btnh.reshape(b, kvh, g, h).astype(jnp.float32)
         m, l, acc = _shared_prompt_stats(q, k_pages, v_pages, kv.shared, kv.block_pages, scale)
         m, l, acc = _own_slots(q, k_pages, v_pages, kv, (m, l, acc), scale)
-        out = (acc / l[..., None]).reshape(b, t, n, h).astype(q_btnh.dtype)
+        # a free slot in a group with nothing to read has l == 0: zeros, not NaN (it writes them to the null
+        # page, which other rows' masked blocks multiply by 0)
+        out = (acc / jnp.where(l > 0, l, 1.0)[..., None]).reshape(b, t, n, h).astype(q_btnh.dtype)
         return out, k_pages, v_pages
 
     span = kv.block_pages * page
@@ -413,20 +417,36 @@ def _shared_prompt_stats(q_bkgh, k_pages, v_pages, sp: SharedPrompts, block_page
 
 def _own_slots(q_bkgh, k_pages, v_pages, kv: PagedKV, carry, scale: float):
     """Continues each row's online softmax over its own generated slots ``gen_start .. slot`` (one new token per
-    row): a loop over ``block_pages`` pages at a time from the row's first generated page, up to the longest
-    row's last one."""
+    row), ``block_pages`` pages at a time from the row's first generated page.
+
+    Rows go in groups of ``kv.row_group`` consecutive rows (all rows when 0 or when it does not divide them), and
+    a group reads only up to its own longest row: one loop over (group, block) pairs, ``sum over groups of
+    ceil(longest / span)`` steps of ``row_group`` rows each. With lengths long-tailed and rows ordered by length
+    (the continuous engine sorts them at every host check), the short rows no longer read as many blocks as the
+    longest row in the batch. Blocks past a row's last slot are masked and leave its state unchanged (the
+    weights of masked slots are exactly 0), so a row goes through the same arithmetic in whichever group."""
     b, kvh, g, h = q_bkgh.shape
     page, w = k_pages.shape[1], kv.table.shape[1]
     span = kv.block_pages * page
+    rg = kv.row_group if 0 < kv.row_group < b and b % kv.row_group == 0 else b
     slot = kv.slot[:, 0]
     first = kv.gen_start // page
+    trips = jnp.maximum((jnp.max((slot - kv.gen_start).reshape(b // rg, rg), axis=1) + span) // span, 0)
+    ends = jnp.cumsum(trips)
 
-    def block(j, st):
-        idx = jnp.minimum(first[:, None] + j * kv.block_pages + jnp.arange(kv.block_pages), w - 1)
-        pages_j = jnp.take_along_axis(kv.table, idx, axis=1)  # [B, bp]
-        k_j = k_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
-        v_j = v_pages[pages_j].reshape(b, span, kvh, h).astype(jnp.float32)
-        seen = kv.gen_start[:, None] + j * span + jnp.arange(span) <= slot[:, None]  # [B, L]
-        return _online_block(st, q_bkgh, k_j, v_j, seen[:, None, None, :], scale)
+    def block(t, st):
+        grp = jnp.sum(ends <= t).astype(jnp.int32)  # the group of loop step t, and its block j
+        j = t - (ends[grp] - trips[grp])
 
-    return jax.lax.fori_loop(0, (jnp.max(slot - kv.gen_start) + span) // span, block, carry)
+        def rows(x):
+            return jax.lax.dynamic_slice_in_dim(x, grp * rg, rg, axis=0)
+
+        idx = jnp.minimum(rows(first)[:, None] + j * kv.block_pages + jnp.arange(kv.block_pages), w - 1)
+        pages_j = jnp.take_along_axis(rows(kv.table), idx, axis=1)  # [rg, bp]
+        k_j = k_pages[pages_j].reshape(rg, span, kvh, h).astype(jnp.float32)
+        v_j = v_pages[pages_j].reshape(rg, span, kvh, h).astype(jnp.float32)
+        seen = rows(kv.gen_start)[:, None] + j * span + jnp.arange(span) <= rows(slot)[:, None]  # [rg, L]
+        new = _online_block(tuple(rows(x) for x in st), rows(q_bkgh), k_j, v_j, seen[:, None, None, :], scale)
+        return tuple(jax.lax.dynamic_update_slice_in_dim(x, y, grp * rg, axis=0) for x, y in zip(st, new, strict=True))
+
+    return jax.lax.fori_loop(0, ends[-1], block, carry)

@@ -18,7 +18,9 @@ How, on every platform (XLA; no custom kernel):
 * **Shared prompt reads (cascade attention).** In a decode step a prompt's pages are read once for up to
   ``share_rows`` of its live rows together (an *entry*, rebuilt by the host at every check), and each row then
   reads only its own generated pages; without it every row would read its prompt through its page table, ``N``
-  times per prompt.
+  times per prompt. The own-page reads go in groups of ``row_group`` rows, the rows sorted by length at every
+  check, each group reading only as far as its own longest row: with long-tailed lengths the short rows do not
+  read as many blocks as the longest row in the batch.
 * **Prefill.** A prompt's audio is encoded once, ``ENCODE_BATCH`` prompts per encoder call (the next prompts in
   the queue are encoded ahead of their prefill); its tokens go through the model in chunks of
   ``prefill_chunk`` (a long prompt never needs a program of its own length), writing the prompt's pages. The
@@ -74,10 +76,12 @@ class SlotConfig:
     block_pages: int = 4  # pages attention reads per step of its loop
     narrowest: int = 0  # smallest decode width once few rows are left (0: slots // 8; never below 2)
     share_rows: int = 8  # rows of one prompt that read its pages together in a decode step (N samples: N)
+    row_group: int = 8  # rows (ordered by length) per own-page read loop in a decode step; 0: all rows in one
 
     def __post_init__(self):
-        if self.narrowest < 0:
-            raise ValueError(f"narrowest={self.narrowest} must be >= 0")
+        for name in ("narrowest", "row_group"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         for name in ("slots", "page_size", "max_context", "prefill_chunk", "steps_per_sync", "block_pages",
                      "share_rows"):
             if getattr(self, name) < 1:
@@ -291,7 +295,7 @@ class ContinuousEngine:
                     slot = jnp.where(active, rows.gen_start + rows.emitted - 1, -1)
                     pos = rows.prompt_len + rows.emitted - 1
                     view = PagedKV(None, None, rows.table, slot[:, None], rows.prompt_len, rows.gen_start,
-                                   cfg.block_pages, shared)
+                                   cfg.block_pages, shared, cfg.row_group)
                     h, k, v = llm.paged(llm.embed(rows.tok[:, None]), pos[:, None], k, v, view,
                                         self._layers(layer_states))
                     logits = llm.logits(h[:, 0])
@@ -514,15 +518,14 @@ class ContinuousEngine:
             return table, length, rows, np.int32(count)
 
         def compact() -> int:
-            """Moves the live rows to the lowest slots; returns the decode width: the narrowest of ``widths`` that
+            """Moves the live rows to the lowest slots, longest first (each group of ``row_group`` rows then reads
+            its own pages up to its own longest row); returns the decode width: the narrowest of ``widths`` that
             holds them (once the queue runs dry the last long rows do not pay for a full batch of idle slots)."""
-            live = [i for i, r in enumerate(slots) if r is not None]
-            for j, i in enumerate(live):
-                if i != j:
-                    slots[j], slots[i] = slots[i], None
-                    for arr in host.values():
-                        arr[j] = arr[i]
-                    host["live"][i] = False
+            live = sorted((i for i, r in enumerate(slots) if r is not None), key=lambda i: -len(slots[i].tokens))
+            order = live + [i for i, r in enumerate(slots) if r is None]
+            slots[:] = [slots[i] for i in order]
+            for arr in host.values():
+                arr[:] = arr[order]
             return min(x for x in widths if x >= len(live))
 
         widths = cfg.widths
