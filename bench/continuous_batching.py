@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=1.0, help="shape of the log-normal budget distribution")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--steps-per-sync", type=int, default=8)
+    ap.add_argument("--max-steps-per-sync", type=int, default=0,
+                    help="longest decode call while a host check would change nothing (0: 4 x --steps-per-sync)")
     ap.add_argument("--row-group", type=int, default=8,
                     help="rows per own-page read loop in continuous decode (0: all rows read to the longest one)")
     ap.add_argument("--layers", type=int, default=4)
@@ -153,13 +155,14 @@ def main() -> None:
     ps = prompts(args.prompts, args.seed)
     longest = max(len(p["ids"]) for p in ps)
     scfg = continuous.SlotConfig(slots=b * n, page_size=args.page_size, max_context=longest + args.cap,
-                                 prefill_chunk=128, steps_per_sync=args.steps_per_sync, row_group=args.row_group)
+                                 prefill_chunk=128, steps_per_sync=args.steps_per_sync, row_group=args.row_group,
+                                 max_steps_per_sync=args.max_steps_per_sync)
     static, cont = engine_for(model), continuous.ContinuousEngine(model, scfg)
     per_token = cont.page_bytes // scfg.page_size  # keys and values of one token, every layer (same dtype)
     print(f"model: qwen2_audio, {args.layers} decoder layers, d {args.hidden}, fp32; {args.prompts} prompts of "
           f"{min(len(p['ids']) for p in ps)}-{longest} tokens with audio, N={n}; static: {b} prompts x {n} rows per "
           f"call; continuous: {scfg.slots} slots, pages of {scfg.page_size}, pool {scfg.pool_pages} pages, "
-          f"{scfg.steps_per_sync} steps per host check")
+          f"{scfg.steps_per_sync} steps per host check (up to {scfg.longest_call} while a check would change nothing)")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
 
     results = {"args": vars(args), "platform": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "workloads": {}}

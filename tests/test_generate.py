@@ -1,5 +1,7 @@
 """Generation: greedy equals HF generate token for token; N samples share one prefill; seeds."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -212,8 +214,8 @@ def test_continuous_greedy_equals_hf_generate(models):
 def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
     """Sampled tokens and their log-probs are the same whatever the slot count, the arrival order, the steps
     between host checks, the decode width (narrower calls once few rows are left), how many of a prompt's rows
-    read its pages together, or a KV pool so small that rows are preempted and generated again; a stop id and
-    per-request budgets end rows where they should."""
+    read its pages together, how many rows read their own pages per loop, or a KV pool so small that rows are
+    preempted and generated again; a stop id and per-request budgets end rows where they should."""
     _, model = models
     ids, feats, fmask, am = _prompts(seed=5)
     reqs = _requests(ids, am, feats, fmask, samples=4, temperature=1.0, budgets=[12, 3, 9])
@@ -231,18 +233,43 @@ def test_continuous_samples_depend_only_on_prompt_id_sample_and_seed(models):
         assert why == "eos" or len(toks) == budget
     same, _ = run([2, 0, 1], slots=7, steps_per_sync=5)
     assert same == base
-    wide, stats = run([0, 1, 2], slots=12, narrowest=2)  # every row at once, then narrower calls
+    # own pages read by pairs of rows (row_group 2), each pair to its own longest row, or row by row (1)
+    wide, stats = run([0, 1, 2], slots=12, narrowest=2, row_group=2)  # every row at once, then narrower calls
     assert wide == base and len(stats["calls_by_width"]) > 1  # it did narrow
-    tight, stats = run([1, 2, 0], slots=6, num_pages=21, steps_per_sync=4)
+    tight, stats = run([1, 2, 0], slots=6, num_pages=21, steps_per_sync=4, row_group=1)
     assert stats["preempted"] > 0 and tight == base
-    for share in (1, 3):  # a prompt's pages read once per row, or by 3 of its 4 rows together and then 1
-        alone, _ = run([0, 1, 2], share_rows=share)
+    for share, group in ((1, 2), (3, 1)):  # a prompt's pages read once per row, or by 3 of its 4 rows and then 1
+        alone, _ = run([0, 1, 2], share_rows=share, row_group=group)
         assert alone == base
-    for group, slots in ((1, 4), (2, 4), (2, 12)):  # own pages read per row / per pair of rows, each to its own end
-        grouped, _ = run([0, 1, 2], row_group=group, slots=slots)
-        assert grouped == base
     other, _, _ = _continuous(model, reqs, seed=8)
     assert {k: f.tokens for k, f in other.items()} != {k: v[0] for k, v in base.items()}
+
+
+def test_a_decode_call_runs_on_while_a_host_check_would_change_nothing(models):
+    """A call stops after ``steps_per_sync`` steps once a row has ended while a prompt waits for its slot, and
+    otherwise goes on up to ``max_steps_per_sync``, or until a row needs a page the host has not given it (a pool
+    with no pages to spare); the tokens and log-probs are the same in every case."""
+    _, model = models
+    ids, feats, fmask, am = _prompts(seed=5)
+    reqs = [dataclasses.replace(r, stop_ids=()) for r in _requests(ids[:2], am[:2], feats[:2], fmask[:2], samples=4,
+                                                                   temperature=1.0, budgets=[4, 20])]
+
+    def run(**kw):
+        got, stats, _ = _continuous(model, reqs, seed=3, **kw)
+        return {k: (f.tokens, f.logprobs) for k, f in got.items()}, stats
+
+    # p0's 4 rows take the 4 slots; they end after 3 steps with p1 waiting, then p1's rows run their 19 steps
+    long_calls, stats = run(max_steps_per_sync=32)
+    assert stats["decode_calls"] == 2 and stats["slot_steps"] == 4 * 3 + 4 * 19 and stats["utilization"] == 1.0
+    default, stats = run()  # calls of at most 4 x 3 steps
+    assert stats["decode_calls"] == 1 + 2 and default == long_calls
+    short_calls, stats = run(max_steps_per_sync=3)
+    assert stats["decode_calls"] == 1 + 7 and short_calls == long_calls
+    # 30 pages: p1's rows get pages for 3 steps at a time (one 4-token page), so its calls end at page ends
+    tight, stats = run(num_pages=30, max_steps_per_sync=32)
+    assert stats["decode_calls"] == 1 + 5 and stats["preempted"] == 0 and tight == long_calls
+    with pytest.raises(ValueError, match="max_steps_per_sync=2 must be >= steps_per_sync=3"):
+        SlotConfig(max_steps_per_sync=2, steps_per_sync=3)
 
 
 def test_continuous_logprobs_are_the_models(models):

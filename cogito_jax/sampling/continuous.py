@@ -8,7 +8,12 @@ How, on every platform (XLA; no custom kernel):
 
 * **Slots.** ``slots`` rows decode together in one compiled program that runs ``steps_per_sync`` steps (a
   ``while_loop`` that stops early once no row is live) between host checks. Shapes never change, so inserting
-  and freeing rows never recompiles.
+  and freeing rows never recompiles. A call goes on past ``steps_per_sync``, up to ``max_steps_per_sync`` (4 x
+  ``steps_per_sync`` by default), while a host check would change nothing: no row has ended while prompts
+  wait for a slot, the live rows do not fit a narrower width, and every live row has a page for its next token
+  (the host gives each row pages for ``steps_per_sync`` steps, and for a whole call from what is free beyond a
+  reserve). With equal or slowly ending lengths this saves host checks; a refill or a narrower width never
+  comes later than without it.
 * **Pages.** Keys/values live in one pool per layer, ``[num_pages, page_size, kv_heads, head_dim]``. A row
   reads its tokens through a page table (:class:`~cogito_jax.models.attention.PagedKV`): first its prompt's
   pages, which the prompt's ``N`` samples share (the prompt is stored once), then pages of its own, taken
@@ -73,19 +78,23 @@ class SlotConfig:
     num_pages: int = 0  # KV pool size in pages; 0: half of every slot at max_context, plus one row's worth
     prefill_chunk: int = 128  # prompt tokens per prefill call
     steps_per_sync: int = 8  # decode steps per device call between host checks
+    max_steps_per_sync: int = 0  # ... while a check would change nothing (module docstring); 0: 4 x steps_per_sync
     block_pages: int = 4  # pages attention reads per step of its loop
     narrowest: int = 0  # smallest decode width once few rows are left (0: slots // 8; never below 2)
     share_rows: int = 8  # rows of one prompt that read its pages together in a decode step (N samples: N)
     row_group: int = 8  # rows (ordered by length) per own-page read loop in a decode step; 0: all rows in one
 
     def __post_init__(self):
-        for name in ("narrowest", "row_group"):
+        for name in ("narrowest", "row_group", "max_steps_per_sync"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         for name in ("slots", "page_size", "max_context", "prefill_chunk", "steps_per_sync", "block_pages",
                      "share_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_steps_per_sync and self.max_steps_per_sync < self.steps_per_sync:
+            raise ValueError(f"max_steps_per_sync={self.max_steps_per_sync} must be >= steps_per_sync="
+                             f"{self.steps_per_sync}")
         if self.num_pages and self.num_pages < self.table_width + 1:
             raise ValueError(f"num_pages={self.num_pages} cannot hold one row of max_context={self.max_context} "
                              f"tokens ({self.table_width} pages of {self.page_size}, plus the null page)")
@@ -95,6 +104,11 @@ class SlotConfig:
         """Pages in a row's table: ``max_context`` tokens plus the prompt's last partial page, whole blocks."""
         need = -(-self.max_context // self.page_size) + 1
         return -(-need // self.block_pages) * self.block_pages
+
+    @property
+    def longest_call(self) -> int:
+        """Decode steps one call may run (``max_steps_per_sync``, or 4 x ``steps_per_sync`` when 0)."""
+        return self.max_steps_per_sync or 4 * self.steps_per_sync
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -270,9 +284,11 @@ class ContinuousEngine:
     def _decode_fn(self):
         if "decode" not in self._jit:
             cfg = self.cfg
-            steps = cfg.steps_per_sync
+            least, steps = cfg.steps_per_sync, cfg.longest_call
+            page, w = cfg.page_size, cfg.table_width
 
-            def decode(state, layer_states, k, v, rows: Rows, share, seed_key):
+            def decode(state, layer_states, k, v, rows: Rows, share, seed_key, waiting, narrower):
+                """``waiting``: prompts wait for a slot; ``narrower``: the next narrower width (0: none)."""
                 self.trace_counts["decode"] += 1
                 s = rows.tok.shape[0]
                 e, r = share[2].shape
@@ -284,9 +300,17 @@ class ContinuousEngine:
                 out_tok = jnp.full((s, steps), -1, jnp.int32)
                 out_lp = jnp.zeros((s, steps), jnp.float32)
 
+                started = rows.live
+
                 def cond(c):
                     i, rows, *_ = c
-                    return (i < steps) & jnp.any(rows.live)
+                    live = rows.live
+                    # the page of each row's next slot (0, the null page, where the host gave none)
+                    nxt = jnp.clip((rows.gen_start + rows.emitted - 1) // page, 0, w - 1)
+                    has_page = jnp.take_along_axis(rows.table, nxt[:, None], axis=1)[:, 0] > 0
+                    check = ((waiting & jnp.any(started & ~live)) | (jnp.sum(live) <= narrower)
+                             | jnp.any(live & ~has_page))
+                    return (i < steps) & jnp.any(live) & ((i < least) | ~check)
 
                 def body(c):
                     i, rows, k, v, out_tok, out_lp, state, layer_states = c
@@ -369,10 +393,10 @@ class ContinuousEngine:
                 raise ValueError(f"request {req.id!r}: {len(ids)} stop ids, at most {MAX_STOP_IDS}")
             return ids
 
-        def pages_for_call(row: _Row) -> int:
-            """Own pages a live row needs for the next ``steps_per_sync`` steps."""
+        def pages_for_call(row: _Row, steps: int) -> int:
+            """Own pages a live row needs for its next ``steps`` steps."""
             e = len(row.tokens)
-            last = min(e - 1 + cfg.steps_per_sync - 1, row.prompt.req.max_new_tokens - 2)
+            last = min(e - 1 + steps - 1, row.prompt.req.max_new_tokens - 2)
             gen_start = len(row.prompt.pages) * page
             return (gen_start + last) // page + 1 - len(row.prompt.pages)
 
@@ -468,12 +492,14 @@ class ContinuousEngine:
                 return True
 
         def grow() -> None:
-            """Gives every live row the pages of its next call, preempting the newest rows if the pool is short."""
+            """Gives every live row the pages of its next ``steps_per_sync`` steps, preempting the newest rows if the
+            pool is short, then of a whole call's steps (``longest_call``) from the pages free beyond a reserve (one
+            page per slot and one whole row), in slot order."""
             while True:
                 short = []
                 for i, row in enumerate(slots):
                     if row is not None:
-                        need = pages_for_call(row) - len(row.pages)
+                        need = pages_for_call(row, cfg.steps_per_sync) - len(row.pages)
                         if need > 0:
                             short.append((i, need))
                 if sum(n for _, n in short) <= len(free):
@@ -493,11 +519,21 @@ class ContinuousEngine:
                 if row.prompt not in open_prompts:
                     open_prompts.appendleft(row.prompt)
             for i, need in short:
-                row = slots[i]
-                for _ in range(need):
-                    pg = free.pop()
-                    host["table"][i, len(row.prompt.pages) + len(row.pages)] = pg
-                    row.pages.append(pg)
+                take(i, need)
+            spare = len(free) - s - w
+            for i, row in enumerate(slots):
+                if row is not None and spare > 0:
+                    more = min(spare, pages_for_call(row, cfg.longest_call) - len(row.pages))
+                    if more > 0:
+                        take(i, more)
+                        spare -= more
+
+        def take(i: int, n: int) -> None:
+            row = slots[i]
+            for _ in range(n):
+                pg = free.pop()
+                host["table"][i, len(row.prompt.pages) + len(row.pages)] = pg
+                row.pages.append(pg)
 
         def entries(wd: int) -> tuple[np.ndarray, ...]:
             """The decode call's prompt entries (:class:`~cogito_jax.models.attention.SharedPrompts`): each live
@@ -546,8 +582,11 @@ class ContinuousEngine:
                         SamplingParams(jnp.asarray(host["temperature"][:wd]), jnp.asarray(host["top_k"][:wd]),
                                        jnp.asarray(host["top_p"][:wd])),
                         *(jnp.asarray(host[k][:wd]) for k in ("uid", "sample", "stop")))
+            waiting = bool(queue) or any(p.pending for p in open_prompts)
+            narrower = max((x for x in widths if x < wd), default=0)
             self.k, self.v, rows, out_tok, out_lp, n_steps = decode(self.state, self.layer_states, self.k, self.v,
-                                                                    rows, entries(wd), seed_key)
+                                                                    rows, entries(wd), seed_key, np.bool_(waiting),
+                                                                    np.int32(narrower))
             out_tok, out_lp, live = np.asarray(out_tok), np.asarray(out_lp), np.asarray(rows.live)
             n_steps = int(n_steps)
             stats["decode_calls"] += 1
