@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from cogito_jax import jsonl
 from tests import test_model_stages as single
 from tests.judge_stub import JudgeStub
 from tests.test_model_stages import (
@@ -194,8 +195,9 @@ def test_two_processes_build_what_one_process_builds(reference, corpus, ckpt, ju
 
 
 def _finished(texts):
-    """The questions with all ``N`` samples among the whole lines of ``texts`` (a torn last line is not one)."""
-    done = collections.Counter(json.loads(ln)["id"] for text in texts for ln in text.split("\n")[:-1])
+    """The questions with all ``N`` samples in ``texts`` (think files' contents), read as the driver reads them on
+    resume: a torn last line is not a sample."""
+    done = collections.Counter(r["id"] for text in texts for r in jsonl.parse(text, "think file", require=("id",)))
     return {i for i, c in done.items() if c == N}
 
 
