@@ -165,3 +165,22 @@ def test_stage_records_and_skips_finished_stages(tmp_path):
     rounds._stage(again, "train_1", lambda: calls.append(4))
     assert calls == [1, 2, 4] and again.data["done"] == ["select_1", "train_1"]
     assert again.data["stages"]["train_1"]["attempts"] == 2 and again.data["stages"]["select_1"] == rec
+
+
+def test_a_round_trains_on_the_seed_every_earlier_accepted_trace_and_its_own(tmp_path):
+    """Round 2's data: the seed, round 1's accepted and rationalised traces (read from round 1's dataset, where the
+    seed is carried too and must not be counted twice), then round 2's; round 1 has no earlier round to read."""
+    from cogito_jax.data import records
+
+    def rec(i, **provenance):
+        return records.make_record(id=i, mel=np.zeros((4, 8)), n_frames=4, question="How many beeps?",
+                                   choices=CHOICES, answer=CHOICES[0], provenance=provenance)
+
+    seed = [rec("s0"), rec("s1")]
+    round_1 = [rec("p0#r1s1", distilled_from="p0", round=1), rec("p1#r1h4", distilled_from="p1", round=1)]
+    records.write_dataset(tmp_path / "round_1" / "data", {"train": lambda: seed + round_1}, feat_dim=8)
+    kept = [rec("p0#r2s0", distilled_from="p0", round=2)]
+    assert [r["id"] for r in rounds.training_union(tmp_path, 1, seed, round_1)] == ["s0", "s1", "p0#r1s1", "p1#r1h4"]
+    got = rounds.training_union(tmp_path, 2, seed, kept)
+    assert [r["id"] for r in got] == ["s0", "s1", "p0#r1s1", "p1#r1h4", "p0#r2s0"]
+    assert [r["id"] for r in rounds.training_union(tmp_path, 2, [], kept)] == ["p0#r1s1", "p1#r1h4", "p0#r2s0"]

@@ -279,9 +279,10 @@ def _libtpu_env():
     return {**env, "PYTHONPATH": os.pathsep.join([str(LIBTPU), str(REPO)]), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
-def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, list[str]]) -> dict[str, int]:
+def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, list[str]],
+                      stdout: dict | None = None) -> dict[str, int]:
     """Each variant's train step (config overrides) compiled ahead of time for ``topology``: its Mosaic kernel
-    calls (``tpu_custom_call`` ops in the compiled program)."""
+    calls (``tpu_custom_call`` ops in the compiled program); each run's output goes into ``stdout`` if given."""
     require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
     env = _libtpu_env()
     counts = {}
@@ -293,6 +294,8 @@ def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, 
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"topology {topology}: " in r.stdout and " x TPU v5" in r.stdout
         counts[name] = hlo.read_text().count("tpu_custom_call")
+        if stdout is not None:
+            stdout[name] = r.stdout
     return counts
 
 
@@ -306,35 +309,27 @@ def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
 
 
 @pytest.mark.slow
-def test_moe_grouped_matmuls_lower_to_the_megablox_kernel_for_a_tpu_topology(tmp_path):
-    """configs/tiny_moe.py with moe_impl=gmm and experts over `expert=2`, compiled for a v5p 2x2x1 slice: the
+def test_moe_on_a_tpu_topology_megablox_kernels_step_cost_and_roofline(tmp_path):
+    """configs/tiny_moe.py with experts over `expert=2`, compiled for a v5p 2x2x1 slice: with moe_impl=gmm the
     experts' grouped matmuls are megablox Mosaic kernels, 9 per layer stack (gate, up, down forward, and each one's
-    input gradient and weight gradient), where moe_impl=alltoall has none."""
+    input gradient and weight gradient), where moe_impl=alltoall has none; `--cost` on the all-to-all run gives
+    XLA's cost analysis of the whole step, the all-to-all traffic among the collectives, and a roofline."""
+    out = {}
     counts = _tpu_kernel_calls(tmp_path, "configs/tiny_moe.py", "v5p:2x2x1", {
         impl: [f"--config.model.moe_impl={impl}", "--config.mesh.data=2", "--config.mesh.expert=2"]
-        for impl in ("gmm", "alltoall")})
+        + (["--cost"] if impl == "alltoall" else []) for impl in ("gmm", "alltoall")}, out)
     assert counts == {"gmm": 9, "alltoall": 0}
-
-
-@pytest.mark.slow
-def test_moe_step_cost_and_roofline_for_a_tpu_topology():
-    """`--cost` on configs/tiny_moe.py with the explicit all-to-all expert parallelism, for a v5p 2x2x1 slice:
-    XLA's cost analysis of the whole step, the all-to-all traffic among the collectives, a roofline."""
-    require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
-    env = _libtpu_env()
-    r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", "configs/tiny_moe.py", "--topology",
-                        "v5p:2x2x1", "--cost", "--config.model.moe_impl=alltoall", "--config.mesh.data=2",
-                        "--config.mesh.expert=2"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    cost = next(ln for ln in r.stdout.splitlines() if ln.startswith("cost per chip per step"))
+    assert "cost per chip per step" not in out["gmm"]
+    cost = next(ln for ln in out["alltoall"].splitlines() if ln.startswith("cost per chip per step"))
     tflop, hbm, comm = (float(cost.split(": ", 1)[1].split(", ")[i].split()[0]) for i in range(3))
     assert tflop > 0 and hbm > 0 and comm > 0
     assert float(cost.split("all-to-all ")[1].split(",")[0].rstrip(")")) > 0
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("roofline step time (v5p spec: 459 TFLOP/s"))
+    line = next(ln for ln in out["alltoall"].splitlines()
+                if ln.startswith("roofline step time (v5p spec: 459 TFLOP/s"))
     parts = {k: float(line.split(f"{k} ")[1].split(" s")[0]) for k in ("compute", "HBM", "ICI")}
     assert float(line.split("-> ")[1].split(" s")[0]) == max(parts.values()) > 0
     assert 0 < float(line.split("at best ")[1].split(" %")[0]) <= 100
-    assert "model FLOPs per chip per step (the MFU count, 8 x 192 tokens)" in r.stdout
+    assert "model FLOPs per chip per step (the MFU count, 8 x 192 tokens)" in out["alltoall"]
 
 
 def test_step_cost_counts_every_layer_that_xla_counts_once(cpu_devices):

@@ -139,23 +139,22 @@ def test_process_slices_hold_the_single_process_batches(tmp_path):
 @pytest.mark.slow
 def test_tiny_moe_expert_parallel_on_two_processes_matches_one_unsharded_process(tmp_path):
     """configs/tiny_moe.py (MoE thinker + LoRA): experts sharded over `expert=4` with the explicit all-to-all
-    dispatch equal the unsharded run on one process (data=8, ragged_dot), and the same expert-sharded run on
-    2 processes x 4 devices equals it on 1 x 8. Capacity factor 4 = E / k: no assignment can be dropped."""
+    dispatch, on 2 processes x 4 devices, equal the unsharded run on one process (data=8, ragged_dot). Capacity
+    factor 4 = E / k: no assignment can be dropped. (The same dispatch on one process's 8 devices against
+    ragged_dot: tests/test_moe.py.)"""
     moe = ["-m", "cogito_jax.train", "--config", "configs/tiny_moe.py", "--config.data.num_train=64",
            "--config.data.num_heldout=0", "--config.checkpoint.every=4", "--config.train.steps=6"]
     ep = ["--config.mesh.data=2", "--config.mesh.expert=4", "--config.model.moe_impl=alltoall",
           "--config.model.moe_capacity_factor=4"]
-    unsharded, one, two = tmp_path / "unsharded", tmp_path / "one", tmp_path / "two"
+    unsharded, two = tmp_path / "unsharded", tmp_path / "two"
     _single(unsharded, None, moe)
-    _single(one, unsharded, [*moe, *ep])
     p = _local(2, two, tmp_path / "logs", tmp_path / "jax_cache", [*moe, *ep, *_on_data(unsharded)])
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
     assert "data=2 x fsdp=1 x expert=4 x tensor=1 (8 devices)" in (tmp_path / "logs" / "process_0.log").read_text()
-    runs = [_rows(w) for w in (unsharded, one, two)]
-    assert [list(r) for r in runs] == [list(range(1, 7))] * 3
-    assert [v[1] for v in runs[0].values()] == [v[1] for v in runs[1].values()] == [v[1] for v in runs[2].values()]
+    runs = [_rows(w) for w in (unsharded, two)]
+    assert [list(r) for r in runs] == [list(range(1, 7))] * 2
+    assert [v[1] for v in runs[0].values()] == [v[1] for v in runs[1].values()]
     losses = [[v[0] for v in r.values()] for r in runs]
     np.testing.assert_allclose(losses[1], losses[0], rtol=RTOL, atol=0)
-    np.testing.assert_allclose(losses[2], losses[1], rtol=RTOL, atol=0)
     assert losses[0][-1] < losses[0][0]

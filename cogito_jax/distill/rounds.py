@@ -231,6 +231,16 @@ def _select(cfg: Any, rows: list[dict], hint_rows: list[dict], pool_recs: dict[s
     return kept, summary
 
 
+def training_union(w: pathlib.Path, rnd: int, seed: list[dict], kept: list[dict]) -> list[dict]:
+    """Round ``rnd``'s training data: the seed records, every trace accepted in rounds 1..rnd-1 (carried in round
+    ``rnd - 1``'s dataset, where they are the records with a ``distilled_from`` provenance), then this round's."""
+    previous = []
+    if rnd > 1:
+        prev_data = prepare.dataset_dir(w / f"round_{rnd - 1}" / "data")
+        previous = [rec for rec in records.RecordSource(prev_data, "train") if "distilled_from" in rec["provenance"]]
+    return seed + previous + kept
+
+
 def _pool(cfg: Any, w: pathlib.Path, paths: dict) -> pathlib.Path:
     d = cfg.distill
     if d.pool_dir:
@@ -301,12 +311,7 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
             hint_rows = _read(cfg, hint_orders, rd, "hints") if any(hint_orders) else []
             kept, summary = _select(cfg, rows, hint_rows, pool_recs(), rd, r)
             seed = list(records.RecordSource(paths["train"], "train")) if d.include_seed else []
-            previous = []
-            if r > 1:  # the traces accepted in earlier rounds, carried in the previous round's dataset
-                prev_data = prepare.dataset_dir(w / f"round_{r - 1}" / "data")
-                previous = [rec for rec in records.RecordSource(prev_data, "train")
-                            if "distilled_from" in rec["provenance"]]
-            union = seed + previous + kept
+            union = training_union(w, r, seed, kept)
             if not union:
                 raise ConfigError(f"round {r} accepted no traces and distill.include_seed is off: nothing to train "
                                   "on (raise distill.num_samples or distill.sft_steps, or set include_seed)")
