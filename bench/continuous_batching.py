@@ -22,7 +22,8 @@ Utilisation = useful tokens / slot-steps (rows x decode steps). Peak KV bytes: s
 the ``rows x max_new_tokens`` generated-token cache of its largest call as allocated; continuous, the most
 pages in use at once. A second run gives every prompt the same budget (``--cap / 4``): there static wastes
 nothing and continuous must be no slower (>= 0.9x). Compilation is excluded (a warm-up pass over every shape
-first); each side's time is the median of ``--repeats`` runs. Results go to ``--out`` as JSON.
+first); each side's time is the median of ``--repeats`` runs, the two sides taking turns so that a change in the
+machine's load falls on both. Results go to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -109,12 +110,18 @@ def run_continuous(eng, ps: list[dict], n: int, temperature: float) -> dict:
             "kv_pool_bytes": st["kv_pool_bytes"], "preempted": st["preempted"]}
 
 
-def median_run(fn, repeats: int) -> dict:
-    runs = [fn() for _ in range(repeats)]
-    runs.sort(key=lambda r: r["seconds"])
-    best = dict(runs[len(runs) // 2])
-    best["seconds_all"] = [round(r["seconds"], 3) for r in runs]
-    return best
+def median_runs(fns: dict, repeats: int) -> dict[str, dict]:
+    """Each side's median run (by time) of ``repeats``, the sides taking turns (static, continuous, static, ...)
+    so that a change in the machine's load during the bench falls on both; ``seconds_all`` in run order."""
+    runs: dict[str, list[dict]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            runs[name].append(fn())
+    out = {}
+    for name, rs in runs.items():
+        out[name] = dict(sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2])
+        out[name]["seconds_all"] = [round(r["seconds"], 3) for r in rs]
+    return out
 
 
 def main() -> None:
@@ -175,8 +182,9 @@ def main() -> None:
         run_static(static, ps, n, b, per_token, 1.0)  # compiles every shape this workload uses
         run_continuous(cont, ps, n, 1.0)
         compile_s = time.perf_counter() - t
-        st = median_run(lambda: run_static(static, ps, n, b, per_token, 1.0), args.repeats)
-        co = median_run(lambda: run_continuous(cont, ps, n, 1.0), args.repeats)
+        med = median_runs({"static": lambda: run_static(static, ps, n, b, per_token, 1.0),
+                           "continuous": lambda: run_continuous(cont, ps, n, 1.0)}, args.repeats)
+        st, co = med["static"], med["continuous"]
         ratio = co["tokens_per_s"] / st["tokens_per_s"]
         q = np.percentile(bud, [50, 90, 99])
         print(f"\n{name}: budgets median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, max {max(bud)}, "
