@@ -279,13 +279,13 @@ def _libtpu_env():
     return {**env, "PYTHONPATH": os.pathsep.join([str(LIBTPU), str(REPO)]), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
-def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, list[str]],
-                      stdout: dict | None = None) -> dict[str, int]:
+def _tpu_kernel_calls(tmp_path, config: str, topology: str,
+                      variants: dict[str, list[str]]) -> tuple[dict[str, int], dict[str, str]]:
     """Each variant's train step (config overrides) compiled ahead of time for ``topology``: its Mosaic kernel
-    calls (``tpu_custom_call`` ops in the compiled program); each run's output goes into ``stdout`` if given."""
+    calls (``tpu_custom_call`` ops in the compiled program), and what the compile printed."""
     require((LIBTPU / "libtpu").is_dir(), "libtpu is not unpacked in .venv/libtpu (make test does it)")
     env = _libtpu_env()
-    counts = {}
+    counts, stdout = {}, {}
     for name, overrides in variants.items():
         hlo = tmp_path / f"{name}.hlo"
         r = subprocess.run([sys.executable, "launch/aot_compile.py", "--config", config, "--topology", topology,
@@ -294,16 +294,15 @@ def _tpu_kernel_calls(tmp_path, config: str, topology: str, variants: dict[str, 
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"topology {topology}: " in r.stdout and " x TPU v5" in r.stdout
         counts[name] = hlo.read_text().count("tpu_custom_call")
-        if stdout is not None:
-            stdout[name] = r.stdout
-    return counts
+        stdout[name] = r.stdout
+    return counts, stdout
 
 
 @pytest.mark.slow
 def test_splash_attention_compiles_for_a_tpu_topology(tmp_path):
     """The train step with attn_impl=splash, compiled ahead of time for a v5e 2x2 slice (libtpu, no TPU): the
     splash kernel lowers through Mosaic (fwd, dq and dkv for the encoder and the decoder), not interpret mode."""
-    counts = _tpu_kernel_calls(tmp_path, "configs/tiny.py", "v5e:2x2",
+    counts, _ = _tpu_kernel_calls(tmp_path, "configs/tiny.py", "v5e:2x2",
                                {impl: [f"--config.model.attn_impl={impl}"] for impl in ("splash", "xla")})
     assert counts == {"splash": 6, "xla": 0}
 
@@ -314,10 +313,9 @@ def test_moe_on_a_tpu_topology_megablox_kernels_step_cost_and_roofline(tmp_path)
     experts' grouped matmuls are megablox Mosaic kernels, 9 per layer stack (gate, up, down forward, and each one's
     input gradient and weight gradient), where moe_impl=alltoall has none; `--cost` on the all-to-all run gives
     XLA's cost analysis of the whole step, the all-to-all traffic among the collectives, and a roofline."""
-    out = {}
-    counts = _tpu_kernel_calls(tmp_path, "configs/tiny_moe.py", "v5p:2x2x1", {
+    counts, out = _tpu_kernel_calls(tmp_path, "configs/tiny_moe.py", "v5p:2x2x1", {
         impl: [f"--config.model.moe_impl={impl}", "--config.mesh.data=2", "--config.mesh.expert=2"]
-        + (["--cost"] if impl == "alltoall" else []) for impl in ("gmm", "alltoall")}, out)
+        + (["--cost"] if impl == "alltoall" else []) for impl in ("gmm", "alltoall")})
     assert counts == {"gmm": 9, "alltoall": 0}
     assert "cost per chip per step" not in out["gmm"]
     cost = next(ln for ln in out["alltoall"].splitlines() if ln.startswith("cost per chip per step"))
