@@ -176,8 +176,7 @@ def test_sweep_print_only_and_summary(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 4 and all("-m cogito_jax.train --config configs/tiny.py" in ln for ln in lines)
     assert f"--workdir {tmp_path}/lr=0.001,warmup_steps=2" in lines[1]
-    sys.path.insert(0, str(REPO / "launch"))
-    import sweep as sweep_mod
+    sweep_mod = _sweep_module()
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" +

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,17 +239,30 @@ def _assert_resumed(out, n, partial, finished, reference, judge_requests):
     assert judge_requests == ref_requests
 
 
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, corpus, ckpt, judge):
+    """One 2-process job killed during think: (its out folder, what its think files held, the questions finished).
+    Each re-run below works on its own copy of the folder."""
+    out = tmp_path_factory.mktemp("killed") / "out"
+    partial, finished = _kill_during_think(out, corpus, ckpt, judge)
+    return out, partial, finished
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rerun", [2, 1])
-def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(reference, corpus, ckpt, judge,
+def test_a_job_killed_during_think_resumes_without_repeating_or_losing_work(reference, killed, corpus, ckpt, judge,
                                                                             tmp_path, rerun):
     """Re-run with the same process count, or another one: then the killed job's finished prompts count as done
     (its files are read, not written) and the rest is generated with the seeds an uninterrupted run gives them."""
+    src, partial, finished = killed
     out = tmp_path / "out"
-    partial, finished = _kill_during_think(out, corpus, ckpt, judge)
+    shutil.copytree(src, out)
     before = len(judge.requests)
     _run(rerun, out, corpus, ckpt, judge)
     if rerun == 1:
         mine = {r["id"] for r in _lines(out / "cache" / "think_samples.jsonl")}
         assert not mine & finished and mine | finished == set(QUESTIONS)
     _assert_resumed(out, rerun, partial, finished, reference, len(judge.requests) - before)
+    # The copy was resumed, not the folder it was copied from (no path into the killed job's folder is kept).
+    assert [p.read_text() if p.exists() else "" for p in _think_shards(src)] == partial
+    assert not (src / "report.json").exists()
