@@ -114,8 +114,9 @@ def base_config() -> ConfigDict:
         workdir="", num_samples=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256, batch_size=8, seed=0,
         system="challenge", length_buckets=(64, 128, 256, 512, 1024, 2048, 4096),
         # continuous batching: decode slots (0: batch_size x num_samples), KV pool pages of page_size tokens
-        # (0: half of every slot at full context), decode steps between host checks
-        slots=0, kv_pages=0, page_size=16, steps_per_sync=8,
+        # (0: half of every slot at full context), decode steps between host checks, and per call while a check
+        # would change nothing (0: 4 x steps_per_sync)
+        slots=0, kv_pages=0, page_size=16, steps_per_sync=8, max_steps_per_sync=0,
     ))
     c.metrics = ConfigDict(dict(jsonl=True, tensorboard=True, wandb=False, wandb_project="cogito-jax"))
     return c

@@ -232,7 +232,7 @@ def sample(cfg: Any, input_spec: str, out: str, *, split: str = "train", limit: 
         temperature=float(s.temperature), top_k=s.top_k, top_p=float(s.top_p), seed=s.seed, max_frames=max_frames,
         n_mels=n_mels, n_window=getattr(mcfg.audio, "n_window", 50), length_buckets=tuple(s.length_buckets),
         system=chat.SYSTEMS[s.system], slots=s.slots, kv_pages=s.kv_pages, page_size=s.page_size,
-        steps_per_sync=s.steps_per_sync,
+        steps_per_sync=s.steps_per_sync, max_steps_per_sync=s.max_steps_per_sync,
     )
     try:
         stats = driver.run(items, out, model=model, tokenizer=tok, cfg=dcfg,

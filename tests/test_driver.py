@@ -176,3 +176,12 @@ def test_continuous_lines_are_written_as_samples_finish_and_a_rerun_fills_only_t
         _run_model(tok, tiny_model, items, split, process_index=p, process_count=2)
     merged = driver.merge_outputs(split, [it["id"] for it in items], 2, 3)
     assert {(r["id"], r["sample"]): r for r in merged} == ref
+
+
+def test_slot_config_follows_the_driver_settings():
+    """The engine the driver builds gets its slots, pool and per-call step limits from the driver's settings."""
+    base = dict(family="qwen2_audio", batch_size=2, num_samples=4, max_new_tokens=64, length_buckets=(64, 128))
+    sc = driver.DriverConfig(**base).slot_config()
+    assert (sc.slots, sc.max_context, sc.share_rows, sc.longest_call) == (8, 192, 4, 4 * sc.steps_per_sync)
+    sc = driver.DriverConfig(**base, slots=3, kv_pages=40, steps_per_sync=4, max_steps_per_sync=20).slot_config()
+    assert (sc.slots, sc.pool_pages, sc.steps_per_sync, sc.longest_call) == (3, 40, 4, 20)

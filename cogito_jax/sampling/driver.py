@@ -64,13 +64,15 @@ class DriverConfig:
     page_size: int = 16
     prefill_chunk: int = 128
     steps_per_sync: int = 8
+    max_steps_per_sync: int = 0  # decode steps one call may run while a host check would change nothing (0: 4x)
     logprobs: bool = False  # add each sample's token ids and their log-probs to its line
 
     def slot_config(self) -> continuous.SlotConfig:
         return continuous.SlotConfig(
             slots=self.slots or self.batch_size * self.num_samples, page_size=self.page_size,
             max_context=max(self.length_buckets) + self.max_new_tokens, num_pages=self.kv_pages,
-            prefill_chunk=self.prefill_chunk, steps_per_sync=self.steps_per_sync, share_rows=max(1, self.num_samples))
+            prefill_chunk=self.prefill_chunk, steps_per_sync=self.steps_per_sync,
+            max_steps_per_sync=self.max_steps_per_sync, share_rows=max(1, self.num_samples))
 
 
 class PromptError(ValueError):
@@ -368,15 +370,18 @@ def validate(s: Mapping[str, Any]) -> None:
     b = list(s.length_buckets)
     if not b or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in b) or b != sorted(set(b)):
         raise ConfigError(f"sample.length_buckets={tuple(b)} must be increasing positive integers")
-    for key in ("slots", "kv_pages"):
+    for key in ("slots", "kv_pages", "max_steps_per_sync"):
         if s[key] < 0:
             raise ConfigError(f"sample.{key}={s[key]} must be >= 0 (0 = the default)")
     for key in ("page_size", "steps_per_sync"):
         if s[key] < 1:
             raise ConfigError(f"sample.{key}={s[key]} must be >= 1")
+    if s.max_steps_per_sync and s.max_steps_per_sync < s.steps_per_sync:
+        raise ConfigError(f"sample.max_steps_per_sync={s.max_steps_per_sync} must be 0 (4 x steps_per_sync) or >= "
+                          f"sample.steps_per_sync={s.steps_per_sync}")
     try:
         DriverConfig(family="", batch_size=s.batch_size, num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
                      length_buckets=tuple(b), slots=s.slots, kv_pages=s.kv_pages, page_size=s.page_size,
-                     steps_per_sync=s.steps_per_sync).slot_config()
+                     steps_per_sync=s.steps_per_sync, max_steps_per_sync=s.max_steps_per_sync).slot_config()
     except ValueError as e:
         raise ConfigError(f"sample.kv_pages={s.kv_pages}: {e}") from e
