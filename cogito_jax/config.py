@@ -97,10 +97,11 @@ def base_config() -> ConfigDict:
     # on them (sample_prompts > prompts_per_step: dynamic sampling, that many prompts are sampled and the first
     # prompts_per_step whose samples did not all score alike train); clip_low/clip_high (DAPO's clip-higher when
     # high > low), kl_coef to the starting model, token or sequence loss normalisation; reward_* weight the
-    # verifiable rewards (cogito_jax/rl/rewards.py). The pool is pool_dir, else the data section's training set;
-    # init_workdir is the run RL starts from (else model.checkpoint). reward_judge > 0 adds the weight when the
-    # judge at judge_url (OpenAI-compatible) accepts the reasoning under the audit's rubric; a prompt with a failed
-    # judge call is left out of its step, never scored.
+    # verifiable rewards (cogito_jax/rl/rewards.py). The pool is pool_dir, else the data section's training set
+    # (python -m cogito_jax.rl) or the rounds' pool (distill.rl_steps); init_workdir is the run RL starts from
+    # (else model.checkpoint). reward_judge > 0 adds the weight when the judge at judge_url (OpenAI-compatible)
+    # accepts the reasoning under the audit's rubric; a prompt with a failed judge call is left out of its step,
+    # never scored.
     c.rl = ConfigDict(dict(
         steps=0, prompts_per_step=16, sample_prompts=0, num_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=96,
         sample_batch_size=16, minibatches=1, lr=0.0, warmup_steps=0, clip_low=0.2, clip_high=0.28, kl_coef=0.0,

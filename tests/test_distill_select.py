@@ -184,3 +184,24 @@ def test_a_round_trains_on_the_seed_every_earlier_accepted_trace_and_its_own(tmp
     got = rounds.training_union(tmp_path, 2, seed, kept)
     assert [r["id"] for r in got] == ["s0", "s1", "p0#r1s1", "p1#r1h4", "p0#r2s0"]
     assert [r["id"] for r in rounds.training_union(tmp_path, 2, [], kept)] == ["p0#r1s1", "p1#r1h4", "p0#r2s0"]
+
+
+def test_the_rl_stage_takes_its_prompts_from_rl_pool_dir_checked_before_any_stage(tmp_path, monkeypatch):
+    """``rl.pool_dir`` names the RL stage's prompts (else the rounds' pool); one too small for an RL step stops the
+    run before its first stage, not after hours of rounds."""
+    from cogito_jax.data import synthetic
+
+    small = synthetic.build_dataset(tmp_path / "rl_pool", 4, seed=3, split="train", n_mels=16, max_seconds=1.0)
+    cfg = cli.load_config("configs/distill_tiny.py", ["distill.rl_steps=2", f"rl.pool_dir={tmp_path / 'rl_pool'}",
+                                                       "rl.prompts_per_step=8"])
+    assert rounds.rl_pool(cfg, tmp_path / "rounds_pool") == small
+    cfg.rl.pool_dir = ""
+    assert rounds.rl_pool(cfg, tmp_path / "rounds_pool") == tmp_path / "rounds_pool"
+    cfg.rl.pool_dir = str(tmp_path / "rl_pool")
+
+    def no_stage(*args, **kw):
+        raise AssertionError("a stage started")
+
+    monkeypatch.setattr(rounds, "_stage", no_stage)
+    with pytest.raises(errors.ConfigError, match=re.escape("prompts_per_step=8 must be <= the 4 prompts of the pool")):
+        rounds.run(cfg, tmp_path / "run")

@@ -13,8 +13,8 @@ traces become a records dataset (with the question as asked, never the hint). ``
 the base (SFT) checkpoint, or from the previous round, on the union of all accepted data so far (plus
 the seed data when ``include_seed``). ``eval``: greedy accuracy on the held-out set. ``rl`` (only with
 ``distill.rl_steps > 0``): GRPO (:mod:`cogito_jax.rl.loop`, the ``rl`` section) from the last round's model on
-the pool questions for ``distill.rl_steps`` steps, in ``W/rl``; ``eval_rl`` scores it like a round; both
-summaries go under ``"rl"`` in ``rounds.json``.
+the pool questions (those of ``rl.pool_dir`` when set) for ``distill.rl_steps`` steps, in ``W/rl``; ``eval_rl``
+scores it like a round; both summaries go under ``"rl"`` in ``rounds.json``.
 
 Every stage writes its outputs before it is marked done in ``W/rounds.json``, which also records when
 each stage started and finished and how many times it was started. A restarted run skips finished
@@ -252,6 +252,11 @@ def _pool(cfg: Any, w: pathlib.Path, paths: dict) -> pathlib.Path:
     return paths["train"]
 
 
+def rl_pool(cfg: Any, pool: pathlib.Path) -> pathlib.Path:
+    """The prompts of the RL stage after the last round: ``rl.pool_dir`` when set, else the rounds' pool."""
+    return prepare.dataset_dir(cfg.rl.pool_dir) if cfg.rl.pool_dir else pool
+
+
 def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) every stage; returns the ``rounds.json`` content."""
     w = pathlib.Path(workdir)
@@ -265,9 +270,10 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
         raise ConfigError("self-distillation evaluates every round on held-out items: set data.num_heldout > 0 "
                           "(synthetic data) or data.heldout_dir")
     pool = _pool(cfg, w, paths)
-    if d.rl_steps:  # before any stage runs: the pool holds an RL step's prompts
+    prompts_rl = rl_pool(cfg, pool) if d.rl_steps else None
+    if d.rl_steps:  # before any stage runs: the RL pool holds an RL step's prompts
         key, per_step = rl_loop.sampled_prompts(cfg.rl)
-        rl_loop.step_prompts(len(records.RecordSource(pool, "train")), per_step, 0, cfg.seed, key)
+        rl_loop.step_prompts(len(records.RecordSource(prompts_rl, "train")), per_step, 0, cfg.seed, key)
     tokenizer = str(paths["tokenizer"])
     _stage(state, "train_0", lambda: _train(_stage_cfg(cfg, d.sft_steps), str(sft_dir)))
     _stage(state, "eval_0", lambda: _evaluate(cfg, sft_dir, heldout, w / "eval_0.jsonl", d.eval_limit))
@@ -338,7 +344,7 @@ def run(cfg: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
         def rl_stage(init_cfg=prev_cfg, init_dir=prev_dir):
             model, tok, mcfg = trained.load(init_cfg, init_dir)
             out = rl_loop.run(rl_cfg, w / "rl", model=model, tokenizer=tok, model_cfg=mcfg,
-                              pool=records.RecordSource(pool, "train"))
+                              pool=records.RecordSource(prompts_rl, "train"))
             if out["preempted"]:
                 logger.warning("RL was preempted: stopping; a restart resumes it from its checkpoint")
                 raise SystemExit(EXIT_PREEMPTED)
