@@ -39,12 +39,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.distill.batch_size = 32 if quick else 128
     c.distill.include_seed = True
     c.distill.from_base = True
-    # GRPO after the round (distill.rl_steps), on the pool questions: exercised by the quick run only; the full
-    # demo runs none, as GRPO has not yet lifted the tiny model's held-out accuracy (README, Status)
-    c.distill.rl_steps = 2 if quick else 0
-    c.rl.prompts_per_step = 8
+    # GRPO after the round (distill.rl_steps), on the pool questions, with rollouts at a low temperature (the
+    # evaluation answers greedily; at T = 1 GRPO moved the greedy answers by nothing, at 0.5 by +1.1, at 0.3 by
+    # +2.0 and +2.7 points, README) and dynamic sampling: of rl.sample_prompts sampled prompts the first
+    # prompts_per_step whose samples did not all score alike train (at T = 0.3 about 1 in 6 do)
+    c.distill.rl_steps = 2 if quick else 40
+    c.rl.prompts_per_step = 8 if quick else 16
+    c.rl.sample_prompts = 0 if quick else 96
     c.rl.num_samples = 4
     c.rl.max_new_tokens = 32 if quick else 128
     c.rl.sample_batch_size = 32
-    c.rl.temperature = 1.0
+    c.rl.temperature = 1.0 if quick else 0.3
+    c.rl.lr = 1e-4
+    c.rl.kl_coef = 0.02
+    c.rl.save_every = 1 if quick else 5
     return c

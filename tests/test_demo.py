@@ -20,17 +20,22 @@ def _heldout(workdir: pathlib.Path) -> list[dict]:
     return [dict(x) for x in records.RecordSource(heldout, "train")]
 
 
-def _recomputed_accuracy(workdir: pathlib.Path, r: int | str) -> tuple[float, int, dict[str, float]]:
-    """(accuracy, n, per category) of round ``r`` from its per-item predictions (``eval_{r}.jsonl``, sample 0),
-    scored with the official MMAR rule against the held-out records; an item without a prediction is wrong."""
+def _right(workdir: pathlib.Path, r: int | str) -> dict[str, bool]:
+    """Whether round ``r`` answered each held-out item right, from its per-item predictions (``eval_{r}.jsonl``,
+    sample 0) scored with the official MMAR rule against the held-out records; an item without one is wrong."""
     from cogito_jax.data import chat
     from cogito_jax.eval.score import is_correct
 
-    items = _heldout(workdir)
     rows = [json.loads(x) for x in (workdir / f"eval_{r}.jsonl").read_text().splitlines()]
     preds = {row["id"]: chat.split_thinking(row["text"])[1] for row in rows if row["sample"] == 0}
-    right = {it["id"]: it["id"] in preds and is_correct(preds[it["id"]], it["answer"], list(it["choices"]))
-             for it in items}
+    return {it["id"]: it["id"] in preds and is_correct(preds[it["id"]], it["answer"], list(it["choices"]))
+            for it in _heldout(workdir)}
+
+
+def _recomputed_accuracy(workdir: pathlib.Path, r: int | str) -> tuple[float, int, dict[str, float]]:
+    """(accuracy, n, per category) of round ``r`` (see :func:`_right`)."""
+    items = _heldout(workdir)
+    right = _right(workdir, r)
     cats: dict[str, list[bool]] = {}
     for it in items:
         cats.setdefault(it["category"], []).append(right[it["id"]])
@@ -74,6 +79,16 @@ def test_demo_quick_writes_report(tmp_path):
         p1 = stage["accuracy"]
         assert gain["stage"] == stage["name"] and gain["delta"] == p1 - p0
         assert gain["se"] == pytest.approx(math.sqrt(p0 * (1 - p0) / 40 + p1 * (1 - p1) / 40))
+    # The RL stage against round 1 item by item: the items it gained and lost, and the paired standard error.
+    before, after = _right(tmp_path, 1), _right(tmp_path, "rl")
+    gained, lost = sum(after[i] and not before[i] for i in before), sum(before[i] and not after[i] for i in before)
+    g = report["rl_gain"]
+    assert (g["stage"], g["over"], g["gained"], g["lost"]) == ("rl_1", "distill_1", gained, lost)
+    d = (gained - lost) / 40
+    assert g["delta"] == pytest.approx(d)
+    assert d == pytest.approx(report["stages"][2]["accuracy"] - report["stages"][1]["accuracy"])
+    assert g["se_paired"] == pytest.approx(math.sqrt(((gained + lost) / 40 - d * d) / 40))
+    assert g["above_2se"] == (d > 2 * g["se_paired"])
     assert 0 < report["peak_rss_gib"] < 6
     rounds = json.loads((tmp_path / "rounds.json").read_text())
     assert rounds["done"] == ["train_0", "eval_0", "sample_1", "select_1", "train_1", "eval_1", "rl", "eval_rl"]

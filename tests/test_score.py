@@ -1,6 +1,7 @@
 """The MMAR/MMAU string rule, MMSU's official letter rule, breakdowns and CIs against independent re-implementations."""
 
 import json
+import math
 import random
 import re
 from collections import defaultdict
@@ -317,3 +318,19 @@ def test_ci_fields_cover_every_group(generated):
             assert 0.0 <= lo <= summary[key][name]["accuracy"] <= hi <= 1.0
     again, _ = score(items, records, benchmarks.string_rule, resamples=100, seed=5)
     assert again["ci"] == summary["ci"]
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_the_per_item_differences():
+    from cogito_jax.eval.score import paired_difference
+
+    before = [True, True, False, False, True, False, True, True]
+    after = [True, False, True, True, True, False, True, False]
+    d = [0, -1, 1, 1, 0, 0, 0, -1]  # by hand: mean 0, mean of squares 4/8
+    delta, se = paired_difference(before, after)
+    assert delta == pytest.approx(sum(d) / 8) == 0.0
+    assert se == pytest.approx(math.sqrt((4 / 8 - 0.0) / 8))
+    delta, se = paired_difference([False] * 4, [True, True, True, False])
+    assert (delta, se) == (pytest.approx(0.75), pytest.approx(math.sqrt((0.75 - 0.75**2) / 4)))
+    assert paired_difference([True, False], [True, False]) == (0.0, 0.0)  # same verdicts: no difference, no noise
+    with pytest.raises(ValueError, match="two equal non-empty"):
+        paired_difference([True], [True, False])

@@ -87,11 +87,21 @@ def evaluate_run(cfg: Any, run_dir: str | pathlib.Path, heldout: str | pathlib.P
 
 def score_predictions(items: Sequence[dict], rows: Sequence[dict], resamples: int = 1000) -> dict[str, Any]:
     """MMAR-rule accuracy (overall, per modality / category / sub-category, with CIs) of sample 0."""
+    summary, _ = score.score(*_scorable(items, rows), benchmarks.get("mmar").rule, resamples, 0)
+    return summary
+
+
+def item_verdicts(items: Sequence[dict], rows: Sequence[dict]) -> list[score.Verdict]:
+    """Each item's MMAR-rule verdict on sample 0 (in item order; an item without a row is wrong)."""
+    bench_items, preds = _scorable(items, rows)
+    return score.verdicts(bench_items, preds, benchmarks.get("mmar").rule, score.DEFAULT_KEYS)
+
+
+def _scorable(items: Sequence[dict], rows: Sequence[dict]) -> tuple[list[benchmarks.Item], dict[str, dict]]:
     preds = {r["id"]: {"answer_prediction": r["answer"], "thinking_prediction": r["thinking"]}
              for r in rows if r["sample"] == 0}
     bench_items = [benchmarks.Item(id=it["id"], audio_path="", question=it["question"], choices=list(it["choices"]),
                                    answer=it["answer"], modality=it.get("modality", ""),
                                    category=it.get("category", ""), sub_category=it.get("sub-category", ""),
                                    meta={}) for it in items]
-    summary, _ = score.score(bench_items, preds, benchmarks.get("mmar").rule, resamples, 0)
-    return summary
+    return bench_items, preds

@@ -21,6 +21,7 @@ under ``missing``) or with a response the official script drops (``unparsed``) c
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -118,6 +119,17 @@ def bootstrap_ci(correct: Sequence[bool], resamples: int = 1000, seed: int = 0,
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return [float(lo), float(hi)]
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool]) -> tuple[float, float]:
+    """(accuracy of ``after`` minus that of ``before``, the standard error of that difference) for two systems'
+    verdicts on the same items: the mean and standard error of the per-item differences (each -1, 0 or 1), so an
+    item both get right or both get wrong adds no variance."""
+    a, b = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_difference needs two equal non-empty lists of verdicts, got {a.shape} and {b.shape}")
+    d = b - a
+    return float(d.mean()), float(math.sqrt(max(float((d * d).mean() - d.mean() ** 2), 0.0) / d.size))
 
 
 def _group_seed(seed: int, key: str, name: str) -> int:
