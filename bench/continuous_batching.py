@@ -172,7 +172,10 @@ def main() -> None:
           f"{scfg.steps_per_sync} steps per host check (up to {scfg.longest_call} while a check would change nothing)")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
 
-    results = {"args": vars(args), "platform": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "workloads": {}}
+    out = pathlib.Path(args.out).resolve()
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    recorded = {**vars(args), "out": str(out.relative_to(repo) if out.is_relative_to(repo) else out)}
+    results = {"args": recorded, "platform": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "workloads": {}}
     workloads = {"long_tailed": budgets(args.prompts, args.cap, args.sigma, args.seed + 1),
                  "equal": [args.cap // 4] * args.prompts}
     for name, bud in workloads.items():
@@ -194,7 +197,6 @@ def main() -> None:
                   f"{100 * r['utilization']:5.1f}%  peak KV {r['peak_kv_bytes'] / 2**20:7.2f} MiB")
         print(f"  continuous / static tokens/s: {ratio:.2f}x")
         results["workloads"][name] = {"budgets": bud, "static": st, "continuous": co, "speedup": ratio}
-    out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"\nwritten {out}")
