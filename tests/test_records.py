@@ -52,3 +52,33 @@ def test_dataset_roundtrip_in_order(tmp_path):
         records.RecordSource(path, "test")
     with pytest.raises(FileNotFoundError, match="no TFDS dataset"):
         records.RecordSource(tmp_path / "nothing")
+
+
+def test_audio_is_stored_as_one_bytes_value_and_float_list_datasets_still_read(tmp_path, monkeypatch):
+    import json
+
+    import tensorflow_datasets as tfds
+
+    recs = [_rec(i, frames=3 + i) for i in range(4)]
+    new = records.write_dataset(tmp_path / "new", {"train": lambda: recs}, feat_dim=4)
+    mel_spec = json.loads((new / "features.json").read_text())["featuresDict"]["features"]["mel"]["tensor"]
+    assert mel_spec["encoding"] == "bytes" and mel_spec["dtype"] == "float16"
+
+    # A dataset written with TFDS's default encoding (a float list per value), as earlier versions wrote them.
+    def float_list_features(audio_field, feat_dim):
+        spec = dict(records_features(audio_field, feat_dim))
+        spec[audio_field] = tfds.features.Tensor(shape=(None, feat_dim), dtype=np.float16)
+        return tfds.features.FeaturesDict(spec)
+
+    records_features = records.features
+    monkeypatch.setattr(records, "features", float_list_features)
+    old = records.write_dataset(tmp_path / "old", {"train": lambda: recs}, feat_dim=4)
+    monkeypatch.undo()
+    old_spec = json.loads((old / "features.json").read_text())["featuresDict"]["features"]["mel"]["tensor"]
+    assert old_spec.get("encoding", "none") == "none"
+    for path in (new, old):
+        got = list(records.RecordSource(path, "train"))
+        assert [r["id"] for r in got] == [r["id"] for r in recs]
+        for r, want in zip(got, recs, strict=True):
+            assert r["mel"].dtype == np.float16
+            np.testing.assert_array_equal(r["mel"], want["mel"])

@@ -105,7 +105,10 @@ def features(audio_field: str, feat_dim: int):
 
     tf = tfds.features
     spec = {name: tf.Text() for name in TEXT_FIELDS}
-    spec[audio_field] = tf.Tensor(shape=(None, feat_dim), dtype=np.float16)
+    # Stored as one bytes value: the default encoding writes an array through a protobuf float list, one Python
+    # call per value (3.7 ms for a 4 s clip, ~45 ms for a 30 s one) and 4 bytes a value. A dataset written with
+    # that encoding still reads: its own features.json names the encoding.
+    spec[audio_field] = tf.Tensor(shape=(None, feat_dim), dtype=np.float16, encoding=tfds.features.Encoding.BYTES)
     spec["n_frames"] = tf.Scalar(dtype=np.int32)
     spec["weight"] = tf.Scalar(dtype=np.float32)
     spec["choices"] = tf.Sequence(tf.Text())
