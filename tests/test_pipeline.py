@@ -140,3 +140,30 @@ def test_nothing_fits_raises_instead_of_spinning(corpus):
     with pytest.raises(ValueError, match="examples in a row are longer than max_len=10 tokens"):
         for _ in range(64):  # placeholder rows hold their places until the guard sees 64 in a row
             next(it)
+
+
+def test_the_token_memo_tokenises_each_conversation_once_and_changes_nothing(corpus, monkeypatch):
+    root, recs = corpus
+    tok = toklib.load(root / "tok")
+    plain = [pipeline.encode_record(r, tok, _spec(), index=i) for i, r in enumerate(recs)]
+    calls = []
+    real = chat.encode_example
+    monkeypatch.setattr(chat, "encode_example", lambda *a, **k: calls.append(1) or real(*a, **k))
+    memo = pipeline.TokenMemo(size=len(recs))
+    for epoch in range(3):  # three epochs: the tokenizer runs in the first only
+        for i, r in enumerate(recs):
+            got = pipeline.encode_record(r, tok, _spec(), index=i, memo=memo)
+            assert got.keys() == plain[i].keys()
+            for k in got:
+                np.testing.assert_array_equal(got[k], plain[i][k], err_msg=f"{k} of example {i}, epoch {epoch}")
+            got["input_ids"][:] = -1  # a caller's writes never reach the memo
+    assert len(calls) == len(recs)
+    # Another weight is not another conversation (it scales the loss mask after the memo); another thinking is.
+    heavier = pipeline.encode_record({**recs[1], "weight": 0.5}, tok, _spec(), memo=memo)
+    np.testing.assert_array_equal(heavier["loss_mask"], 0.5 * plain[1]["loss_mask"])
+    assert len(calls) == len(recs)
+    pipeline.encode_record({**recs[1], "thinking": "Something else."}, tok, _spec(), memo=memo)
+    assert len(calls) == len(recs) + 1
+    # Bounded: the oldest conversation went first, so it is tokenised again.
+    pipeline.encode_record(recs[0], tok, _spec(), memo=memo)
+    assert len(calls) == len(recs) + 2 and len(memo._entries) == len(recs)
