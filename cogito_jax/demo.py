@@ -164,11 +164,23 @@ def _examples(workdir: pathlib.Path, n: int = 3) -> str:
     return "\n\n".join(f"[{r['id']}] <think>{r['thinking']}</think> {r['answer']}" for r in rows)
 
 
+def use_compile_cache(folder: pathlib.Path) -> None:
+    """JAX's persistent compilation cache in ``folder``, unless ``JAX_COMPILATION_CACHE_DIR`` names one already.
+    The stages build their jitted functions afresh, so without it each evaluation and training stage compiles
+    programs an earlier stage already compiled (measured: an evaluation of 1,000 items takes 23-25 s, ~13 s with
+    the cache)."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+
+
 def main(cfg) -> int:
     spec = "configs/demo.py:quick" if _QUICK.value else "configs/demo.py"
     cfg = cfg or cli.load_config(spec)
     workdir = pathlib.Path(_WORKDIR.value)
     errors.writable_dir(workdir, "--workdir")
+    use_compile_cache(workdir / "compile_cache")
     t0 = time.time()
     report = run(cfg, workdir)
     print("\nexample chains of thought on held-out questions:\n" + _examples(workdir))

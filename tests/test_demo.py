@@ -112,3 +112,25 @@ def test_demo_quick_writes_report(tmp_path):
     assert _synthetic_datasets(tmp_path) == built
     assert json.loads((tmp_path / "rounds.json").read_text())["stages"] == rounds["stages"]
     assert json.loads((tmp_path / "report.json").read_text())["stages"] == report["stages"]
+
+
+def test_the_demo_compiles_into_a_cache_in_its_workdir_unless_one_is_named(tmp_path):
+    import jax
+    from jax._src import compilation_cache
+
+    from cogito_jax import demo
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        demo.use_compile_cache(tmp_path / "w" / "compile_cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "w" / "compile_cache")
+        compilation_cache.reset_cache()
+        jax.jit(lambda x: jax.numpy.sin(x) @ x.T)(jax.numpy.ones((300, 300))).block_until_ready()
+        assert compilation_cache.is_cache_used(jax.devices()[0].client)
+        # one already named (JAX_COMPILATION_CACHE_DIR, as the tests set it) is kept
+        demo.use_compile_cache(tmp_path / "other")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "w" / "compile_cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()
