@@ -149,7 +149,7 @@ def test_the_token_memo_tokenises_each_conversation_once_and_changes_nothing(cor
     calls = []
     real = chat.encode_example
     monkeypatch.setattr(chat, "encode_example", lambda *a, **k: calls.append(1) or real(*a, **k))
-    memo = pipeline.TokenMemo(size=len(recs))
+    memo = pipeline.TokenMemo()
     for epoch in range(3):  # three epochs: the tokenizer runs in the first only
         for i, r in enumerate(recs):
             got = pipeline.encode_record(r, tok, _spec(), index=i, memo=memo)
@@ -164,6 +164,16 @@ def test_the_token_memo_tokenises_each_conversation_once_and_changes_nothing(cor
     assert len(calls) == len(recs)
     pipeline.encode_record({**recs[1], "thinking": "Something else."}, tok, _spec(), memo=memo)
     assert len(calls) == len(recs) + 1
-    # Bounded: the oldest conversation went first, so it is tokenised again.
-    pipeline.encode_record(recs[0], tok, _spec(), memo=memo)
-    assert len(calls) == len(recs) + 2 and len(memo._entries) == len(recs)
+    # Bounded in bytes: full, a new conversation pushes out the oldest, which is then tokenised again.
+    sized = pipeline.TokenMemo()
+    for r in recs:
+        pipeline.encode_record(r, tok, _spec(), memo=sized)
+    small = pipeline.TokenMemo(max_bytes=sized.bytes)
+    for r in recs:
+        pipeline.encode_record(r, tok, _spec(), memo=small)
+    assert small.bytes == sized.bytes and len(small._entries) == len(recs)  # all of them fit
+    n = len(calls)
+    pipeline.encode_record({**recs[1], "thinking": "Something else."}, tok, _spec(), memo=small)
+    assert small.bytes <= small.max_bytes and next(iter(small._entries))[0] != recs[0]["question"]
+    pipeline.encode_record(recs[0], tok, _spec(), memo=small)
+    assert len(calls) == n + 2  # the new conversation, then the evicted oldest again

@@ -98,22 +98,31 @@ class Tokenize(grain.transforms.Map):
 
 
 class TokenMemo:
-    """The token ids and masks of the last ``size`` conversations tokenised, by their text: a small dataset read
-    for many epochs is tokenised once (the demo's SFT reads its 600 examples 16 times; tokenising is ~1.3 ms an
-    example, on the host, beside the train step). The oldest entry goes first when it is full; a dataset larger
-    than ``size`` read in shuffled order mostly misses and is tokenised as without it."""
+    """The token ids and masks of the conversations tokenised last, by their text, in at most ``max_bytes`` (the
+    arrays plus the key's text): a small dataset read for many epochs is tokenised once (the demo's SFT reads its
+    600 examples 16 times; tokenising is ~1.3 ms an example, on the host, beside the train step). The oldest entry
+    goes first when it is full; a dataset larger than that read in shuffled order mostly misses and is tokenised
+    as without it. Each worker process holds its own."""
 
-    def __init__(self, size: int = 16384):
-        self.size = size
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: dict[tuple, tuple[np.ndarray, ...]] = {}
+
+    @staticmethod
+    def _size(key: tuple, arrays: tuple[np.ndarray, ...]) -> int:
+        strings = [x for x in key if isinstance(x, str)] + [c for x in key if isinstance(x, tuple) for c in x]
+        return sum(map(len, strings)) + sum(a.nbytes for a in arrays)
 
     def get(self, key: tuple, make) -> tuple[np.ndarray, ...]:
         """Copies of the cached arrays of ``key``, made by ``make()`` (and kept) on a miss."""
         hit = self._entries.get(key)
         if hit is None:
             hit = self._entries[key] = make()
-            if len(self._entries) > self.size:
-                del self._entries[next(iter(self._entries))]
+            self.bytes += self._size(key, hit)
+            while self.bytes > self.max_bytes and len(self._entries) > 1:
+                oldest = next(iter(self._entries))
+                self.bytes -= self._size(oldest, self._entries.pop(oldest))
         return tuple(a.copy() for a in hit)
 
 
