@@ -21,7 +21,6 @@ under ``missing``) or with a response the official script drops (``unparsed``) c
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,7 +128,7 @@ def paired_difference(before: Sequence[bool], after: Sequence[bool]) -> tuple[fl
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"paired_difference needs two equal non-empty lists of verdicts, got {a.shape} and {b.shape}")
     d = b - a
-    return float(d.mean()), float(math.sqrt(max(float((d * d).mean() - d.mean() ** 2), 0.0) / d.size))
+    return float(d.mean()), float(np.sqrt(d.var() / d.size))
 
 
 def _group_seed(seed: int, key: str, name: str) -> int:
