@@ -107,22 +107,20 @@ class TokenMemo:
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: dict[tuple, tuple[np.ndarray, ...]] = {}
-
-    @staticmethod
-    def _size(key: tuple, arrays: tuple[np.ndarray, ...]) -> int:
-        strings = [x for x in key if isinstance(x, str)] + [c for x in key if isinstance(x, tuple) for c in x]
-        return sum(map(len, strings)) + sum(a.nbytes for a in arrays)
+        self._entries: dict[tuple, tuple[tuple[np.ndarray, ...], int]] = {}  # key -> (arrays, their bytes)
 
     def get(self, key: tuple, make) -> tuple[np.ndarray, ...]:
         """Copies of the cached arrays of ``key``, made by ``make()`` (and kept) on a miss."""
-        hit = self._entries.get(key)
-        if hit is None:
-            hit = self._entries[key] = make()
-            self.bytes += self._size(key, hit)
+        if key in self._entries:
+            hit = self._entries[key][0]
+        else:
+            hit = make()
+            strings = [x for x in key if isinstance(x, str)] + [c for x in key if isinstance(x, tuple) for c in x]
+            size = sum(map(len, strings)) + sum(a.nbytes for a in hit)
+            self._entries[key] = hit, size
+            self.bytes += size
             while self.bytes > self.max_bytes and len(self._entries) > 1:
-                oldest = next(iter(self._entries))
-                self.bytes -= self._size(oldest, self._entries.pop(oldest))
+                self.bytes -= self._entries.pop(next(iter(self._entries)))[1]
         return tuple(a.copy() for a in hit)
 
 
